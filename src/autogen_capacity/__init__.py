@@ -1,0 +1,83 @@
+"""Capacity contracts for AutoGen AgentChat teams: members declare what they can take, teams route by it."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._config import CapacityAwareGroupChatConfig
+from ._manager import CapacityAwareGroupChatManager, CapacityAwareManagerState
+from ._team import CapacityAwareGroupChat
+from .admission import acquire, lease
+from .contracts import AgentCapacity, AggregateMode, RetryBudget
+from .events import (
+    CAPACITY_EVENT_TYPES,
+    CapacityDeferredEvent,
+    CapacityExhaustedEvent,
+    CapacityWaitEvent,
+    Deferral,
+    MemberOverloadedEvent,
+)
+from .exceptions import (
+    CapacityError,
+    CapacityExhausted,
+    ContractError,
+    LedgerClosedError,
+    LedgerUnavailable,
+    Overloaded,
+    QueueFull,
+)
+from .ledger import (
+    BlockReason,
+    CapacityLedger,
+    InMemoryLedger,
+    KeyStatus,
+    KeyUsage,
+    Lease,
+    LedgerSnapshot,
+    default_ledger,
+)
+from .overload import Overload, OverloadClassifier, classify_overload
+from .routing import Routing
+
+try:
+    __version__ = version("autogen-capacity")
+except PackageNotFoundError:  # pragma: no cover  (running from a source tree that was never installed)
+    __version__ = "0.0.0"
+
+__all__ = [
+    "CAPACITY_EVENT_TYPES",
+    "AgentCapacity",
+    "AggregateMode",
+    "BlockReason",
+    "CapacityAwareGroupChat",
+    "CapacityAwareGroupChatConfig",
+    "CapacityAwareGroupChatManager",
+    "CapacityAwareManagerState",
+    "CapacityDeferredEvent",
+    "CapacityError",
+    "CapacityExhausted",
+    "CapacityExhaustedEvent",
+    "CapacityLedger",
+    "CapacityWaitEvent",
+    "ContractError",
+    "Deferral",
+    "InMemoryLedger",
+    "KeyStatus",
+    "KeyUsage",
+    "Lease",
+    "LedgerClosedError",
+    "LedgerSnapshot",
+    "LedgerUnavailable",
+    "MemberOverloadedEvent",
+    "Overload",
+    "OverloadClassifier",
+    "Overloaded",
+    "QueueFull",
+    "RetryBudget",
+    "Routing",
+    "__version__",
+    "acquire",
+    "classify_overload",
+    "default_ledger",
+    "lease",
+]

@@ -1,0 +1,79 @@
+"""The declarative (JSON) configuration of CapacityAwareGroupChat: contracts live here, reviewable."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from autogen_agentchat.base import ChatAgent, Team, TerminationCondition
+from autogen_core import ComponentModel
+from autogen_core.model_context import ChatCompletionContext
+from autogen_core.models import ChatCompletionClient
+from pydantic import BaseModel, ConfigDict, Field
+
+from .contracts import AgentCapacity, RetryBudget
+from .routing import Routing
+
+__all__ = ["CapacityAwareGroupChatConfig", "load_team_config"]
+
+
+class CapacityAwareGroupChatConfig(BaseModel):
+    """The declarative configuration of :class:`~autogen_capacity.CapacityAwareGroupChat`.
+
+    ``selector_func``, ``candidate_func``, ``overload_classifier``, ``runtime`` and ``ledger`` objects are
+    not serialized (as in SelectorGroupChat).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    description: str | None = None
+    participants: list[ComponentModel]
+    model_client: ComponentModel | None = None
+    termination_condition: ComponentModel | None = None
+    max_turns: int | None = None
+    emit_team_events: bool = False
+    capacity: AgentCapacity | None = None
+    """The team's own contract."""
+    capacities: dict[str, AgentCapacity] = Field(default_factory=dict)
+    """Member contracts keyed by participant name."""
+    routing: Routing | None = None
+    on_exhausted: Literal["stop", "raise"] = "stop"
+    retry_budget: RetryBudget | None = None
+    selector_capacity: AgentCapacity | None = None
+    exhausted_ttl_s: float = Field(default=300.0, gt=0)
+    selector_prompt: str | None = None
+    allow_repeated_speaker: bool | None = None
+    max_selector_attempts: int = Field(default=3, ge=1)
+    model_client_streaming: bool = False
+    model_context: ComponentModel | None = None
+
+
+def load_team_config(config: CapacityAwareGroupChatConfig, default_prompt: str) -> dict[str, Any]:
+    """The constructor arguments that rebuild a team from ``config``."""
+    participants: list[ChatAgent | Team] = [
+        Team.load_component(p) if p.component_type == Team.component_type else ChatAgent.load_component(p)
+        for p in config.participants
+    ]
+    return {
+        "participants": participants,
+        "model_client": ChatCompletionClient.load_component(config.model_client) if config.model_client else None,
+        "name": config.name,
+        "description": config.description,
+        "capacity": config.capacity,
+        "capacities": config.capacities,
+        "routing": config.routing,
+        "on_exhausted": config.on_exhausted,
+        "retry_budget": config.retry_budget,
+        "selector_capacity": config.selector_capacity,
+        "exhausted_ttl_s": config.exhausted_ttl_s,
+        "selector_prompt": config.selector_prompt or default_prompt,
+        "allow_repeated_speaker": config.allow_repeated_speaker,
+        "max_selector_attempts": config.max_selector_attempts,
+        "model_client_streaming": config.model_client_streaming,
+        "model_context": (ChatCompletionContext.load_component(config.model_context) if config.model_context else None),
+        "termination_condition": (
+            TerminationCondition.load_component(config.termination_condition) if config.termination_condition else None
+        ),
+        "max_turns": config.max_turns,
+        "emit_team_events": config.emit_team_events,
+    }

@@ -1,0 +1,113 @@
+"""The participant container: runs a member's turn and reports overload to the manager instead of failing."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from autogen_agentchat.base import ChatAgent, Response, TaskResult, Team
+from autogen_agentchat.messages import MessageFactory
+from autogen_agentchat.teams._group_chat._chat_agent_container import ChatAgentContainer
+from autogen_agentchat.teams._group_chat._events import (
+    GroupChatAgentResponse,
+    GroupChatError,
+    GroupChatRequestPublish,
+    GroupChatTeamResponse,
+    SerializableException,
+)
+from autogen_core import DefaultTopicId, MessageContext, event, trace_invoke_agent_span
+from pydantic import BaseModel
+
+from .overload import OverloadClassifier
+
+__all__ = ["CapacityAwareAgentContainer", "GroupChatMemberOverloaded"]
+
+
+class GroupChatMemberOverloaded(BaseModel):
+    """Private message from a container to its manager: the member's turn failed with an overload signal."""
+
+    name: str
+    kind: Literal["throttled", "exhausted"]
+    retry_after_s: float | None
+    error: SerializableException
+
+
+class CapacityAwareAgentContainer(ChatAgentContainer):
+    """A :class:`ChatAgentContainer` whose turns report overload to the manager's own topic.
+
+    An overload (as the classifier sees it) is not an error of the run: the container keeps its message
+    buffer (nothing is lost when the member speaks later) and tells the manager, which reroutes the turn.
+    Every other exception is published and raised exactly as AutoGen does.
+    """
+
+    def __init__(
+        self,
+        parent_topic_type: str,
+        output_topic_type: str,
+        manager_topic_type: str,
+        agent: ChatAgent | Team,
+        message_factory: MessageFactory,
+        classify: OverloadClassifier,
+    ) -> None:
+        super().__init__(parent_topic_type, output_topic_type, agent, message_factory)
+        self._manager_topic_type = manager_topic_type
+        self._classify = classify
+
+    # AutoGen types a handler by its class, so mypy sees an override; this one replaces the base handler.
+    @event
+    async def handle_request(  # type: ignore[override]
+        self, message: GroupChatRequestPublish, ctx: MessageContext
+    ) -> None:
+        """Run the member's turn (same name as the base handler, which it replaces)."""
+        try:
+            response = await self._run_turn(ctx)
+        except Exception as e:
+            overload = self._classify(e)
+            if overload is not None:
+                report = GroupChatMemberOverloaded(
+                    name=self._agent.name,
+                    kind=overload.kind,
+                    retry_after_s=overload.retry_after_s,
+                    error=SerializableException.from_exception(e),
+                )
+                await self.publish_message(report, topic_id=DefaultTopicId(type=self._manager_topic_type))
+                return
+            await self.publish_message(
+                GroupChatError(error=SerializableException.from_exception(e)),
+                topic_id=DefaultTopicId(type=self._parent_topic_type),
+                cancellation_token=ctx.cancellation_token,
+            )
+            raise
+        self._message_buffer.clear()
+        await self.publish_message(
+            response, topic_id=DefaultTopicId(type=self._parent_topic_type), cancellation_token=ctx.cancellation_token
+        )
+
+    async def _run_turn(self, ctx: MessageContext) -> GroupChatAgentResponse | GroupChatTeamResponse:
+        """The member's turn, as AutoGen 0.7.5's ``ChatAgentContainer.handle_request`` runs it."""
+        if isinstance(self._agent, Team):
+            result: TaskResult | None = None
+            async for item in self._agent.run_stream(
+                task=self._message_buffer, cancellation_token=ctx.cancellation_token, output_task_messages=False
+            ):
+                if isinstance(item, TaskResult):
+                    result = item
+                else:
+                    await self._log_message(item)
+            if result is None:
+                raise RuntimeError("The team did not produce a final TaskResult. Check the team's run_stream method.")
+            return GroupChatTeamResponse(result=result, name=self._agent.name)
+        with trace_invoke_agent_span(
+            agent_name=self._agent.name, agent_description=self._agent.description, agent_id=str(self.id)
+        ):
+            response: Response | None = None
+            async for msg in self._agent.on_messages_stream(self._message_buffer, ctx.cancellation_token):
+                if isinstance(msg, Response):
+                    await self._log_message(msg.chat_message)
+                    response = msg
+                else:
+                    await self._log_message(msg)
+            if response is None:
+                raise RuntimeError(
+                    "The agent did not produce a final response. Check the agent's on_messages_stream method."
+                )
+            return GroupChatAgentResponse(response=response, name=self._agent.name)

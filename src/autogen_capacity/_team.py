@@ -1,0 +1,431 @@
+"""CapacityAwareGroupChat: a drop-in RoundRobinGroupChat / SelectorGroupChat that routes by capacity."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from autogen_agentchat.base import ChatAgent, TaskResult, Team, TerminationCondition
+from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory
+from autogen_agentchat.teams import BaseGroupChat
+from autogen_agentchat.teams._group_chat._events import GroupChatTermination
+from autogen_agentchat.teams._group_chat._selector_group_chat import (
+    CandidateFuncType,
+    SelectorFuncType,
+    SelectorGroupChat,
+)
+from autogen_core import AgentRuntime, CancellationToken, Component, ComponentBase, ComponentModel
+from autogen_core.model_context import ChatCompletionContext
+from autogen_core.models import ChatCompletionClient
+from pydantic import BaseModel
+from typing_extensions import Self
+
+from ._config import CapacityAwareGroupChatConfig, load_team_config
+from ._container import CapacityAwareAgentContainer
+from ._logging import logger
+from ._manager import CapacityAwareGroupChatManager, TeamPolicy
+from ._members import MemberPlan, RunLeases
+from .admission import acquire
+from .contracts import AgentCapacity, AggregateMode, RetryBudget
+from .events import CAPACITY_EVENT_TYPES
+from .exceptions import CapacityExhausted, ContractError
+from .ledger import CapacityLedger, KeyStatus, default_ledger
+from .overload import OverloadClassifier, classify_overload
+from .routing import Routing
+
+__all__ = ["DEFAULT_SELECTOR_PROMPT", "CapacityAwareGroupChat"]
+
+DEFAULT_SELECTOR_PROMPT: str = (SelectorGroupChat.__init__.__kwdefaults__ or {})["selector_prompt"]
+"""SelectorGroupChat's own default prompt, so selector routing asks the model exactly what it would."""
+
+DEFAULT_EXHAUSTED_TTL_S = 300.0
+"""How long a member whose entitlement is exhausted stays out of routing for every team on the ledger."""
+
+
+class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConfig]):
+    """A group chat that routes each turn to members with headroom.
+
+    A drop-in replacement for :class:`~autogen_agentchat.teams.RoundRobinGroupChat` and
+    :class:`~autogen_agentchat.teams.SelectorGroupChat`: the same arguments, methods and component config,
+    plus capacity contracts. With no contracts it behaves exactly like RoundRobinGroupChat (or, with a
+    model client, like SelectorGroupChat).
+
+    Each turn: candidates (all participants, less the previous speaker when repeats are not allowed, or
+    ``candidate_func``) -> preference order (``routing``) -> capacity filter -> an atomic lease on the
+    member's key, released when its response or error arrives, or when the run ends however it ends.
+    Members at their limit are deferred (with an event); when nobody has headroom the team waits by the
+    preferred candidate's backoff schedule and, past its retries, ends with a stop reason that starts with
+    ``Capacity exhausted`` (or raises :class:`~autogen_capacity.CapacityExhausted`). A member that answers
+    429 or Retry-After is cooled down and its turn goes to another member.
+
+    Args:
+        participants: The agents and teams in the group chat; names must be unique.
+        model_client: The model that picks speakers with ``routing="selector"`` (where SelectorGroupChat has it).
+        name: The team's name (also its ledger key when it declares ``capacity``).
+        description: The team's description.
+        capacity: The team's own contract: enforced with one lease per run on ``capacity.key`` or the team's
+            name, and capping :attr:`capacity`.
+        capacities: Member contracts keyed by participant name; wins over a participant's ``capacity``
+            attribute.
+        routing: ``"headroom"`` (rank by headroom, ties by rotation), ``"round_robin"`` (rotation, saturated
+            members deferred) or ``"selector"`` (the model picks among members with headroom). ``None``:
+            ``"selector"`` with a model client, else ``"headroom"``.
+        ledger: Where usage is recorded; :func:`~autogen_capacity.default_ledger` when ``None``. Not serialized.
+        on_exhausted: ``"stop"`` ends the run with a ``Capacity exhausted`` stop reason; ``"raise"`` raises
+            :class:`~autogen_capacity.CapacityExhausted` after the stream ends.
+        retry_budget: A team-wide cap on retries (waits and rerouted overloads). ``None``: only each wait's
+            ``max_caller_retries`` applies.
+        selector_capacity: A contract for the selector's model client, leased around each selection call.
+        overload_classifier: Decides which member errors are overload; :func:`~autogen_capacity.classify_overload`
+            by default. Not serialized.
+        exhausted_ttl_s: How long a member whose quota is exhausted is routed around by every team sharing
+            the ledger.
+        selector_prompt, allow_repeated_speaker, max_selector_attempts, selector_func, candidate_func,
+            model_client_streaming, model_context: As in SelectorGroupChat. ``allow_repeated_speaker=None``
+            means True for headroom and round-robin routing, False for selector routing.
+            ``selector_func`` and ``candidate_func`` are not serialized.
+        termination_condition, max_turns, runtime, custom_message_types, emit_team_events: As in
+            RoundRobinGroupChat. The capacity events are registered automatically.
+
+    Raises:
+        ValueError: Routing and model client disagree, or a participant name is duplicated.
+        ContractError: ``capacities`` names no participant.
+
+    .. versionadded:: 0.1.0
+    """
+
+    component_config_schema = CapacityAwareGroupChatConfig
+    component_provider_override = "autogen_capacity.CapacityAwareGroupChat"
+
+    DEFAULT_NAME = "CapacityAwareGroupChat"
+    DEFAULT_DESCRIPTION = "A team of agents that routes each turn to a member with headroom."
+
+    def __init__(
+        self,
+        participants: Sequence[ChatAgent | Team],
+        model_client: ChatCompletionClient | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        capacity: AgentCapacity | None = None,
+        capacities: Mapping[str, AgentCapacity] | None = None,
+        routing: Routing | None = None,
+        ledger: CapacityLedger | None = None,
+        on_exhausted: Literal["stop", "raise"] = "stop",
+        retry_budget: RetryBudget | None = None,
+        selector_capacity: AgentCapacity | None = None,
+        overload_classifier: OverloadClassifier | None = None,
+        exhausted_ttl_s: float = DEFAULT_EXHAUSTED_TTL_S,
+        selector_prompt: str = DEFAULT_SELECTOR_PROMPT,
+        allow_repeated_speaker: bool | None = None,
+        max_selector_attempts: int = 3,
+        selector_func: SelectorFuncType | None = None,
+        candidate_func: CandidateFuncType | None = None,
+        model_client_streaming: bool = False,
+        model_context: ChatCompletionContext | None = None,
+        termination_condition: TerminationCondition | None = None,
+        max_turns: int | None = None,
+        runtime: AgentRuntime | None = None,
+        custom_message_types: list[type[BaseAgentEvent | BaseChatMessage]] | None = None,
+        emit_team_events: bool = False,
+    ) -> None:
+        resolved: Routing = routing or ("selector" if model_client is not None else "headroom")
+        if resolved == "selector" and model_client is None:
+            raise ValueError("routing='selector' needs a model_client to pick speakers.")
+        if resolved != "selector" and model_client is not None:
+            raise ValueError(f"a model_client is only used with routing='selector', not routing={resolved!r}.")
+        if on_exhausted not in ("stop", "raise"):
+            raise ValueError(f"on_exhausted must be 'stop' or 'raise', not {on_exhausted!r}.")
+        message_types = list(custom_message_types or [])
+        message_types += [t for t in CAPACITY_EVENT_TYPES if t not in message_types]
+        super().__init__(
+            name=name or self.DEFAULT_NAME,
+            description=description or self.DEFAULT_DESCRIPTION,
+            participants=list(participants),
+            group_chat_manager_name="CapacityAwareGroupChatManager",
+            group_chat_manager_class=CapacityAwareGroupChatManager,
+            termination_condition=termination_condition,
+            max_turns=max_turns,
+            runtime=runtime,
+            custom_message_types=message_types,
+            emit_team_events=emit_team_events,
+        )
+        self._custom_message_types = custom_message_types
+        self._declared_capacity = capacity
+        self._capacities = dict(capacities or {})
+        self._routing: Routing = resolved
+        self._ledger_given = ledger
+        self._on_exhausted: Literal["stop", "raise"] = on_exhausted
+        self._retry_budget = retry_budget
+        self._selector_capacity = selector_capacity
+        self._classify = overload_classifier or classify_overload
+        self._exhausted_ttl_s = exhausted_ttl_s
+        self._model_client = model_client
+        self._selector_prompt = selector_prompt
+        self._allow_repeated_speaker = (
+            allow_repeated_speaker if allow_repeated_speaker is not None else resolved != "selector"
+        )
+        self._max_selector_attempts = max_selector_attempts
+        self._selector_func = selector_func
+        self._candidate_func = candidate_func
+        self._model_client_streaming = model_client_streaming
+        self._model_context = model_context
+        self._plans = self._plan_members()
+        self._leases = RunLeases()
+        _warn_about_client_retries(self._participants)
+
+    # ----------------------------------------------------------------- contracts
+
+    def _plan_members(self) -> dict[str, MemberPlan]:
+        names = [p.name for p in self._participants]
+        unknown = sorted(set(self._capacities) - set(names))
+        if unknown:
+            raise ContractError(
+                f"capacities names no participant of team {self._name!r}: {', '.join(map(repr, unknown))} "
+                f"(participants: {', '.join(map(repr, names))})"
+            )
+        plans: dict[str, MemberPlan] = {}
+        for participant in self._participants:
+            entry = self._capacities.get(participant.name)
+            if isinstance(participant, CapacityAwareGroupChat):
+                # A nested capacity-aware team leases its own members (and itself, when it declares a
+                # contract): the parent ranks it by live headroom and leases it only for an entry of its own.
+                self_leasing = participant.declared_capacity is not None or entry is None
+                plan = MemberPlan(
+                    participant.name,
+                    _key_of(entry, participant.name),
+                    entry or participant.capacity,
+                    participant if self_leasing else None,
+                )
+            else:
+                own = getattr(participant, "capacity", None)
+                contract = entry or (own if isinstance(own, AgentCapacity) else None)
+                plan = MemberPlan(participant.name, _key_of(contract, participant.name), contract)
+            plans[participant.name] = plan
+        return plans
+
+    @property
+    def declared_capacity(self) -> AgentCapacity | None:
+        """The team's own declared contract (the ``capacity`` argument)."""
+        return self._declared_capacity
+
+    @property
+    def key(self) -> str:
+        """The ledger key of the team's own contract: ``capacity.key`` or the team's name."""
+        return _key_of(self._declared_capacity, self._name)
+
+    @property
+    def capacity(self) -> AgentCapacity | None:
+        """The team's contract as a provider: its members' contracts aggregated (pool for headroom and
+        selector routing, pipeline for round robin), capped field by field by the declared ``capacity``."""
+        mode: AggregateMode = "pipeline" if self._routing == "round_robin" else "pool"
+        return AgentCapacity.aggregate(
+            [plan.contract for plan in self._plans.values()], mode, cap=self._declared_capacity
+        )
+
+    def capacity_of(self, name: str) -> AgentCapacity | None:
+        """A member's effective contract, or ``None`` when it declares none.
+
+        Raises:
+            KeyError: no participant has that name.
+        """
+        return self._plans[name].contract
+
+    @property
+    def ledger(self) -> CapacityLedger:
+        """The ledger this team records usage in (the process-wide default unless one was given)."""
+        return self._ledger_given if self._ledger_given is not None else default_ledger()
+
+    async def capacity_status(self) -> KeyStatus:
+        """The team's live headroom as a participant of a parent team: its own key's, capped by its
+        members' (the best member for a pool, the worst for a pipeline)."""
+        ledger = self.ledger
+        declared = self._declared_capacity
+        own = await ledger.status(self.key, declared) if declared is not None else KeyStatus(1.0)
+        if own.blocked_by is not None:
+            return own
+        members = [await ledger.status(p.key, p.contract) for p in self._plans.values() if p.contract is not None]
+        if not members or (len(members) < len(self._plans) and self._routing != "round_robin"):
+            return own
+        pick = min if self._routing == "round_robin" else max
+        best = pick(members, key=lambda status: status.headroom)
+        return best if best.headroom < own.headroom else own
+
+    def capacity_keys(self) -> dict[str, AgentCapacity]:
+        """Every key whose release or refill may give this team headroom (for a parent's wait)."""
+        keys = {p.key: p.contract for p in self._plans.values() if p.contract is not None}
+        if self._declared_capacity is not None:
+            keys[self.key] = self._declared_capacity
+        return keys
+
+    # ----------------------------------------------------------------- running
+
+    async def run_stream(
+        self,
+        *,
+        task: str | BaseChatMessage | Sequence[BaseChatMessage] | None = None,
+        cancellation_token: CancellationToken | None = None,
+        output_task_messages: bool = True,
+    ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | TaskResult, None]:
+        """Run the team as :meth:`BaseGroupChat.run_stream` does, under the team's own contract (one lease
+        per run when ``capacity`` is declared). Every lease the run took is released when it ends."""
+        if self._is_running:
+            raise ValueError("The team is already running, it cannot run again until it is stopped.")
+        self._leases.pending_error = None
+        own_lease = None
+        result: TaskResult | None = None
+        try:
+            if self._declared_capacity is not None:
+                try:
+                    own_lease = await acquire(self.key, self._declared_capacity, ledger=self.ledger)
+                except CapacityExhausted as exhausted:
+                    if self._on_exhausted == "raise":
+                        raise
+                    yield TaskResult(messages=[], stop_reason=str(exhausted))
+                    return
+            async for item in super().run_stream(
+                task=task, cancellation_token=cancellation_token, output_task_messages=output_task_messages
+            ):
+                if isinstance(item, TaskResult):
+                    result = item
+                else:
+                    yield item
+        finally:
+            await self._leases.release_all()
+            if own_lease is not None:
+                await own_lease.release()
+        error, self._leases.pending_error = self._leases.pending_error, None
+        if error is not None:
+            raise error
+        if result is not None:
+            yield result
+
+    async def reset(self) -> None:
+        """Reset the team and its participants, releasing any lease a stopped run left behind."""
+        await self._leases.release_all()
+        await super().reset()
+
+    # ----------------------------------------------------------------- wiring into BaseGroupChat
+
+    def _create_group_chat_manager_factory(
+        self,
+        name: str,
+        group_topic_type: str,
+        output_topic_type: str,
+        participant_topic_types: list[str],
+        participant_names: list[str],
+        participant_descriptions: list[str],
+        output_message_queue: asyncio.Queue[BaseAgentEvent | BaseChatMessage | GroupChatTermination],
+        termination_condition: TerminationCondition | None,
+        max_turns: int | None,
+        message_factory: MessageFactory,
+    ) -> Callable[[], CapacityAwareGroupChatManager]:
+        def _factory() -> CapacityAwareGroupChatManager:
+            return CapacityAwareGroupChatManager(
+                name,
+                group_topic_type,
+                output_topic_type,
+                participant_topic_types,
+                participant_names,
+                participant_descriptions,
+                output_message_queue,
+                termination_condition,
+                max_turns,
+                message_factory,
+                policy=self._policy(),
+                model_client=self._model_client,
+                selector_prompt=self._selector_prompt,
+                allow_repeated_speaker=self._allow_repeated_speaker,
+                selector_func=self._selector_func,
+                max_selector_attempts=self._max_selector_attempts,
+                candidate_func=self._candidate_func,
+                emit_team_events=self._emit_team_events,
+                model_context=self._model_context,
+                model_client_streaming=self._model_client_streaming,
+            )
+
+        return _factory
+
+    def _policy(self) -> TeamPolicy:
+        return TeamPolicy(
+            plans=self._plans,
+            routing=self._routing,
+            ledger=self.ledger,
+            leases=self._leases,
+            on_exhausted=self._on_exhausted,
+            retry_budget=self._retry_budget,
+            selector_capacity=self._selector_capacity,
+            selector_key=_key_of(self._selector_capacity, f"{self._name}.selector"),
+            exhausted_ttl_s=self._exhausted_ttl_s,
+        )
+
+    def _create_participant_factory(
+        self,
+        parent_topic_type: str,
+        output_topic_type: str,
+        agent: ChatAgent | Team,
+        message_factory: MessageFactory,
+    ) -> Callable[[], CapacityAwareAgentContainer]:
+        def _factory() -> CapacityAwareAgentContainer:
+            return CapacityAwareAgentContainer(
+                parent_topic_type,
+                output_topic_type,
+                self._group_chat_manager_topic_type,
+                agent,
+                message_factory,
+                self._classify,
+            )
+
+        return _factory
+
+    # ----------------------------------------------------------------- component config
+
+    def _to_config(self) -> CapacityAwareGroupChatConfig:
+        def dump(component: ComponentBase[BaseModel] | None) -> ComponentModel | None:
+            return component.dump_component() if component is not None else None
+
+        return CapacityAwareGroupChatConfig(
+            name=self._name,
+            description=self._description,
+            participants=[participant.dump_component() for participant in self._participants],
+            model_client=dump(self._model_client),
+            termination_condition=dump(self._termination_condition),
+            max_turns=self._max_turns,
+            emit_team_events=self._emit_team_events,
+            capacity=self._declared_capacity,
+            capacities=self._capacities,
+            routing=self._routing,
+            on_exhausted=self._on_exhausted,
+            retry_budget=self._retry_budget,
+            selector_capacity=self._selector_capacity,
+            exhausted_ttl_s=self._exhausted_ttl_s,
+            selector_prompt=None if self._selector_prompt == DEFAULT_SELECTOR_PROMPT else self._selector_prompt,
+            allow_repeated_speaker=self._allow_repeated_speaker,
+            max_selector_attempts=self._max_selector_attempts,
+            model_client_streaming=self._model_client_streaming,
+            model_context=dump(self._model_context),
+        )
+
+    @classmethod
+    def _from_config(cls, config: CapacityAwareGroupChatConfig) -> Self:
+        return cls(**load_team_config(config, DEFAULT_SELECTOR_PROMPT))
+
+
+def _key_of(contract: AgentCapacity | None, name: str) -> str:
+    return contract.key if contract is not None and contract.key else name
+
+
+def _warn_about_client_retries(participants: Sequence[ChatAgent | Team]) -> None:
+    """Retries inside an OpenAI-family client multiply load under the team's own retries: say so."""
+    for participant in participants:
+        client: Any = getattr(participant, "_model_client", None)
+        inner: Any = getattr(client, "_client", None)
+        retries = getattr(inner, "max_retries", None)
+        if isinstance(retries, int) and retries > 0:
+            logger.warning(
+                "autogen_capacity.client_retries",
+                member=participant.name,
+                max_retries=retries,
+                hint="set max_retries=0 on the model client: the team already retries by contract",
+            )

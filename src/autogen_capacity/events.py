@@ -1,0 +1,106 @@
+"""Typed AgentChat events a capacity-aware team emits in ``run_stream`` (with ``emit_team_events=True``).
+
+Every event here is also logged as a structlog event (``autogen_capacity.*``). A plain AutoGen team with a
+capacity-aware child lists :data:`CAPACITY_EVENT_TYPES` in its ``custom_message_types``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from autogen_agentchat.messages import BaseAgentEvent
+from pydantic import BaseModel
+
+__all__ = [
+    "CAPACITY_EVENT_TYPES",
+    "CapacityDeferredEvent",
+    "CapacityExhaustedEvent",
+    "CapacityWaitEvent",
+    "Deferral",
+    "MemberOverloadedEvent",
+]
+
+
+class Deferral(BaseModel):
+    """One candidate passed over for lack of headroom."""
+
+    name: str
+    """The participant passed over."""
+    key: str
+    """The ledger key it is tracked under."""
+    reason: str
+    """``slots``, ``rate``, ``tpm``, ``cooldown``, ``exhausted`` or ``team`` (a nested team without headroom)."""
+
+
+class CapacityDeferredEvent(BaseAgentEvent):
+    """Candidates were passed over because they had no headroom; ``speaker`` spoke instead (``None``: the
+    team waits)."""
+
+    content: list[Deferral]
+    """Who was passed over, and why."""
+    speaker: str | None = None
+    """Who takes the turn instead."""
+    type: Literal["CapacityDeferredEvent"] = "CapacityDeferredEvent"
+
+    def to_text(self) -> str:
+        deferred = ", ".join(f"{d.name} ({d.reason})" for d in self.content)
+        instead = f"; {self.speaker} speaks instead" if self.speaker else "; nobody has headroom"
+        return f"Deferred {deferred}{instead}"
+
+
+class CapacityWaitEvent(BaseAgentEvent):
+    """Nobody could take the turn: the team waits by the preferred candidate's backoff schedule."""
+
+    content: list[str]
+    """The candidates waited for."""
+    attempt: int
+    """The retry this wait uses if it ends without admission (1-based)."""
+    max_retries: int
+    """The contract's ``max_caller_retries``."""
+    delay_s: float
+    """The longest this wait lasts, in seconds (it ends sooner on a release or refill)."""
+    type: Literal["CapacityWaitEvent"] = "CapacityWaitEvent"
+
+    def to_text(self) -> str:
+        return (
+            f"Waiting up to {self.delay_s:.3f}s for {', '.join(self.content)} (retry {self.attempt}/{self.max_retries})"
+        )
+
+
+class CapacityExhaustedEvent(BaseAgentEvent):
+    """No participant could take the turn within its contract: the run ends."""
+
+    content: str
+    """Who was exhausted and why (the run's stop reason)."""
+    type: Literal["CapacityExhaustedEvent"] = "CapacityExhaustedEvent"
+
+    def to_text(self) -> str:
+        return self.content
+
+
+class MemberOverloadedEvent(BaseAgentEvent):
+    """A member signalled overload (429, Retry-After, spent quota); its turn goes to another member."""
+
+    content: str
+    """The member's error, as text."""
+    member: str
+    """The participant that was overloaded."""
+    key: str
+    """Its ledger key."""
+    kind: Literal["throttled", "exhausted"]
+    """``throttled``: cooled down and retried later; ``exhausted``: routed around for the rest of the run."""
+    cooldown_s: float
+    """How long its key is out of routing, in seconds."""
+    type: Literal["MemberOverloadedEvent"] = "MemberOverloadedEvent"
+
+    def to_text(self) -> str:
+        return f"{self.member} is overloaded ({self.kind}), out of routing for {self.cooldown_s:.3f}s: {self.content}"
+
+
+CAPACITY_EVENT_TYPES: tuple[type[BaseAgentEvent], ...] = (
+    CapacityDeferredEvent,
+    CapacityWaitEvent,
+    CapacityExhaustedEvent,
+    MemberOverloadedEvent,
+)
+"""Every event type a capacity-aware team may emit, for a parent team's ``custom_message_types``."""

@@ -1,0 +1,95 @@
+"""The errors autogen_capacity raises on purpose.
+
+* CapacityError                       base for everything raised on purpose
+  x ContractError (ValueError)        contracts conflict with the team (unknown or duplicate participant names)
+  x CapacityExhausted                 no participant could take the work within the contract; .snapshot, .retry_after
+    x QueueFull                       a key's ``max_queue`` waiters are already waiting: refused at once
+  x LedgerUnavailable                 the ledger's backend (Redis) cannot be reached; never silent admission
+  x LedgerClosedError (RuntimeError)  a ledger used after ``aclose()``
+* Overloaded                          raised by an agent or tool on purpose to signal overload (not a CapacityError)
+
+Pydantic's ``ValidationError`` is raised as pydantic raises it for invalid contracts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+__all__ = [
+    "CapacityError",
+    "CapacityExhausted",
+    "ContractError",
+    "LedgerClosedError",
+    "LedgerUnavailable",
+    "Overloaded",
+    "QueueFull",
+]
+
+
+class CapacityError(Exception):
+    """Base class of every error autogen_capacity raises on purpose."""
+
+
+class ContractError(CapacityError, ValueError):
+    """Contracts conflict with the team: a ``capacities`` entry names no participant, and the like."""
+
+
+class CapacityExhausted(CapacityError):
+    """No participant could take the work within its contract.
+
+    Raised by a team built with ``on_exhausted="raise"``, by the capacity-aware tools and by
+    :func:`autogen_capacity.acquire` once the contracted retries are used up.
+
+    Args:
+        message: What was exhausted, naming the keys and the reason.
+        snapshot: The ledger's usage per key when the caller gave up.
+        retry_after: Seconds after which a new attempt may succeed, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        snapshot: Mapping[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.snapshot: Mapping[str, Any] = dict(snapshot or {})
+        self.retry_after = retry_after
+
+
+class QueueFull(CapacityExhausted):
+    """A key's ``max_queue`` callers are already waiting, so this caller is refused at once."""
+
+
+class LedgerUnavailable(CapacityError):
+    """The ledger's backend cannot be reached. Admission is refused rather than granted blindly."""
+
+
+class LedgerClosedError(CapacityError, RuntimeError):
+    """A ledger was used after :meth:`aclose`."""
+
+
+class Overloaded(Exception):
+    """Raised on purpose by an agent or tool to say it is overloaded.
+
+    A capacity-aware team or tool treats it like an HTTP 429 (``kind="throttled"``) or like a spent
+    quota (``kind="exhausted"``).
+
+    Args:
+        message: A human-readable reason.
+        retry_after: Seconds the caller should wait before trying this provider again.
+        kind: ``"throttled"`` (try again later) or ``"exhausted"`` (entitlement gone: never retried).
+    """
+
+    def __init__(
+        self,
+        message: str = "overloaded",
+        *,
+        retry_after: float | None = None,
+        kind: Literal["throttled", "exhausted"] = "throttled",
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.kind: Literal["throttled", "exhausted"] = kind

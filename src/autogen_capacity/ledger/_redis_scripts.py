@@ -1,0 +1,259 @@
+"""The Lua scripts behind :class:`~autogen_capacity.ledger.redis.RedisLedger`.
+
+Each script runs atomically on the server and reads time from Redis' own clock (``TIME``), so hosts with
+skewed clocks agree. Scripts that call ``TIME`` and then write rely on effect replication, the default since
+Redis 5. Every script touches the keys of one ledger key only, and those share one hash tag, so a Redis
+Cluster keeps them on one slot.
+
+Data per ledger key ``k`` (``{ns}:{{k}}:<part>``):
+
+* ``slots``: sorted set of lease ids scored by expiry (server seconds); expired members are removed
+  before counting, so a crashed holder's slots come back on their own.
+* ``released``: sorted set of recently released lease ids (scored by expiry), so that a renewal already
+  on its way cannot bring a released lease back.
+* ``waiters``: sorted set of waiter ids scored by expiry, counted against ``max_queue``.
+* ``tokens``: sorted set of ``<id>:<tokens>`` scored by the time they were recorded (the 60 s window).
+* ``meta``: hash with ``ex`` (exhausted until), ``cd`` (cooling down until), ``rl``/``rt`` (rpm bucket
+  level and when it was last leaked) and ``acq`` (leases granted).
+
+Limits arrive as ``ARGV`` strings; an empty string means unbounded. Floats go back as strings (Redis would
+truncate Lua numbers to integers).
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACQUIRE", "ENTER_QUEUE", "RECORD_TOKENS", "RELEASE", "RENEW", "SET_UNTIL", "STATUS", "USAGE"]
+
+_PRELUDE = """
+local TOKEN_WINDOW = 60
+local KEEP_META = 86400
+
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function opt(v)
+  if v == nil or v == false or v == '' then return nil end
+  return tonumber(v)
+end
+
+local function fmt(x)
+  if x == nil then return '' end
+  return string.format('%.17g', x)
+end
+
+-- Expire a sorted set scored by expiry once its last member has expired.
+local function keep_zset(key, now)
+  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if top[2] then
+    redis.call('PEXPIRE', key, math.max(math.ceil((tonumber(top[2]) - now) * 1000), 0) + 1000)
+  end
+end
+
+local function keep_meta(meta, now, at_least)
+  local ex = opt(redis.call('HGET', meta, 'ex')) or 0
+  local cd = opt(redis.call('HGET', meta, 'cd')) or 0
+  local keep = math.max(KEEP_META, ex - now, cd - now, at_least or 0)
+  redis.call('PEXPIRE', meta, math.ceil(keep * 1000))
+end
+
+-- The rpm bucket's level now: it leaks rpm / 60 a second (aiolimiter's leaky bucket).
+local function bucket_level(meta, now, rpm)
+  local level = opt(redis.call('HGET', meta, 'rl')) or 0
+  local at = opt(redis.call('HGET', meta, 'rt')) or now
+  if level > 0 and now > at then
+    level = math.max(level - (now - at) * rpm / 60, 0)
+  end
+  return level
+end
+
+local function in_flight(slots, now)
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  return redis.call('ZCARD', slots)
+end
+
+-- Tokens in the sliding window, and seconds until the sum drops below tpm (oldest entries leave first).
+local function window(tokens, now, tpm)
+  redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now - TOKEN_WINDOW)
+  local entries = redis.call('ZRANGE', tokens, 0, -1, 'WITHSCORES')
+  local used = 0
+  for i = 1, #entries, 2 do
+    used = used + tonumber(string.match(entries[i], ':(%d+)$'))
+  end
+  if tpm == nil or used < tpm then return used, nil end
+  local remaining = used
+  for i = 1, #entries, 2 do
+    remaining = remaining - tonumber(string.match(entries[i], ':(%d+)$'))
+    if remaining < tpm then return used, tonumber(entries[i + 1]) + TOKEN_WINDOW - now end
+  end
+  return used, 0
+end
+
+-- Same order and arithmetic as InMemoryLedger._status: headroom, reason (nil: admits), ready_in.
+local function status(slots, meta, tokens, now, mc, rpm, tpm)
+  local ex = opt(redis.call('HGET', meta, 'ex')) or 0
+  if ex > now then return 0, 'exhausted', ex - now end
+  local cd = opt(redis.call('HGET', meta, 'cd')) or 0
+  if cd > now then return 0, 'cooldown', cd - now end
+  local headroom = 1
+  if mc then
+    local free = mc - in_flight(slots, now)
+    if free <= 0 then return 0, 'slots', nil end
+    headroom = free / mc
+  end
+  if rpm then
+    local burst = math.max(rpm, 1)
+    local level = bucket_level(meta, now, rpm)
+    if level + 1 > burst then return 0, 'rate', (level + 1 - burst) / (rpm / 60) end
+    headroom = math.min(headroom, 1 - level / burst)
+  end
+  if tpm then
+    local used, ready_in = window(tokens, now, tpm)
+    if used >= tpm then return 0, 'tpm', ready_in end
+    headroom = math.min(headroom, 1 - used / tpm)
+  end
+  return headroom, nil, nil
+end
+"""
+
+STATUS = (
+    _PRELUDE
+    + """
+-- KEYS: slots, meta, tokens. ARGV: max_concurrent, rpm, tpm.
+local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], clock(), opt(ARGV[1]), opt(ARGV[2]),
+  opt(ARGV[3]))
+return {fmt(headroom), reason or '', fmt(ready_in)}
+"""
+)
+
+ACQUIRE = (
+    _PRELUDE
+    + """
+-- KEYS: slots, meta, tokens. ARGV: lease id, ttl, max_concurrent, rpm, tpm.
+-- Returns {1} when admitted, else {0, headroom, reason, ready_in}.
+local now = clock()
+local rpm = opt(ARGV[4])
+local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), rpm, opt(ARGV[5]))
+if reason then return {0, fmt(headroom), reason, fmt(ready_in)} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+keep_zset(KEYS[1], now)
+local drain = 0
+if rpm then
+  local level = bucket_level(KEYS[2], now, rpm) + 1
+  redis.call('HSET', KEYS[2], 'rl', level, 'rt', now)
+  drain = level / (rpm / 60)
+end
+redis.call('HINCRBY', KEYS[2], 'acq', 1)
+keep_meta(KEYS[2], now, drain)
+return {1}
+"""
+)
+
+RELEASE = (
+    _PRELUDE
+    + """
+-- KEYS: slots, released. ARGV: lease id, ttl, channel, ledger key. Returns 1 when the lease was held.
+local now = clock()
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+keep_zset(KEYS[2], now)
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return removed
+"""
+)
+
+RENEW = (
+    _PRELUDE
+    + """
+-- KEYS: slots, released, waiters. ARGV: ttl, number of lease ids, lease ids..., waiter ids...
+-- Pushes every held lease's and waiter's expiry to now + ttl. A held lease missing from the slots (Redis
+-- lost its data, or this process stalled past the ttl) is put back unless it was released meanwhile: the
+-- work is still in flight. Returns the ids put back.
+local now = clock()
+local expiry = now + tonumber(ARGV[1])
+local leases = tonumber(ARGV[2])
+local restored = {}
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+for i = 3, 2 + leases do
+  local id = ARGV[i]
+  if redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], expiry, id)
+  elseif not redis.call('ZSCORE', KEYS[2], id) then
+    redis.call('ZADD', KEYS[1], expiry, id)
+    table.insert(restored, id)
+  end
+end
+if leases > 0 then keep_zset(KEYS[1], now) end
+for i = 3 + leases, #ARGV do
+  redis.call('ZADD', KEYS[3], 'XX', expiry, ARGV[i])
+end
+if #ARGV > 2 + leases then keep_zset(KEYS[3], now) end
+return restored
+"""
+)
+
+ENTER_QUEUE = (
+    _PRELUDE
+    + """
+-- KEYS: slots, meta, tokens, waiters. ARGV: waiter id, ttl, max_concurrent, rpm, tpm, max_queue.
+-- Returns {queued, headroom, reason, ready_in}; reason '' means the key admits now (nothing queued).
+local now = clock()
+local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), opt(ARGV[4]),
+  opt(ARGV[5]))
+if not reason then return {0, fmt(headroom), '', ''} end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local max_queue = opt(ARGV[6])
+if max_queue and redis.call('ZCARD', KEYS[4]) >= max_queue then
+  return {0, fmt(headroom), reason, fmt(ready_in)}
+end
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1])
+keep_zset(KEYS[4], now)
+return {1, fmt(headroom), reason, fmt(ready_in)}
+"""
+)
+
+RECORD_TOKENS = (
+    _PRELUDE
+    + """
+-- KEYS: tokens, meta. ARGV: entry id, tokens.
+local now = clock()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - TOKEN_WINDOW)
+redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. ARGV[2])
+redis.call('PEXPIRE', KEYS[1], (TOKEN_WINDOW + 1) * 1000)
+redis.call('HSETNX', KEYS[2], 'acq', 0)
+keep_meta(KEYS[2], now, 0)
+return 1
+"""
+)
+
+SET_UNTIL = (
+    _PRELUDE
+    + """
+-- KEYS: meta. ARGV: field ('cd' or 'ex'), seconds. Extends, never shortens.
+local now = clock()
+local until_ = now + tonumber(ARGV[2])
+if until_ > (opt(redis.call('HGET', KEYS[1], ARGV[1])) or 0) then
+  redis.call('HSET', KEYS[1], ARGV[1], until_)
+end
+redis.call('HSETNX', KEYS[1], 'acq', 0)
+keep_meta(KEYS[1], now, 0)
+return 1
+"""
+)
+
+USAGE = (
+    _PRELUDE
+    + """
+-- KEYS: slots, meta, tokens, waiters. Returns {in_flight, waiting, acquired, tokens, cooldown, exhausted}.
+local now = clock()
+local held = in_flight(KEYS[1], now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local used = window(KEYS[3], now, nil)
+local cd = opt(redis.call('HGET', KEYS[2], 'cd')) or 0
+local ex = opt(redis.call('HGET', KEYS[2], 'ex')) or 0
+return {held, redis.call('ZCARD', KEYS[4]), tonumber(redis.call('HGET', KEYS[2], 'acq') or 0), used,
+  fmt(math.max(cd - now, 0)), fmt(math.max(ex - now, 0))}
+"""
+)

@@ -1,0 +1,141 @@
+"""The ledger protocol every backend implements, and the data it hands out."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Protocol, runtime_checkable
+
+from ..contracts import AgentCapacity
+
+__all__ = ["BlockReason", "CapacityLedger", "KeyStatus", "KeyUsage", "Lease", "LedgerSnapshot"]
+
+BlockReason = Literal["slots", "rate", "tpm", "cooldown", "exhausted"]
+"""Why a key admits nothing now: every slot is taken, the rpm bucket is full, the tpm window is spent,
+it is cooling down after an overload, or its entitlement is exhausted."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    """Whether a key can take one more unit of work now, and if not, why and for how long."""
+
+    headroom: float
+    """From 0 (saturated) to 1 (idle or unbounded)."""
+    blocked_by: BlockReason | None = None
+    """Why nothing is admitted now; ``None`` when a lease would be granted."""
+    ready_in: float | None = None
+    """Seconds until the key admits again without any release (a refill, a cooldown's end); ``None`` when
+    it is not blocked or only a release can help."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """One key's usage, as shown by :meth:`CapacityLedger.snapshot`."""
+
+    in_flight: int
+    """Leases held now."""
+    waiting: int = 0
+    """Callers waiting for this key now (this process for the in-memory ledger)."""
+    acquired: int = 0
+    """Leases granted since the ledger started."""
+    tokens_last_minute: int = 0
+    """Tokens recorded in the sliding 60 s window."""
+    cooling_down_for: float = 0.0
+    """Seconds of cooldown left."""
+    exhausted_for: float = 0.0
+    """Seconds left before an exhausted key is routed to again."""
+
+
+LedgerSnapshot = Mapping[str, KeyUsage]
+"""Usage per key."""
+
+
+class Lease:
+    """One admitted unit of work on a key. Released exactly once: :meth:`release` is idempotent.
+
+    Use it as an async context manager to release it on the way out, whatever happens.
+    """
+
+    __slots__ = ("_on_release", "_released", "acquired_at", "key", "lease_id")
+
+    def __init__(
+        self, key: str, lease_id: str, acquired_at: float, on_release: Callable[[Lease], Awaitable[None]]
+    ) -> None:
+        self.key = key
+        self.lease_id = lease_id
+        self.acquired_at = acquired_at
+        self._on_release = on_release
+        self._released = False
+
+    @property
+    def released(self) -> bool:
+        """Whether the lease has been given back."""
+        return self._released
+
+    async def release(self) -> None:
+        """Give the slot back and wake the oldest waiter. A second call does nothing."""
+        if self._released:
+            return
+        self._released = True
+        await self._on_release(self)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"<Lease {self.key!r} {self.lease_id} {state}>"
+
+
+@runtime_checkable
+class CapacityLedger(Protocol):
+    """The shared record of usage per key. :class:`InMemoryLedger` serves one process;
+    ``RedisLedger`` many processes and hosts. Every method reads time from the ledger's own clock
+    (the running loop's for the in-memory ledger)."""
+
+    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
+        """Admit one unit of work on ``key`` atomically, or return ``None`` at once. Never blocks."""
+        ...
+
+    async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
+        """Whether ``key`` would admit now, its headroom, and why not."""
+        ...
+
+    async def headroom(self, key: str, capacity: AgentCapacity) -> float:
+        """How much more ``key`` can take now, from 0 (saturated) to 1 (idle or unbounded)."""
+        ...
+
+    async def wait_for_change(self, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
+        """Wait until one of the keys may admit again: a release (handed to the oldest waiter first), a
+        refill or a cooldown's end. Returns ``True`` when woken, ``False`` when ``timeout`` passed.
+
+        Raises:
+            QueueFull: every key already has its ``max_queue`` callers waiting.
+        """
+        ...
+
+    async def record_tokens(self, key: str, tokens: int) -> None:
+        """Debit ``tokens`` from the key's tpm window."""
+        ...
+
+    async def cooldown(self, key: str, seconds: float) -> None:
+        """Take ``key`` out of admission for ``seconds`` (extends, never shortens, a running cooldown)."""
+        ...
+
+    async def mark_exhausted(self, key: str, seconds: float) -> None:
+        """Record that ``key``'s entitlement is gone: nobody sharing the ledger is admitted for ``seconds``."""
+        ...
+
+    async def snapshot(self) -> LedgerSnapshot:
+        """Usage per key, for dashboards and tests."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources; the ledger refuses work afterwards."""
+        ...

@@ -1,0 +1,280 @@
+"""The in-process ledger: exact limits for every team and tool sharing one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import weakref
+from collections import deque
+from collections.abc import Mapping
+
+from aiolimiter import AsyncLimiter
+
+from .._logging import logger
+from ..contracts import AgentCapacity
+from ..exceptions import LedgerClosedError, QueueFull
+from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot
+
+__all__ = ["InMemoryLedger", "default_ledger"]
+
+TOKEN_WINDOW_S = 60.0
+_RATE_SLACK = 1e-6
+"""Bucket level (in requests) forgiven as float rounding: a bucket that leaked for exactly its ``ready_in``
+must admit, not report itself 1e-14 requests short (a fake or frozen clock would spin on that forever)."""
+
+
+class _Waiter:
+    __slots__ = ("future", "keys")
+
+    def __init__(self, future: asyncio.Future[None], keys: tuple[str, ...]) -> None:
+        self.future = future
+        self.keys = keys
+
+
+class _KeyState:
+    __slots__ = (
+        "acquired",
+        "cooldown_until",
+        "exhausted_until",
+        "in_flight",
+        "limiter",
+        "token_sum",
+        "tokens",
+        "waiters",
+    )
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.acquired = 0
+        self.limiter: AsyncLimiter | None = None
+        self.tokens: deque[tuple[float, int]] = deque()
+        self.token_sum = 0
+        self.cooldown_until = 0.0
+        self.exhausted_until = 0.0
+        self.waiters: deque[_Waiter] = deque()
+
+    def limiter_for(self, rpm: float) -> AsyncLimiter:
+        """The rpm bucket: up to ``max(rpm, 1)`` at once, leaking ``rpm / 60`` a second."""
+        burst = max(rpm, 1.0)
+        period = 60.0 * burst / rpm
+        limiter = self.limiter
+        if limiter is None or limiter.max_rate != burst or limiter.time_period != period:
+            limiter = self.limiter = AsyncLimiter(burst, period)
+        return limiter
+
+    @staticmethod
+    def bucket_level(limiter: AsyncLimiter) -> float:
+        """Leak the rpm bucket up to now and return its level, forgiving float rounding at the boundary."""
+        limiter.has_capacity()  # leaks the bucket
+        # aiolimiter has no public accessor for the bucket level.
+        level: float = limiter._level
+        room = limiter.max_rate - 1.0
+        if room < level <= room + _RATE_SLACK:
+            level = limiter._level = room
+        return level
+
+    def tokens_in_window(self, now: float) -> int:
+        while self.tokens and self.tokens[0][0] <= now - TOKEN_WINDOW_S:
+            self.token_sum -= self.tokens.popleft()[1]
+        return self.token_sum
+
+
+class InMemoryLedger:
+    """A :class:`~autogen_autogen_capacity.CapacityLedger` for one process (one event loop).
+
+    Admission is atomic because it never awaits between the check and the take. Waiters are woken
+    oldest first, one per released slot, rather than all at once.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("__weakref__", "_closed", "_ids", "_keys")
+
+    def __init__(self) -> None:
+        self._keys: dict[str, _KeyState] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    def _state(self, key: str) -> _KeyState:
+        if self._closed:
+            raise LedgerClosedError("the ledger is closed")
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+        return state
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def _status(self, state: _KeyState, capacity: AgentCapacity, now: float) -> KeyStatus:
+        if state.exhausted_until > now:
+            return KeyStatus(0.0, "exhausted", state.exhausted_until - now)
+        if state.cooldown_until > now:
+            return KeyStatus(0.0, "cooldown", state.cooldown_until - now)
+        headroom = 1.0
+        if capacity.max_concurrent is not None:
+            free = capacity.max_concurrent - state.in_flight
+            if free <= 0:
+                return KeyStatus(0.0, "slots")
+            headroom = free / capacity.max_concurrent
+        if capacity.rpm is not None:
+            limiter = state.limiter_for(capacity.rpm)
+            level = state.bucket_level(limiter)
+            if level + 1 > limiter.max_rate:
+                per_second = limiter.max_rate / limiter.time_period
+                return KeyStatus(0.0, "rate", (level + 1 - limiter.max_rate) / per_second)
+            headroom = min(headroom, 1 - level / limiter.max_rate)
+        if capacity.tpm is not None:
+            used = state.tokens_in_window(now)
+            if used >= capacity.tpm:
+                return KeyStatus(0.0, "tpm", self._tpm_ready_in(state, capacity.tpm, now))
+            headroom = min(headroom, 1 - used / capacity.tpm)
+        return KeyStatus(headroom)
+
+    @staticmethod
+    def _tpm_ready_in(state: _KeyState, tpm: int, now: float) -> float:
+        remaining = state.token_sum
+        for stamp, tokens in state.tokens:
+            remaining -= tokens
+            if remaining < tpm:
+                return stamp + TOKEN_WINDOW_S - now
+        return 0.0
+
+    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
+        """Admit one unit of work on ``key`` now, or return ``None``. Never blocks."""
+        state = self._state(key)
+        now = self._now()
+        if self._status(state, capacity, now).blocked_by is not None:
+            return None
+        if capacity.rpm is not None:
+            await state.limiter_for(capacity.rpm).acquire()  # has capacity: returns without suspending
+        state.in_flight += 1
+        state.acquired += 1
+        return Lease(key, str(next(self._ids)), now, self._release)
+
+    async def _release(self, lease: Lease) -> None:
+        state = self._keys.get(lease.key)
+        if state is None:  # the ledger was closed under the lease
+            return
+        state.in_flight -= 1
+        self._wake_oldest(state)
+
+    @staticmethod
+    def _wake_oldest(state: _KeyState) -> None:
+        while state.waiters:
+            waiter = state.waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+                return
+
+    async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
+        """Whether ``key`` would admit now, its headroom, and why not."""
+        return self._status(self._state(key), capacity, self._now())
+
+    async def headroom(self, key: str, capacity: AgentCapacity) -> float:
+        """How much more ``key`` can take now, from 0 to 1."""
+        return self._status(self._state(key), capacity, self._now()).headroom
+
+    async def wait_for_change(self, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
+        """Wait for a release on one of the keys (oldest waiter first), a refill or a cooldown's end."""
+        now = self._now()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        queued: list[_KeyState] = []
+        wake_in = timeout
+        for key, capacity in waits.items():
+            state = self._state(key)
+            status = self._status(state, capacity, now)
+            if status.blocked_by is None:
+                return True
+            if status.ready_in is not None:
+                wake_in = min(wake_in, status.ready_in)
+            if capacity.max_queue is None or len(state.waiters) < capacity.max_queue:
+                queued.append(state)
+        if waits and not queued:
+            logger.warning("autogen_capacity.queue_full", keys=list(waits))
+            raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
+        waiter = _Waiter(future, tuple(waits))
+        for state in queued:
+            state.waiters.append(waiter)
+        timer = loop.call_at(now + max(wake_in, 0.0), _resolve, future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                # Woken, then cancelled before using the wake-up: hand it to the next waiter, or it is lost.
+                for state in queued:
+                    self._wake_oldest(state)
+            raise
+        finally:
+            timer.cancel()
+            for state in queued:
+                if waiter in state.waiters:
+                    state.waiters.remove(waiter)
+        return wake_in < timeout or self._now() < now + timeout
+
+    async def record_tokens(self, key: str, tokens: int) -> None:
+        """Debit ``tokens`` from the key's tpm window."""
+        if tokens <= 0:
+            return
+        state = self._state(key)
+        state.tokens.append((self._now(), tokens))
+        state.token_sum += tokens
+
+    async def cooldown(self, key: str, seconds: float) -> None:
+        """Take ``key`` out of admission for ``seconds`` (extends, never shortens, a cooldown)."""
+        state = self._state(key)
+        state.cooldown_until = max(state.cooldown_until, self._now() + seconds)
+
+    async def mark_exhausted(self, key: str, seconds: float) -> None:
+        """Refuse ``key`` to everyone sharing this ledger for ``seconds``."""
+        state = self._state(key)
+        state.exhausted_until = max(state.exhausted_until, self._now() + seconds)
+
+    async def snapshot(self) -> LedgerSnapshot:
+        """Usage per key."""
+        if self._closed:
+            raise LedgerClosedError("the ledger is closed")
+        now = self._now()
+        return {
+            key: KeyUsage(
+                in_flight=state.in_flight,
+                waiting=sum(1 for w in state.waiters if not w.future.done()),
+                acquired=state.acquired,
+                tokens_last_minute=state.tokens_in_window(now),
+                cooling_down_for=max(0.0, state.cooldown_until - now),
+                exhausted_for=max(0.0, state.exhausted_until - now),
+            )
+            for key, state in self._keys.items()
+        }
+
+    async def aclose(self) -> None:
+        """Wake every waiter and refuse further work. Leases still held release as no-ops."""
+        self._closed = True
+        for state in self._keys.values():
+            for waiter in state.waiters:
+                _resolve(waiter.future)
+        self._keys.clear()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_default_ledgers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, InMemoryLedger] = weakref.WeakKeyDictionary()
+
+
+def default_ledger() -> InMemoryLedger:
+    """The process-wide ledger teams use when given none (one per running event loop), so separate team
+    instances with the same member names share their limits.
+
+    Raises:
+        RuntimeError: no event loop is running.
+    """
+    loop = asyncio.get_running_loop()
+    ledger = _default_ledgers.get(loop)
+    if ledger is None or ledger._closed:
+        ledger = _default_ledgers[loop] = InMemoryLedger()
+    return ledger

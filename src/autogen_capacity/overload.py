@@ -1,0 +1,121 @@
+"""Recognising overload in the exceptions real SDKs raise: throttled (try later) or exhausted (never retry)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+from .exceptions import Overloaded
+
+__all__ = ["Overload", "OverloadClassifier", "classify_overload"]
+
+_THROTTLED_STATUS = frozenset({429, 503})
+_EXHAUSTED_STATUS = 402
+_EXHAUSTED_CODES = frozenset({"insufficient_quota"})
+_MAX_CHAIN = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Overload:
+    """What an overload signal means for routing."""
+
+    kind: Literal["throttled", "exhausted"]
+    """``throttled``: cool the provider down and try it later; ``exhausted``: its entitlement is gone."""
+    retry_after_s: float | None = None
+    """The provider's hint (Retry-After), in seconds; it replaces the backoff schedule for that wait."""
+
+
+OverloadClassifier = Callable[[BaseException], "Overload | None"]
+"""Maps an exception to an :class:`Overload`, or ``None`` when it is an ordinary error."""
+
+
+def classify_overload(exc: BaseException) -> Overload | None:
+    """Classify ``exc`` (or an exception it was raised from) as an overload signal.
+
+    Recognised: :class:`~autogen_capacity.Overloaded`; a ``status_code`` or ``status`` of 429 or 503 on the
+    exception or on ``exc.response`` (with ``retry-after-ms`` or ``Retry-After`` headers, in seconds or as
+    an HTTP date); a status of 402 or an error code ``insufficient_quota`` (OpenAI's spent quota) as
+    exhausted. Anything else is an ordinary error: ``None``.
+
+    .. versionadded:: 0.1.0
+    """
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < _MAX_CHAIN:
+        overload = _classify_one(current)
+        if overload is not None:
+            return overload
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
+
+
+def _classify_one(exc: BaseException) -> Overload | None:
+    if isinstance(exc, Overloaded):
+        return Overload(exc.kind, exc.retry_after)
+    response = getattr(exc, "response", None)
+    status = _status(exc) or _status(response)
+    if status == _EXHAUSTED_STATUS or _error_code(exc) in _EXHAUSTED_CODES:
+        return Overload("exhausted")
+    if status in _THROTTLED_STATUS:
+        return Overload("throttled", _retry_after(getattr(response, "headers", None)))
+    return None
+
+
+def _status(obj: object) -> int | None:
+    for attribute in ("status_code", "status"):
+        value = getattr(obj, attribute, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _error_code(exc: BaseException) -> str | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        nested = body.get("error", body)
+        if isinstance(nested, Mapping):
+            value = nested.get("code") or nested.get("type")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if headers is None:
+        return None
+    try:
+        items = headers.items()
+    except AttributeError:
+        return None
+    for key, value in items:
+        if isinstance(key, str) and key.lower() == name:
+            return str(value)
+    return None
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (delta seconds or HTTP date); ``None`` if absent."""
+    milliseconds = _header(headers, "retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return max(float(milliseconds) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = _header(headers, "retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)

@@ -1,0 +1,25 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from autogen_capacity import InMemoryLedger
+from autogen_capacity.testing import FakeLoopClock
+
+
+@pytest.fixture(name="fake_clock")
+async def _fake_clock() -> AsyncIterator[FakeLoopClock]:
+    """The running loop's clock, frozen until the test advances it."""
+    with FakeLoopClock(start=1000.0) as clock:
+        yield clock
+
+
+@pytest.fixture(name="ledger")
+async def _ledger() -> AsyncIterator[InMemoryLedger]:
+    """A fresh in-process ledger, closed after the test."""
+    ledger = InMemoryLedger()
+    yield ledger
+    await ledger.aclose()
