@@ -8,6 +8,7 @@ import pytest
 
 from autogen_capacity import InMemoryLedger
 from autogen_capacity.testing import FakeLoopClock
+from redis_server import redis_server_fixture  # noqa: F401  (registers the redis_server fixture)
 
 
 @pytest.fixture(name="fake_clock")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from ._config import CapacityAwareGroupChatConfig
 from ._manager import CapacityAwareGroupChatManager, CapacityAwareManagerState
@@ -36,12 +37,13 @@ from .ledger import (
     LedgerSnapshot,
     default_ledger,
 )
+from .ledger.redis import RedisLedger
 from .overload import Overload, OverloadClassifier, classify_overload
 from .routing import Routing
 
 try:
-    __version__ = version("autogen-capacity")
-except PackageNotFoundError:  # pragma: no cover  (running from a source tree that was never installed)
+    __version__ = _version("autogen-capacity")
+except _PackageNotFoundError:  # pragma: no cover  (running from a source tree that was never installed)
     __version__ = "0.0.0"
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "OverloadClassifier",
     "Overloaded",
     "QueueFull",
+    "RedisLedger",
     "RetryBudget",
     "Routing",
     "__version__",

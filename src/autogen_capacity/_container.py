@@ -35,7 +35,9 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
     """A :class:`ChatAgentContainer` whose turns report overload to the manager's own topic.
 
     An overload (as the classifier sees it) is not an error of the run: the container keeps its message
-    buffer (nothing is lost when the member speaks later) and tells the manager, which reroutes the turn.
+    buffer (nothing is lost when the member speaks later), loads back the agent's state from before the
+    turn (so the kept messages are not added to its context twice) and tells the manager, which reroutes
+    the turn.
     Every other exception is published and raised exactly as AutoGen does.
     """
 
@@ -58,11 +60,16 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         self, message: GroupChatRequestPublish, ctx: MessageContext
     ) -> None:
         """Run the member's turn (same name as the base handler, which it replaces)."""
+        # An agent adds the buffer to its own context before it calls its model: an overloaded turn is undone
+        # so that the retry, which is handed the kept buffer again, does not show the model every message twice.
+        before = None if isinstance(self._agent, Team) else await self._agent.save_state()
         try:
             response = await self._run_turn(ctx)
         except Exception as e:
             overload = self._classify(e)
             if overload is not None:
+                if before is not None:
+                    await self._agent.load_state(before)
                 report = GroupChatMemberOverloaded(
                     name=self._agent.name,
                     kind=overload.kind,

@@ -71,11 +71,13 @@ class TeamPolicy:
         "routing",
         "selector_capacity",
         "selector_key",
+        "team_name",
     )
 
     def __init__(
         self,
         *,
+        team_name: str,
         plans: Mapping[str, MemberPlan],
         routing: Routing,
         ledger: CapacityLedger,
@@ -86,6 +88,7 @@ class TeamPolicy:
         selector_key: str,
         exhausted_ttl_s: float,
     ) -> None:
+        self.team_name = team_name
         self.plans = plans
         self.routing = routing
         self.ledger = ledger
@@ -159,6 +162,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         )
         self._sequential_message_types = [*self._sequential_message_types, GroupChatMemberOverloaded]
         self._policy = policy
+        self._team_name = policy.team_name
         self._plans = policy.plans
         self._ledger = policy.ledger
         self._next_speaker_index = 0
@@ -237,9 +241,13 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
                 out_for = hinted if hinted is not None else plan.schedule.jittered_delay(count, _rng)
                 self._cooled.add(message.name)
                 await self._ledger.cooldown(plan.key, out_for)
+                if count > plan.schedule.max_caller_retries:
+                    # Overloaded on every retry its contract allows: give up on it for this run (I5: a storm of
+                    # short Retry-After hints would loop forever), without marking its key exhausted.
+                    self._routed_around.add(message.name)
             logger.warning(
                 "autogen_capacity.member_overloaded",
-                team=self._name,
+                team=self._team_name,
                 member=message.name,
                 key=plan.key,
                 kind=message.kind,
@@ -253,7 +261,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
                     key=plan.key,
                     kind=message.kind,
                     cooldown_s=out_for,
-                    source=self._name,
+                    source=self._team_name,
                 )
             )
             if not self._spend_retry():
@@ -269,8 +277,11 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
     # ----------------------------------------------------------------- selection
 
     async def _transition_to_next_speakers(self, cancellation_token: CancellationToken) -> None:
+        # As in AutoGen, selection is a future linked to the run's token: a cancelled run selects nobody.
+        admission = asyncio.ensure_future(self._admit_next_speaker())
+        cancellation_token.link_future(admission)
         try:
-            speaker = await self._admit_next_speaker(cancellation_token)
+            speaker = await admission
         except _Exhausted as exhausted:
             await self._stop_exhausted(exhausted, None)
             return
@@ -292,7 +303,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         candidates = await self._candidates(thread)
         return [(await self._order(candidates, {}))[0]]
 
-    async def _admit_next_speaker(self, token: CancellationToken) -> str | None:
+    async def _admit_next_speaker(self) -> str | None:
         """Lease the first candidate in preference order that has headroom; wait by contract when none has.
 
         Returns the speaker, or ``None`` when the termination condition fired while waiting.
@@ -333,17 +344,17 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
                 deadline = now + delay
                 await self._report_deferrals(candidates, statuses, None)
                 await self._report_wait(candidates, statuses, attempt, schedule.max_caller_retries, delay)
-            if await self._wait(candidates, deadline - now, token):
+            if await self._wait(candidates, deadline - now):
                 return None
 
     def _preferred(self, candidates: Sequence[str], statuses: Mapping[str, KeyStatus]) -> str:
         """The candidate whose schedule the team follows: the first one whose entitlement is not gone."""
         usable = [n for n in candidates if statuses[n].blocked_by != "exhausted" and n not in self._routed_around]
         if not usable:
-            raise _Exhausted(f"every candidate's entitlement is exhausted ({_describe(candidates, statuses)})")
+            raise _Exhausted(f"every candidate is exhausted or out of retries ({_describe(candidates, statuses)})")
         return usable[0]
 
-    async def _wait(self, candidates: Sequence[str], timeout: float, token: CancellationToken) -> bool:
+    async def _wait(self, candidates: Sequence[str], timeout: float) -> bool:
         """Wait for a release, refill or cooldown's end on the candidates' keys. ``True`` when the
         termination condition fired meanwhile."""
         waits: dict[str, AgentCapacity] = {}
@@ -354,10 +365,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             else:
                 waits[plan.key] = plan.schedule
         poll = timeout if self._termination_condition is None else min(timeout, TERMINATION_POLL_S)
-        waiting = asyncio.ensure_future(self._ledger.wait_for_change(waits, max(poll, 0.0)))
-        token.link_future(waiting)
         try:
-            await waiting
+            await self._ledger.wait_for_change(waits, max(poll, 0.0))
         except QueueFull as full:
             raise _Exhausted(str(full)) from full
         return self._termination_condition is not None and await self._apply_termination_condition([])
@@ -404,7 +413,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         if self._policy.routing == "headroom":
             return rank_by_headroom(ordered, {name: statuses[name].headroom for name in ordered if name in statuses})
         if self._policy.routing == "selector" and len(ordered) > 1:
-            chosen = await self._model_pick(ordered)
+            # The prompt lists candidates in participant order, exactly as SelectorGroupChat's does.
+            chosen = await self._model_pick([name for name in self._participant_names if name in allowed])
             if chosen is None:
                 return []
             return [chosen, *(name for name in ordered if name != chosen)]
@@ -479,11 +489,11 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             return
         logger.info(
             "autogen_capacity.deferred",
-            team=self._name,
+            team=self._team_name,
             deferred={d.name: d.reason for d in deferred},
             speaker=speaker,
         )
-        await self._emit(CapacityDeferredEvent(content=deferred, speaker=speaker, source=self._name))
+        await self._emit(CapacityDeferredEvent(content=deferred, speaker=speaker, source=self._team_name))
 
     async def _report_wait(
         self,
@@ -495,7 +505,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
     ) -> None:
         logger.info(
             "autogen_capacity.no_headroom",
-            team=self._name,
+            team=self._team_name,
             candidates=_describe(candidates, statuses),
             attempt=attempt,
             max_retries=max_retries,
@@ -503,14 +513,18 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         )
         await self._emit(
             CapacityWaitEvent(
-                content=list(candidates), attempt=attempt, max_retries=max_retries, delay_s=delay, source=self._name
+                content=list(candidates),
+                attempt=attempt,
+                max_retries=max_retries,
+                delay_s=delay,
+                source=self._team_name,
             )
         )
 
     async def _stop_exhausted(self, exhausted: _Exhausted, ctx: MessageContext | None) -> None:
         reason = f"Capacity exhausted: {exhausted.reason}"
-        logger.warning("autogen_capacity.exhausted", team=self._name, reason=reason)
-        await self._emit(CapacityExhaustedEvent(content=reason, source=self._name))
+        logger.warning("autogen_capacity.exhausted", team=self._team_name, reason=reason)
+        await self._emit(CapacityExhaustedEvent(content=reason, source=self._team_name))
         if self._policy.on_exhausted == "raise":
             self._policy.leases.pending_error = CapacityExhausted(
                 reason, snapshot=await self._ledger.snapshot(), retry_after=exhausted.retry_after
@@ -518,7 +532,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         if self._termination_condition is not None:
             await self._termination_condition.reset()
         self._current_turn = 0
-        await self._signal_termination(StopMessage(content=reason, source=self._name))
+        await self._signal_termination(StopMessage(content=reason, source=self._team_name))
 
 
 def _reason(status: KeyStatus, plan: MemberPlan) -> str:

@@ -349,6 +349,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
 
     def _policy(self) -> TeamPolicy:
         return TeamPolicy(
+            team_name=self._name,
             plans=self._plans,
             routing=self._routing,
             ledger=self.ledger,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ def classify_overload(exc: BaseException) -> Overload | None:
 
     Recognised: :class:`~autogen_capacity.Overloaded`; a ``status_code`` or ``status`` of 429 or 503 on the
     exception or on ``exc.response`` (with ``retry-after-ms`` or ``Retry-After`` headers, in seconds or as
-    an HTTP date); a status of 402 or an error code ``insufficient_quota`` (OpenAI's spent quota) as
-    exhausted. Anything else is an ordinary error: ``None``.
+    an HTTP date, on the response or on the exception); a status of 402 or an error code
+    ``insufficient_quota`` (OpenAI's spent quota) as exhausted. The chain of ``__cause__`` /
+    ``__context__`` is followed (``raise ... from None`` ends it). Anything else is an ordinary error:
+    ``None``.
 
     .. versionadded:: 0.1.0
     """
@@ -48,7 +51,10 @@ def classify_overload(exc: BaseException) -> Overload | None:
         overload = _classify_one(current)
         if overload is not None:
             return overload
-        current = current.__cause__ or current.__context__
+        # ``raise X from None`` severs the chain, as it does for tracebacks.
+        current = (
+            current.__cause__ if current.__cause__ is not None or current.__suppress_context__ else current.__context__
+        )
         seen += 1
     return None
 
@@ -61,7 +67,8 @@ def _classify_one(exc: BaseException) -> Overload | None:
     if status == _EXHAUSTED_STATUS or _error_code(exc) in _EXHAUSTED_CODES:
         return Overload("exhausted")
     if status in _THROTTLED_STATUS:
-        return Overload("throttled", _retry_after(getattr(response, "headers", None)))
+        # Headers live on the response (httpx: openai, anthropic) or on the exception itself (aiohttp).
+        return Overload("throttled", _retry_after(getattr(response, "headers", None) or getattr(exc, "headers", None)))
     return None
 
 
@@ -104,14 +111,16 @@ def _retry_after(headers: Any) -> float | None:
     milliseconds = _header(headers, "retry-after-ms")
     if milliseconds is not None:
         try:
-            return max(float(milliseconds) / 1000, 0.0)
+            seconds = _seconds(float(milliseconds) / 1000)
         except ValueError:
-            pass
+            seconds = None
+        if seconds is not None:
+            return seconds
     value = _header(headers, "retry-after")
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        return _seconds(float(value))
     except ValueError:
         pass
     try:
@@ -119,3 +128,8 @@ def _retry_after(headers: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+def _seconds(value: float) -> float | None:
+    """A hint as non-negative seconds; ``inf`` or ``nan`` is no hint (it would take a key out forever)."""
+    return max(value, 0.0) if math.isfinite(value) else None

@@ -22,7 +22,13 @@ truncate Lua numbers to integers).
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "ENTER_QUEUE", "RECORD_TOKENS", "RELEASE", "RENEW", "SET_UNTIL", "STATUS", "USAGE"]
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["Scripts", "register"]
 
 _PRELUDE = """
 local TOKEN_WINDOW = 60
@@ -257,3 +263,22 @@ return {held, redis.call('ZCARD', KEYS[4]), tonumber(redis.call('HGET', KEYS[2],
   fmt(math.max(cd - now, 0)), fmt(math.max(ex - now, 0))}
 """
 )
+
+
+class Scripts(NamedTuple):
+    """The scripts, registered on one client (``EVALSHA``, loading a script again if the server lost it)."""
+
+    acquire: AsyncScript
+    release: AsyncScript
+    renew: AsyncScript
+    status: AsyncScript
+    enter_queue: AsyncScript
+    record_tokens: AsyncScript
+    set_until: AsyncScript
+    usage: AsyncScript
+
+
+def register(client: Redis) -> Scripts:
+    """Register every script on ``client``."""
+    sources = (ACQUIRE, RELEASE, RENEW, STATUS, ENTER_QUEUE, RECORD_TOKENS, SET_UNTIL, USAGE)
+    return Scripts(*(client.register_script(source) for source in sources))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import weakref
 from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
 from aiolimiter import AsyncLimiter
 
@@ -24,11 +26,11 @@ must admit, not report itself 1e-14 requests short (a fake or frozen clock would
 
 
 class _Waiter:
-    __slots__ = ("future", "keys")
+    __slots__ = ("future", "task")
 
-    def __init__(self, future: asyncio.Future[None], keys: tuple[str, ...]) -> None:
+    def __init__(self, future: asyncio.Future[None], task: asyncio.Task[Any] | None) -> None:
         self.future = future
-        self.keys = keys
+        self.task = task
 
 
 class _KeyState:
@@ -38,6 +40,7 @@ class _KeyState:
         "exhausted_until",
         "in_flight",
         "limiter",
+        "reserved",
         "token_sum",
         "tokens",
         "waiters",
@@ -52,6 +55,8 @@ class _KeyState:
         self.cooldown_until = 0.0
         self.exhausted_until = 0.0
         self.waiters: deque[_Waiter] = deque()
+        self.reserved: set[asyncio.Task[Any]] = set()
+        """Tasks a released slot was handed to: the slot is theirs until they take it or finish."""
 
     def limiter_for(self, rpm: float) -> AsyncLimiter:
         """The rpm bucket: up to ``max(rpm, 1)`` at once, leaking ``rpm / 60`` a second."""
@@ -80,10 +85,12 @@ class _KeyState:
 
 
 class InMemoryLedger:
-    """A :class:`~autogen_autogen_capacity.CapacityLedger` for one process (one event loop).
+    """A :class:`~autogen_capacity.CapacityLedger` for one process (one event loop).
 
-    Admission is atomic because it never awaits between the check and the take. Waiters are woken
-    oldest first, one per released slot, rather than all at once.
+    Admission is atomic because it never awaits between the check and the take. A released slot is
+    handed to the oldest waiter (FIFO, fair across teams): it stays reserved for that waiter's task until
+    the task takes it or finishes, so a busy caller cannot snatch it back. One waiter is woken per released
+    slot, never all of them.
 
     .. versionadded:: 0.1.0
     """
@@ -114,7 +121,9 @@ class InMemoryLedger:
             return KeyStatus(0.0, "cooldown", state.cooldown_until - now)
         headroom = 1.0
         if capacity.max_concurrent is not None:
-            free = capacity.max_concurrent - state.in_flight
+            free = capacity.max_concurrent - state.in_flight - len(state.reserved)
+            if state.reserved and asyncio.current_task() in state.reserved:
+                free += 1  # the slot handed to this caller
             if free <= 0:
                 return KeyStatus(0.0, "slots")
             headroom = free / capacity.max_concurrent
@@ -149,6 +158,8 @@ class InMemoryLedger:
             return None
         if capacity.rpm is not None:
             await state.limiter_for(capacity.rpm).acquire()  # has capacity: returns without suspending
+        if state.reserved:
+            state.reserved.discard(asyncio.current_task())
         state.in_flight += 1
         state.acquired += 1
         return Lease(key, str(next(self._ids)), now, self._release)
@@ -158,15 +169,26 @@ class InMemoryLedger:
         if state is None:  # the ledger was closed under the lease
             return
         state.in_flight -= 1
-        self._wake_oldest(state)
+        self._hand_over(state)
 
-    @staticmethod
-    def _wake_oldest(state: _KeyState) -> None:
+    def _hand_over(self, state: _KeyState) -> None:
+        """Wake the oldest live waiter and reserve the freed slot for its task."""
         while state.waiters:
             waiter = state.waiters.popleft()
-            if not waiter.future.done():
-                waiter.future.set_result(None)
-                return
+            if waiter.future.done():
+                continue
+            waiter.future.set_result(None)
+            task = waiter.task
+            if task is not None and not task.done() and task not in state.reserved:
+                state.reserved.add(task)
+                task.add_done_callback(functools.partial(self._drop_reservation, state))
+            return
+
+    def _drop_reservation(self, state: _KeyState, task: asyncio.Task[Any]) -> None:
+        """A task that was handed a slot finished (or gave up) without taking it: pass it on."""
+        if task in state.reserved:
+            state.reserved.discard(task)
+            self._hand_over(state)
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
         """Whether ``key`` would admit now, its headroom, and why not."""
@@ -195,17 +217,18 @@ class InMemoryLedger:
         if waits and not queued:
             logger.warning("autogen_capacity.queue_full", keys=list(waits))
             raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
-        waiter = _Waiter(future, tuple(waits))
+        task = asyncio.current_task()
+        waiter = _Waiter(future, task)
         for state in queued:
             state.waiters.append(waiter)
         timer = loop.call_at(now + max(wake_in, 0.0), _resolve, future)
         try:
             await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                # Woken, then cancelled before using the wake-up: hand it to the next waiter, or it is lost.
+            if future.done() and not future.cancelled() and task is not None:
+                # Woken, then cancelled before using the slot: pass it to the next waiter, or it is lost.
                 for state in queued:
-                    self._wake_oldest(state)
+                    self._drop_reservation(state, task)
             raise
         finally:
             timer.cancel()

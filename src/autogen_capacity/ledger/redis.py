@@ -1,0 +1,408 @@
+"""The Redis ledger: one set of limits for every process and host that shares a Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .._logging import logger
+from ..contracts import AgentCapacity
+from ..exceptions import LedgerClosedError, LedgerUnavailable, QueueFull
+from ._redis_scripts import register as register_scripts
+from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["RedisLedger"]
+
+INSTALL_HINT = "RedisLedger needs redis-py: pip install autogen-capacity[redis]"
+_RECONNECT_MAX_S = 2.0
+_PUBSUB_IDLE_S = 15.0
+_MAX_CONNECTIONS = 64
+_STATE = ("slots", "meta", "tokens")
+_QUEUE = ("slots", "meta", "tokens", "waiters")
+_PARTS = frozenset({"slots", "meta", "tokens", "waiters", "released"})
+_REASONS: dict[str, BlockReason] = {r: r for r in ("slots", "rate", "tpm", "cooldown", "exhausted")}
+
+
+class RedisLedger:
+    """A :class:`~autogen_capacity.CapacityLedger` on a Redis server, shared by many processes and hosts.
+
+    Every admission is one atomic Lua script that checks and takes slots, the rpm bucket, the tpm window,
+    cooldowns and exhaustion together, on Redis' own clock. Slots are lease ids in a sorted set scored by
+    expiry: a lease expires ``lease_ttl_s`` after its last renewal, and a background task renews held leases
+    every ``lease_ttl_s / 3``, so a live long turn keeps its slot and a killed worker's slots come back
+    within ``lease_ttl_s``. A release publishes the key on the namespace's channel; each process wakes its
+    own oldest waiter for that key (oldest first within a process; processes race, and a waiter that
+    loses the race simply waits again). Waiters are counted in Redis against ``max_queue``.
+
+    An unreachable Redis raises :class:`~autogen_capacity.LedgerUnavailable`: nothing is admitted blindly.
+    The client's connection pool and the wake-up listener reconnect on their own when Redis is back. A
+    release that cannot reach Redis is logged (``autogen_capacity.release_failed``), not raised: the lease
+    is no longer renewed, so it expires within ``lease_ttl_s``. Likewise a ``try_acquire`` cancelled while
+    its script is in flight may leave a lease nobody holds; it expires within ``lease_ttl_s``.
+
+    Needs Redis 5 or later (scripts that read ``TIME`` and then write rely on effect replication). Every
+    Redis key of one ledger key carries the same hash tag, ``{key}``, so each script touches one Redis
+    Cluster slot. Call :meth:`aclose` when done: it stops the background listener and renewal tasks.
+
+    Args:
+        url: The Redis URL, as for ``redis.asyncio.Redis.from_url``. Credentials in it never appear in
+            errors or logs.
+        namespace: Prefix of every Redis key and of the wake-up channel; ledgers with the same namespace
+            share their limits.
+        lease_ttl_s: Seconds a lease outlives its holder's last renewal.
+        client: A ``redis.asyncio.Redis`` to use instead of one built from ``url`` (not closed by
+            :meth:`aclose`).
+
+    Raises:
+        ImportError: redis-py is not installed (``pip install autogen-capacity[redis]``).
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = (
+        "_client",
+        "_closed",
+        "_heartbeat",
+        "_held",
+        "_listener",
+        "_listening",
+        "_ns",
+        "_owns_client",
+        "_scripts",
+        "_ttl",
+        "_unreachable",
+        "_url",
+        "_waiters",
+        "_waiting",
+    )
+
+    def __init__(
+        self, url: str, *, namespace: str = "autogen_capacity", lease_ttl_s: float = 30.0, client: Redis | None = None
+    ) -> None:
+        try:
+            from redis.asyncio import BlockingConnectionPool, Redis
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.exceptions import TimeoutError as RedisTimeoutError
+        except ImportError as exc:
+            raise ImportError(INSTALL_HINT) from exc
+        if lease_ttl_s <= 0:
+            raise ValueError(f"lease_ttl_s must be > 0, got {lease_ttl_s}")
+        self._url = _redact(url)
+        self._ns = namespace
+        self._ttl = float(lease_ttl_s)
+        self._owns_client = client is None
+        self._client: Redis = client or Redis.from_pool(  # callers queue for a connection, never fail for lack of one
+            BlockingConnectionPool.from_url(
+                url,
+                max_connections=_MAX_CONNECTIONS,
+                socket_connect_timeout=5.0,
+                socket_timeout=5.0,
+                health_check_interval=_PUBSUB_IDLE_S,
+            )
+        )
+        self._unreachable: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+        self._scripts = register_scripts(self._client)
+        self._held: dict[str, str] = {}  # lease id -> key, renewed by the heartbeat
+        self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}  # this process' waiters per key, oldest first
+        self._listener: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()  # set once the listener made its first subscription attempt
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<RedisLedger {self._url} namespace={self._ns!r}>"
+
+    # -- Redis plumbing -------------------------------------------------------------------------------
+
+    def _name(self, key: str, part: str) -> str:
+        return f"{self._ns}:{{{key}}}:{part}"
+
+    def _unavailable(self, exc: Exception) -> LedgerUnavailable:
+        logger.warning("autogen_capacity.ledger_unavailable", url=self._url, error=_describe(exc))
+        return LedgerUnavailable(f"Redis ledger unreachable at {self._url}: {exc}")
+
+    async def _run(self, script: AsyncScript, key: str, parts: Sequence[str], args: Sequence[str | float]) -> Any:
+        if self._closed:
+            raise LedgerClosedError("the ledger is closed")
+        try:
+            return await script(keys=[self._name(key, p) for p in parts], args=args)
+        except self._unreachable as exc:
+            raise self._unavailable(exc) from exc
+
+    # -- the protocol ---------------------------------------------------------------------------------
+
+    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
+        """Admit one unit of work on ``key`` now (one atomic script), or return ``None``. Never blocks."""
+        lease_id = uuid.uuid4().hex
+        reply = await self._run(self._scripts.acquire, key, _STATE, [lease_id, self._ttl, *_limits(capacity)])
+        if int(reply[0]) != 1:
+            return None
+        self._held[lease_id] = key
+        self._ensure_heartbeat()
+        return Lease(key, lease_id, asyncio.get_running_loop().time(), self._release)
+
+    async def _release(self, lease: Lease) -> None:
+        if self._held.pop(lease.lease_id, None) is not None:  # else given back by aclose() already
+            await self._give_back(lease.key, lease.lease_id)
+
+    async def _give_back(self, key: str, lease_id: str) -> None:
+        try:
+            await self._scripts.release(
+                keys=[self._name(key, "slots"), self._name(key, "released")],
+                args=[lease_id, self._ttl, self._channel, key],
+            )
+        except self._unreachable as exc:  # no longer renewed: it expires within the ttl
+            logger.warning("autogen_capacity.release_failed", key=key, url=self._url, error=_describe(exc))
+
+    async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
+        """Whether ``key`` would admit now, its headroom, and why not."""
+        return _key_status(await self._run(self._scripts.status, key, _STATE, _limits(capacity)))
+
+    async def headroom(self, key: str, capacity: AgentCapacity) -> float:
+        """How much more ``key`` can take now, from 0 to 1."""
+        return (await self.status(key, capacity)).headroom
+
+    async def wait_for_change(self, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
+        """Wait for a release on one of the keys (this process' oldest waiter first), a refill or a
+        cooldown's end, at most ``timeout`` seconds.
+
+        Raises:
+            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
+            LedgerUnavailable: Redis cannot be reached.
+        """
+        if self._closed:
+            raise LedgerClosedError("the ledger is closed")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        await self._ensure_listener(timeout)  # subscribed before looking, so no release slips through
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiter_id = uuid.uuid4().hex
+        for key in waits:
+            self._waiters.setdefault(key, deque()).append(waiter)
+        queued: list[str] = []
+        timer: asyncio.TimerHandle | None = None
+        try:
+            wake_in = timeout
+            for key, capacity in waits.items():
+                args: list[str | float] = [waiter_id, self._ttl, *_limits(capacity), _opt(capacity.max_queue)]
+                reply = await self._run(self._scripts.enter_queue, key, _QUEUE, args)
+                if int(reply[0]) == 1:
+                    queued.append(key)
+                status = _key_status(reply[1:])
+                if status.blocked_by is None:
+                    return True
+                if status.ready_in is not None:
+                    wake_in = min(wake_in, status.ready_in)
+            if waits and not queued:
+                logger.warning("autogen_capacity.queue_full", keys=list(waits))
+                raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
+            self._forget(waiter, [key for key in waits if key not in queued])
+            self._waiting[waiter_id] = tuple(queued)
+            self._ensure_heartbeat()
+            timer = loop.call_at(now + max(wake_in, 0.0), _resolve, waiter)
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._forget(waiter, waits)
+            if not self._closed:  # else aclose() leaves the queues
+                self._waiting.pop(waiter_id, None)
+                await self._leave_queues(waiter_id, queued)
+        return wake_in < timeout or loop.time() < now + timeout
+
+    async def record_tokens(self, key: str, tokens: int) -> None:
+        """Debit ``tokens`` from the key's tpm window."""
+        if tokens > 0:
+            await self._run(self._scripts.record_tokens, key, ("tokens", "meta"), [uuid.uuid4().hex, int(tokens)])
+
+    async def cooldown(self, key: str, seconds: float) -> None:
+        """Take ``key`` out of admission for ``seconds`` (extends, never shortens, a cooldown)."""
+        await self._run(self._scripts.set_until, key, ("meta",), ["cd", float(seconds)])
+
+    async def mark_exhausted(self, key: str, seconds: float) -> None:
+        """Refuse ``key`` to every process sharing the namespace for ``seconds``."""
+        await self._run(self._scripts.set_until, key, ("meta",), ["ex", float(seconds)])
+
+    async def snapshot(self) -> LedgerSnapshot:
+        """Usage per key of the namespace (found with ``SCAN``), across every process."""
+        if self._closed:
+            raise LedgerClosedError("the ledger is closed")
+        prefix, keys = f"{self._ns}:{{", set()
+        try:
+            async for name in self._client.scan_iter(match=f"{_glob_escape(self._ns)}:{{*}}:*", count=1000):
+                key, _, part = _text(name)[len(prefix) :].rpartition("}:")
+                if part in _PARTS:
+                    keys.add(key)
+        except self._unreachable as exc:
+            raise self._unavailable(exc) from exc
+        usage: dict[str, KeyUsage] = {}
+        for key in sorted(keys):
+            r = await self._run(self._scripts.usage, key, _QUEUE, [])
+            usage[key] = KeyUsage(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]))
+        return usage
+
+    async def aclose(self) -> None:
+        """Stop renewing and listening, give back leases still held and leave the queues, then close the
+        client if the ledger built it. The ledger refuses work afterwards; held leases release as no-ops."""
+        if self._closed:
+            return
+        self._closed = True
+        held, self._held, waiting, self._waiting = self._held, {}, self._waiting, {}
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                _resolve(waiter)
+        tasks = [task for task in (self._listener, self._heartbeat) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for lease_id, key in held.items():
+            await self._give_back(key, lease_id)
+        for waiter_id, keys in waiting.items():
+            await self._leave_queues(waiter_id, keys)
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- waking -----------------------------------------------------------------------------------------
+
+    @property
+    def _channel(self) -> str:
+        return f"{self._ns}:wake"
+
+    def _forget(self, waiter: asyncio.Future[None], keys: Sequence[str] | Mapping[str, object]) -> None:
+        for key in keys:
+            queue = self._waiters.get(key)
+            if queue is not None and waiter in queue:
+                queue.remove(waiter)
+                if not queue:
+                    del self._waiters[key]
+
+    async def _leave_queues(self, waiter_id: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
+                await self._client.zrem(self._name(key, "waiters"), waiter_id)
+
+    def _wake_oldest(self, key: str) -> None:
+        for waiter in self._waiters.get(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _ensure_listener(self, timeout: float) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        if not self._listening.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), max(timeout, 0.0))
+
+    async def _listen(self) -> None:
+        """Wake this process' oldest waiter for each released key; resubscribe whenever Redis comes back."""
+        delay, failures = 0.05, 0
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                while True:
+                    message = await pubsub.get_message(timeout=_PUBSUB_IDLE_S)
+                    if message is None:
+                        continue
+                    kind = _text(message["type"])
+                    if kind == "message":
+                        self._wake_oldest(_text(message["data"]))
+                    elif kind == "subscribe":
+                        if failures:
+                            logger.info("autogen_capacity.ledger_reconnected", url=self._url)
+                        delay, failures = 0.05, 0
+                        self._listening.set()
+                        for waiters in self._waiters.values():  # a release may have been missed meanwhile
+                            for waiter in waiters:
+                                _resolve(waiter)
+            except Exception as exc:  # a background task: log, back off, resubscribe
+                failures += 1
+                log = logger.warning if failures == 1 else logger.debug
+                log("autogen_capacity.listener_disconnected", url=self._url, error=_describe(exc), retry_in=delay)
+            finally:
+                self._listening.set()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX_S)
+
+    # -- renewal ---------------------------------------------------------------------------------------
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._renew_while_held())
+
+    async def _renew_while_held(self) -> None:
+        """Every ``lease_ttl_s / 3``, push the expiry of every held lease and queued waiter; stop when idle."""
+        while self._held or self._waiting:
+            await asyncio.sleep(self._ttl / 3)
+            leases: dict[str, list[str]] = {}
+            waiters: dict[str, list[str]] = {}
+            for lease_id, key in self._held.items():
+                leases.setdefault(key, []).append(lease_id)
+            for waiter_id, keys in self._waiting.items():
+                for key in keys:
+                    waiters.setdefault(key, []).append(waiter_id)
+            await asyncio.gather(
+                *(self._renew_key(k, leases.get(k, []), waiters.get(k, [])) for k in leases.keys() | waiters.keys())
+            )
+
+    async def _renew_key(self, key: str, lease_ids: list[str], waiter_ids: list[str]) -> None:
+        try:
+            restored = await self._scripts.renew(
+                keys=[self._name(key, p) for p in ("slots", "released", "waiters")],
+                args=[self._ttl, len(lease_ids), *lease_ids, *waiter_ids],
+            )
+        except Exception as exc:  # a background task: the next round tries again
+            logger.warning("autogen_capacity.renew_failed", key=key, url=self._url, error=_describe(exc))
+            return
+        for lease_id in restored:
+            logger.warning("autogen_capacity.lease_restored", key=key, lease_id=_text(lease_id))
+
+
+def _limits(capacity: AgentCapacity) -> list[str]:
+    return [_opt(capacity.max_concurrent), _opt(capacity.rpm), _opt(capacity.tpm)]
+
+
+def _opt(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _key_status(reply: Sequence[object]) -> KeyStatus:
+    headroom, reason, ready_in = (_text(v) for v in reply)
+    return KeyStatus(float(headroom), _REASONS.get(reason), float(ready_in) if ready_in else None)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _redact(url: str) -> str:
+    """The URL without user, password or query (which may carry a password)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def _describe(exc: BaseException) -> str:
+    # redis-py's exceptions have a terse repr ("network:ConnectionError"); keep the message.
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,64 @@
+"""The package's public surface: ``__all__`` lists exactly what ``autogen_capacity`` exposes."""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import pytest
+
+import autogen_capacity
+
+
+def public_names() -> list[str]:
+    """Names the package exposes: no private names, no submodules, no ``from __future__`` features."""
+    return [
+        name
+        for name, value in vars(autogen_capacity).items()
+        if (not name.startswith("_") or name == "__version__")
+        and not isinstance(value, types.ModuleType)
+        and type(value).__module__ != "__future__"
+    ]
+
+
+def isort_style(name: str) -> tuple[int, str]:
+    """ruff's RUF022 order: SCREAMING_CASE constants, then CamelCase classes, then everything else."""
+    if name.isupper():
+        return (0, name)
+    if name[:1].isupper():
+        return (1, name)
+    return (2, name)
+
+
+def test_all_is_sorted() -> None:
+    """``__all__`` is kept sorted (as ruff sorts it), so a diff shows what was added or removed."""
+    assert autogen_capacity.__all__ == sorted(autogen_capacity.__all__, key=isort_style)
+
+
+def test_all_has_no_duplicates() -> None:
+    """Every name appears once in ``__all__``."""
+    assert len(set(autogen_capacity.__all__)) == len(autogen_capacity.__all__)
+
+
+def test_all_imports_are_exported() -> None:
+    """Every public name the package exposes is in ``__all__``, and nothing else is."""
+    exposed, exported = set(public_names()), set(autogen_capacity.__all__)
+
+    assert exposed - exported == set(), "exposed but missing from __all__"
+    assert exported - exposed == set(), "in __all__ but not exposed"
+
+
+@pytest.mark.parametrize("name", autogen_capacity.__all__)
+def test_every_exported_name_is_importable(name: str) -> None:
+    """``from autogen_capacity import <name>`` works for every name in ``__all__``."""
+    namespace: dict[str, object] = {}
+
+    exec(f"from autogen_capacity import {name}", namespace)
+
+    assert namespace[name] is getattr(importlib.import_module("autogen_capacity"), name)
+
+
+def test_version_is_a_string() -> None:
+    """The package reports its version."""
+    assert isinstance(autogen_capacity.__version__, str)
+    assert autogen_capacity.__version__

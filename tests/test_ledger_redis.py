@@ -1,0 +1,534 @@
+"""RedisLedger on a real redis-server: the in-memory ledger's behaviours, and exactness across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autogen_capacity import (
+    AgentCapacity,
+    CapacityLedger,
+    InMemoryLedger,
+    LedgerClosedError,
+    LedgerUnavailable,
+    QueueFull,
+)
+from autogen_capacity.ledger.redis import INSTALL_HINT, RedisLedger
+from redis_server import RedisServer, free_port, redis_server_fixture  # noqa: F401  (registers the fixture)
+
+pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
+pytestmark = pytest.mark.redis
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+MakeLedger = Callable[..., RedisLedger]
+
+
+@pytest.fixture(name="make_ledger")
+async def _make_ledger(redis_server: RedisServer) -> AsyncIterator[MakeLedger]:
+    """Build ledgers (separate clients, as separate processes would have) sharing one fresh namespace."""
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    ledgers: list[RedisLedger] = []
+
+    def make(**kwargs: Any) -> RedisLedger:
+        kwargs.setdefault("namespace", namespace)
+        ledger = RedisLedger(redis_server.url, **kwargs)
+        ledgers.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in ledgers:
+        await ledger.aclose()
+
+
+@pytest.fixture(name="redis_ledger")
+def _redis_ledger(make_ledger: MakeLedger) -> RedisLedger:
+    """One ledger on the test's namespace."""
+    return make_ledger()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, every: float = 0.05) -> None:
+    """Poll ``check`` until it holds, failing after a generous ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, f"condition not met within {timeout} s"
+        await asyncio.sleep(every)
+
+
+class TestAdmission:
+    async def test_is_a_capacity_ledger(self, redis_ledger: RedisLedger) -> None:
+        """RedisLedger satisfies the CapacityLedger protocol."""
+        assert isinstance(redis_ledger, CapacityLedger)
+
+    async def test_admits_exactly_max_concurrent(self, make_ledger: MakeLedger) -> None:
+        """max_concurrent=2 admits exactly two leases across clients, and one more after a release."""
+        a, b = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=2)
+        first = await a.try_acquire("k", cap)
+        assert first is not None
+        assert (await b.status("k", cap)).headroom == 0.5
+        second = await b.try_acquire("k", cap)
+        assert second is not None
+        assert await a.try_acquire("k", cap) is None
+        assert await b.try_acquire("k", cap) is None
+        status = await a.status("k", cap)
+        assert (status.headroom, status.blocked_by, status.ready_in) == (0.0, "slots", None)
+        await first.release()
+        assert await b.headroom("k", cap) == 0.5
+        assert await b.try_acquire("k", cap) is not None
+        assert await a.try_acquire("k", cap) is None
+
+    async def test_release_is_idempotent(self, make_ledger: MakeLedger) -> None:
+        """A second release gives nothing back twice: the count never drifts below the leases held."""
+        a, b = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=1)
+        lease = await a.try_acquire("k", cap)
+        assert lease is not None
+        async with lease:
+            assert await b.try_acquire("k", cap) is None
+        await lease.release()
+        await lease.release()
+        other = await b.try_acquire("k", cap)
+        assert other is not None
+        await lease.release()
+        assert await a.try_acquire("k", cap) is None
+        usage = (await a.snapshot())["k"]
+        assert (usage.in_flight, usage.acquired) == (1, 2)
+
+    async def test_no_drift_after_many_cycles(self, redis_ledger: RedisLedger) -> None:
+        """Hundreds of concurrent acquire/release cycles leave nothing in flight and the limit exact."""
+        cap = AgentCapacity(max_concurrent=3)
+
+        async def cycle() -> int:
+            lease = await redis_ledger.try_acquire("k", cap)
+            if lease is None:
+                return 0
+            await asyncio.sleep(0)
+            await lease.release()
+            return 1
+
+        admitted = sum(await asyncio.gather(*(cycle() for _ in range(300))))
+        usage = (await redis_ledger.snapshot())["k"]
+        assert (usage.in_flight, usage.acquired) == (0, admitted)
+        held = [await redis_ledger.try_acquire("k", cap) for _ in range(4)]
+        assert [lease is not None for lease in held] == [True, True, True, False]
+
+    async def test_unbounded_contract_is_idle(self, redis_ledger: RedisLedger) -> None:
+        """A contract without limits always admits with headroom 1."""
+        assert await redis_ledger.status("k", AgentCapacity()) == (await InMemoryLedger().status("k", AgentCapacity()))
+        assert await redis_ledger.try_acquire("k", AgentCapacity()) is not None
+
+    async def test_rpm_bucket(self, make_ledger: MakeLedger) -> None:
+        """rpm=6 admits a burst of 6 across clients, then says the next slot leaks in 10 s."""
+        a, b = make_ledger(), make_ledger()
+        cap = AgentCapacity(rpm=6)
+        admitted = [await (a if i % 2 else b).try_acquire("k", cap) is not None for i in range(7)]
+        assert admitted == [True] * 6 + [False]
+        status = await a.status("k", cap)
+        assert status.blocked_by == "rate"
+        assert status.ready_in is not None
+        assert 9.0 < status.ready_in <= 10.0
+
+    async def test_rpm_refills(self, redis_ledger: RedisLedger) -> None:
+        """rpm=120 leaks 2 a second: a drained bucket admits again half a second later."""
+        cap = AgentCapacity(rpm=120)
+        assert all([await redis_ledger.try_acquire("k", cap) for _ in range(120)])
+        assert await redis_ledger.try_acquire("k", cap) is None
+        status = await redis_ledger.status("k", cap)
+        assert status.ready_in is not None
+        assert 0.0 < status.ready_in <= 0.5
+        await asyncio.sleep(status.ready_in + 0.1)
+        assert await redis_ledger.try_acquire("k", cap) is not None
+
+    async def test_fractional_rpm_allows_one(self, redis_ledger: RedisLedger) -> None:
+        """rpm below 1 still admits one request (burst = max(rpm, 1))."""
+        cap = AgentCapacity(rpm=0.5)
+        assert await redis_ledger.try_acquire("k", cap) is not None
+        assert await redis_ledger.try_acquire("k", cap) is None
+
+    async def test_tpm_window(self, make_ledger: MakeLedger) -> None:
+        """Recorded tokens reduce headroom; at the tpm limit the key waits for the oldest entry to leave."""
+        a, b = make_ledger(), make_ledger()
+        cap = AgentCapacity(tpm=100)
+        await a.record_tokens("k", 60)
+        await a.record_tokens("k", 0)
+        assert await b.headroom("k", cap) == pytest.approx(0.4)
+        await b.record_tokens("k", 50)
+        status = await a.status("k", cap)
+        assert status.blocked_by == "tpm"
+        assert status.ready_in is not None
+        assert 55.0 < status.ready_in <= 60.0
+        assert await a.try_acquire("k", cap) is None
+        assert (await a.snapshot())["k"].tokens_last_minute == 110
+
+    async def test_cooldown_extends_never_shortens(self, make_ledger: MakeLedger) -> None:
+        """A cooldown blocks every client until it ends; a shorter one does not cut it."""
+        a, b = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=5)
+        await a.cooldown("k", 0.4)
+        await b.cooldown("k", 0.05)
+        status = await b.status("k", cap)
+        assert status.blocked_by == "cooldown"
+        assert status.ready_in is not None
+        assert 0.2 < status.ready_in <= 0.4
+        assert await b.try_acquire("k", cap) is None
+        assert (await b.snapshot())["k"].cooling_down_for > 0.2
+        await asyncio.sleep(status.ready_in + 0.1)
+        assert await b.try_acquire("k", cap) is not None
+
+    async def test_exhausted_wins_over_cooldown(self, make_ledger: MakeLedger) -> None:
+        """An exhausted key is refused to every client sharing the namespace, and reported as exhausted."""
+        a, b = make_ledger(), make_ledger()
+        await a.cooldown("k", 5)
+        await a.mark_exhausted("k", 30)
+        status = await b.status("k", AgentCapacity())
+        assert status.blocked_by == "exhausted"
+        assert status.ready_in is not None
+        assert 29.0 < status.ready_in <= 30.0
+        assert await b.try_acquire("k", AgentCapacity()) is None
+        assert (await b.snapshot())["k"].exhausted_for > 29.0
+
+    @pytest.mark.parametrize(
+        "cap",
+        [
+            AgentCapacity(max_concurrent=3),
+            AgentCapacity(max_concurrent=4, rpm=3),
+            AgentCapacity(max_concurrent=2, tpm=1000),
+            AgentCapacity(rpm=2, tpm=50),
+        ],
+    )
+    async def test_same_status_as_in_memory(self, redis_ledger: RedisLedger, cap: AgentCapacity) -> None:
+        """The same operations give the same headroom and blocking reason as the in-memory ledger."""
+        memory = InMemoryLedger()
+
+        async def both() -> list[tuple[float, str | None]]:
+            statuses = [await redis_ledger.status("k", cap), await memory.status("k", cap)]
+            return [(round(s.headroom, 3), s.blocked_by) for s in statuses]
+
+        for step in range(5):
+            assert len({*await both()}) == 1, f"step {step}"
+            await redis_ledger.record_tokens("k", 20)
+            await memory.record_tokens("k", 20)
+            got = [await redis_ledger.try_acquire("k", cap), await memory.try_acquire("k", cap)]
+            assert (got[0] is None) == (got[1] is None), f"step {step}"
+        await memory.aclose()
+
+    async def test_snapshot_scans_only_its_namespace(self, make_ledger: MakeLedger) -> None:
+        """snapshot lists this namespace's keys (odd characters included) and none of another's."""
+        mine, other = make_ledger(), make_ledger(namespace=f"other-{uuid.uuid4().hex[:8]}")
+        odd = "team:a}{b*"
+        assert await mine.try_acquire(odd, AgentCapacity(max_concurrent=2)) is not None
+        await mine.record_tokens("t", 5)
+        await other.cooldown("elsewhere", 5)
+        snapshot = await mine.snapshot()
+        assert set(snapshot) == {odd, "t"}
+        assert snapshot[odd].in_flight == 1
+        assert snapshot["t"].tokens_last_minute == 5
+        assert set(await other.snapshot()) == {"elsewhere"}
+
+
+class TestWaiting:
+    async def test_woken_by_release_from_another_client(self, make_ledger: MakeLedger) -> None:
+        """A waiter is woken by a release made through another client, long before its timeout."""
+        holder, waiter = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=1)
+        lease = await holder.try_acquire("k", cap)
+        assert lease is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        wait = asyncio.create_task(waiter.wait_for_change({"k": cap}, timeout=20))
+        await asyncio.sleep(0.2)
+        assert not wait.done()
+        assert (await holder.snapshot())["k"].waiting == 1
+        await lease.release()
+        assert await wait is True
+        assert loop.time() - started < 10
+        assert (await holder.snapshot())["k"].waiting == 0
+
+    async def test_times_out(self, redis_ledger: RedisLedger) -> None:
+        """Without a release or a refill the wait ends with False after its timeout."""
+        cap = AgentCapacity(max_concurrent=1)
+        assert await redis_ledger.try_acquire("k", cap) is not None
+        assert await redis_ledger.wait_for_change({"k": cap}, timeout=0.2) is False
+
+    async def test_returns_at_once_when_admissible(self, redis_ledger: RedisLedger) -> None:
+        """A key that admits now ends the wait at once."""
+        assert await redis_ledger.wait_for_change({"k": AgentCapacity(max_concurrent=1)}, timeout=30) is True
+
+    async def test_woken_when_cooldown_ends(self, redis_ledger: RedisLedger) -> None:
+        """A cooldown ending before the timeout wakes the waiter with True (ready_in is the fallback)."""
+        await redis_ledger.cooldown("k", 0.2)
+        assert await redis_ledger.wait_for_change({"k": AgentCapacity()}, timeout=20) is True
+
+    async def test_one_release_wakes_the_oldest_waiter(self, make_ledger: MakeLedger) -> None:
+        """In one process, a release wakes one waiter, the oldest; the next release wakes the next."""
+        holder, waiters = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=2)
+        leases = [await holder.try_acquire("k", cap) for _ in range(2)]
+        first = asyncio.create_task(waiters.wait_for_change({"k": cap}, timeout=20))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(waiters.wait_for_change({"k": cap}, timeout=20))
+        await asyncio.sleep(0.2)
+        assert leases[0] is not None
+        assert leases[1] is not None
+        await leases[0].release()
+        assert await first is True
+        await asyncio.sleep(0.3)
+        assert not second.done()
+        await leases[1].release()
+        assert await second is True
+
+    async def test_queue_full(self, make_ledger: MakeLedger) -> None:
+        """max_queue counts waiters of every client; one more is refused at once with QueueFull."""
+        a, b = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=1, max_queue=1)
+        assert await a.try_acquire("k", cap) is not None
+        waiting = asyncio.create_task(a.wait_for_change({"k": cap}, timeout=20))
+        await asyncio.sleep(0.2)
+        with pytest.raises(QueueFull):
+            await b.wait_for_change({"k": cap}, timeout=20)
+        with pytest.raises(QueueFull):
+            await b.wait_for_change({"k": cap.model_copy(update={"max_queue": 0})}, timeout=20)
+        roomy = AgentCapacity(max_concurrent=1)
+        assert await b.try_acquire("other", roomy) is not None
+        assert await b.wait_for_change({"k": cap, "other": roomy}, timeout=0.1) is False
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await b.snapshot())["k"].waiting == 0
+        assert await b.wait_for_change({"k": cap}, timeout=0.1) is False
+
+
+class TestLifecycle:
+    async def test_closed_ledger_refuses_work(self, make_ledger: MakeLedger) -> None:
+        """After aclose the ledger raises LedgerClosedError; held leases were given back."""
+        closing, other = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=1)
+        lease = await closing.try_acquire("k", cap)
+        assert lease is not None
+        await closing.aclose()
+        await lease.release()  # a no-op
+        assert await other.try_acquire("k", cap) is not None
+        with pytest.raises(LedgerClosedError):
+            await closing.try_acquire("k", cap)
+        with pytest.raises(LedgerClosedError):
+            await closing.snapshot()
+        with pytest.raises(LedgerClosedError):
+            await closing.wait_for_change({"k": cap}, timeout=1)
+
+    async def test_given_client_is_not_closed(self, redis_server: RedisServer) -> None:
+        """A client passed in stays open after aclose."""
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(redis_server.url)
+        ledger = RedisLedger("redis://ignored", client=client, namespace=f"c-{uuid.uuid4().hex[:8]}")
+        assert await ledger.try_acquire("k", AgentCapacity(max_concurrent=1)) is not None
+        await ledger.aclose()
+        assert await client.ping()
+        await client.aclose()
+
+    def test_needs_redis_py(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without redis-py the module imports, and building a ledger says what to install."""
+        monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+        with pytest.raises(ImportError, match=r"pip install autogen-capacity\[redis\]") as caught:
+            RedisLedger("redis://localhost")
+        assert str(caught.value) == INSTALL_HINT
+
+    async def test_unreachable_redis_raises(self) -> None:
+        """Nothing listening: every call raises LedgerUnavailable naming the address, never the password."""
+        ledger = RedisLedger(f"redis://user:s3cret@127.0.0.1:{free_port()}/0")
+        cap = AgentCapacity(max_concurrent=1)
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: ledger.try_acquire("k", cap),
+            lambda: ledger.status("k", cap),
+            lambda: ledger.wait_for_change({"k": cap}, timeout=5),
+            ledger.snapshot,
+            lambda: ledger.cooldown("k", 1),
+        ]
+        for call in calls:
+            with pytest.raises(LedgerUnavailable, match=r"127\.0\.0\.1") as caught:
+                await call()
+            assert "s3cret" not in str(caught.value)
+        await ledger.aclose()
+
+    async def test_renewal_keeps_a_live_holder(self, make_ledger: MakeLedger) -> None:
+        """A lease held, and a wait kept, well past the ttl keep their slot and queue place while alive."""
+        holder, other = make_ledger(lease_ttl_s=0.6), make_ledger(lease_ttl_s=0.6)
+        cap = AgentCapacity(max_concurrent=1)
+        lease = await holder.try_acquire("k", cap)
+        assert lease is not None
+        wait = asyncio.create_task(holder.wait_for_change({"k": cap}, timeout=30))
+        for _ in range(10):
+            await asyncio.sleep(0.2)
+            assert await other.try_acquire("k", cap) is None
+        usage = (await other.snapshot())["k"]
+        assert (usage.in_flight, usage.waiting) == (1, 1)
+        await lease.release()
+        assert await wait is True
+        assert await other.try_acquire("k", cap) is not None
+
+    async def test_restart_recovers(self, make_ledger: MakeLedger, redis_server: RedisServer) -> None:
+        """Redis going away raises LedgerUnavailable; once it is back, admission and wake-ups work again."""
+        a, b = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=1)
+        assert await a.wait_for_change({"k": cap}, timeout=1) is True  # the listener is subscribed
+        redis_server.stop()
+        try:
+            with pytest.raises(LedgerUnavailable):
+                await a.try_acquire("k", cap)
+        finally:
+            redis_server.start()
+
+        async def admits() -> bool:
+            try:
+                lease = await a.try_acquire("k", cap)
+            except LedgerUnavailable:
+                return False
+            assert lease is not None
+            await lease.release()
+            return True
+
+        await eventually(admits)
+
+        async def woken_by_release() -> bool:
+            lease = await b.try_acquire("k", cap)
+            assert lease is not None
+            wait = asyncio.create_task(a.wait_for_change({"k": cap}, timeout=3))
+            await asyncio.sleep(0.1)
+            await lease.release()
+            return await wait
+
+        await eventually(woken_by_release, timeout=20)
+
+    async def test_held_lease_is_restored_after_data_loss(
+        self, make_ledger: MakeLedger, redis_server: RedisServer
+    ) -> None:
+        """A lease held while Redis restarts empty is put back by its renewal: the limit still holds."""
+        holder, other = make_ledger(lease_ttl_s=0.6), make_ledger(lease_ttl_s=0.6)
+        cap = AgentCapacity(max_concurrent=1)
+        lease = await holder.try_acquire("k", cap)
+        assert lease is not None
+        redis_server.stop()
+        redis_server.start()
+
+        async def restored() -> bool:
+            return (await other.snapshot()).get("k") is not None
+
+        await eventually(restored)
+        assert await other.try_acquire("k", cap) is None
+        await lease.release()
+        assert await other.try_acquire("k", cap) is not None
+
+
+WORKER = """
+import asyncio, json, random, sys
+from redis.asyncio import Redis
+from autogen_capacity import AgentCapacity, acquire
+from autogen_capacity.ledger.redis import RedisLedger
+
+async def main(url, namespace, mode, key, ttl, n_tasks, rounds):
+    ledger = RedisLedger(url, namespace=namespace, lease_ttl_s=ttl)
+    probe = Redis.from_url(url)
+    if mode == "hammer":
+        cap = AgentCapacity(max_concurrent=3, backoff_initial_ms=20, backoff_ceiling_ms=100,
+                            max_caller_retries=10_000)
+        peak = 0
+        async def worker():
+            nonlocal peak
+            for _ in range(rounds):
+                async with await acquire(key, cap, ledger=ledger):
+                    peak = max(peak, await probe.incr(namespace + ":probe"))
+                    await asyncio.sleep(random.uniform(0.002, 0.015))
+                    await probe.decr(namespace + ":probe")
+        await asyncio.gather(*(worker() for _ in range(n_tasks)))
+        print(json.dumps({"peak": peak, "holds": n_tasks * rounds}), flush=True)
+    elif mode == "rpm":
+        cap = AgentCapacity(rpm=3)
+        admitted = 0
+        for _ in range(rounds):
+            if await ledger.try_acquire(key, cap) is not None:
+                admitted += 1
+                await probe.incr(namespace + ":admitted")
+        print(json.dumps({"admitted": admitted}), flush=True)
+    elif mode == "hold":
+        assert await ledger.try_acquire(key, AgentCapacity(max_concurrent=1)) is not None
+        print(json.dumps({"held": True}), flush=True)
+        await asyncio.sleep(120)
+    await probe.aclose()
+    await ledger.aclose()
+
+asyncio.run(main(*json.loads(sys.argv[1])))
+"""
+
+
+async def spawn(url: str, namespace: str, mode: str, *, ttl: float = 30.0, tasks: int = 1, rounds: int = 1) -> Any:
+    """Run the worker script in a new Python process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    args = json.dumps([url, namespace, mode, "shared", ttl, tasks, rounds])
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WORKER, args, env=env, stdout=asyncio.subprocess.PIPE
+    )
+
+
+async def result(process: Any, timeout: float = 45.0) -> dict[str, Any]:
+    """The worker's JSON line, once it has exited successfully."""
+    stdout, _ = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode == 0
+    line: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    return line
+
+
+class TestProcesses:
+    async def test_never_exceed_max_concurrent(self, make_ledger: MakeLedger, redis_server: RedisServer) -> None:
+        """Three processes of many tasks each never hold more than max_concurrent at once, and all finish."""
+        ledger = make_ledger()
+        namespace = ledger._ns  # the workers join the test's namespace
+        workers = [await spawn(redis_server.url, namespace, "hammer", tasks=6, rounds=8) for _ in range(3)]
+        results = [await result(worker) for worker in workers]
+        assert sum(r["holds"] for r in results) == 3 * 6 * 8
+        peak = max(r["peak"] for r in results)
+        assert 2 <= peak <= 3
+        usage = (await ledger.snapshot())["shared"]
+        assert (usage.in_flight, usage.waiting, usage.acquired) == (0, 0, 3 * 6 * 8)
+
+    async def test_rpm_holds_across_processes(self, make_ledger: MakeLedger, redis_server: RedisServer) -> None:
+        """rpm=3 admits exactly 3 requests in total across three processes trying 4 times each."""
+        ledger = make_ledger()
+        namespace = ledger._ns
+        workers = [await spawn(redis_server.url, namespace, "rpm", rounds=4) for _ in range(3)]
+        results = [await result(worker) for worker in workers]
+        assert sum(r["admitted"] for r in results) == 3
+        assert (await ledger.snapshot())["shared"].acquired == 3
+
+    async def test_killed_holder_gives_its_slot_back(self, make_ledger: MakeLedger, redis_server: RedisServer) -> None:
+        """A holder alive past its ttl keeps its slot; killed with SIGKILL, its slot comes back within the ttl."""
+        ledger = make_ledger()
+        namespace = ledger._ns
+        cap = AgentCapacity(max_concurrent=1)
+        holder = await spawn(redis_server.url, namespace, "hold", ttl=1.0)
+        try:
+            assert holder.stdout is not None
+            line = await asyncio.wait_for(holder.stdout.readline(), 30)
+            assert json.loads(line) == {"held": True}
+            await asyncio.sleep(1.5)  # past the ttl: renewed by the live holder
+            assert await ledger.try_acquire("shared", cap) is None
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            await holder.wait()
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+
+        async def admits() -> bool:
+            return await ledger.try_acquire("shared", cap) is not None
+
+        await eventually(admits, timeout=15)
+        assert loop.time() - killed_at < 10

@@ -1,0 +1,404 @@
+"""CapacityAwareGroupChat under contracts: leases, deferral, waiting, exhaustion, nesting, config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from autogen_agentchat.base import TaskResult, Team
+from autogen_agentchat.conditions import ExternalTermination, MaxMessageTermination
+from autogen_agentchat.messages import TextMessage
+from autogen_agentchat.teams import RoundRobinGroupChat
+from autogen_core import CancellationToken
+from tests.agents import ConcurrencyProbe, WorkerAgent
+
+from autogen_capacity import (
+    CAPACITY_EVENT_TYPES,
+    AgentCapacity,
+    CapacityAwareGroupChat,
+    CapacityDeferredEvent,
+    CapacityExhausted,
+    CapacityExhaustedEvent,
+    CapacityWaitEvent,
+    ContractError,
+    InMemoryLedger,
+)
+
+TIMEOUT = 30.0
+QUICK = {"backoff_initial_ms": 1, "backoff_ceiling_ms": 5, "backoff_jitter": False}
+SLOW = {"backoff_initial_ms": 60_000, "backoff_ceiling_ms": 60_000, "backoff_jitter": False}
+
+
+async def until_waiting(ledger: InMemoryLedger, key: str) -> None:
+    """Return once a caller waits for ``key`` (a run's first selection reaches the stream only after it)."""
+    while (usage := (await ledger.snapshot()).get(key)) is None or not usage.waiting:  # noqa: ASYNC110
+        await asyncio.sleep(0)  # yields to the run without moving time; the ledger has no "waiter arrived" signal
+
+
+async def in_flight(ledger: InMemoryLedger) -> dict[str, int]:
+    return {key: usage.in_flight for key, usage in (await ledger.snapshot()).items() if usage.in_flight}
+
+
+class TestConstruction:
+    def test_unknown_capacities_name_is_an_error_naming_it(self) -> None:
+        """A capacities entry for no participant raises a ContractError that names it."""
+        with pytest.raises(ContractError, match="'ghost'"):
+            CapacityAwareGroupChat([WorkerAgent("a")], capacities={"ghost": AgentCapacity(max_concurrent=1)})
+
+    def test_selector_routing_needs_a_model_client(self) -> None:
+        """routing='selector' without a model client is a ValueError."""
+        with pytest.raises(ValueError, match="model_client"):
+            CapacityAwareGroupChat([WorkerAgent("a"), WorkerAgent("b")], routing="selector")
+
+    def test_participant_capacity_attribute_is_honoured_and_mapping_wins(self) -> None:
+        """A participant's own ``capacity`` counts, but the team's ``capacities`` entry wins."""
+        own = AgentCapacity(max_concurrent=2)
+        mapped = AgentCapacity(max_concurrent=5)
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a", capacity=own), WorkerAgent("b", capacity=own), WorkerAgent("c")],
+            capacities={"b": mapped},
+        )
+        assert team.capacity_of("a") == own
+        assert team.capacity_of("b") == mapped
+        assert team.capacity_of("c") is None
+
+    @pytest.mark.parametrize(
+        ("routing", "expected"),
+        [("headroom", None), ("round_robin", 2)],  # pool: an unbounded member makes the team unbounded
+    )
+    def test_capacity_aggregates_members_by_routing(self, routing: str, expected: int | None) -> None:
+        """Pool routing sums member slots, round robin takes the minimum; the declared contract caps both."""
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a"), WorkerAgent("b")],
+            capacities={"a": AgentCapacity(max_concurrent=2)},
+            routing=routing,  # type: ignore[arg-type]
+        )
+        assert team.capacity is not None
+        assert team.capacity.max_concurrent == expected
+        capped = CapacityAwareGroupChat(
+            [WorkerAgent("a"), WorkerAgent("b")],
+            capacities={"a": AgentCapacity(max_concurrent=3), "b": AgentCapacity(max_concurrent=4)},
+            capacity=AgentCapacity(max_concurrent=5, rpm=60),
+        )
+        assert capped.capacity is not None
+        assert (capped.capacity.max_concurrent, capped.capacity.rpm) == (5, 60)
+
+    def test_event_types_are_registered(self) -> None:
+        """The capacity events are registered even when the user lists some of them already."""
+        team = CapacityAwareGroupChat([WorkerAgent("a")], custom_message_types=[CapacityWaitEvent])
+        factory = team._message_factory
+        assert all(factory.is_registered(t) for t in CAPACITY_EVENT_TYPES)
+
+
+class TestLeases:
+    async def test_concurrent_teams_never_exceed_member_limits(self) -> None:
+        """Twelve teams sharing a ledger never exceed any member's max_concurrent, and all finish."""
+        ledger, probe = InMemoryLedger(), ConcurrencyProbe()
+        limits = {"fast": 3, "mid": 2, "slow": 1}
+
+        def team() -> CapacityAwareGroupChat:
+            return CapacityAwareGroupChat(
+                [WorkerAgent(name, probe=probe, delay=0.005) for name in limits],
+                capacities={
+                    name: AgentCapacity(max_concurrent=n, max_caller_retries=50, **QUICK) for name, n in limits.items()
+                },
+                ledger=ledger,
+                max_turns=6,
+            )
+
+        results = await asyncio.wait_for(asyncio.gather(*(team().run(task="go") for _ in range(12))), TIMEOUT)
+        assert all(r.stop_reason is not None and "Maximum number of turns" in r.stop_reason for r in results)
+        assert all(probe.peak[name] <= limit for name, limit in limits.items())
+        assert await in_flight(ledger) == {}
+
+    async def test_members_with_more_capacity_serve_more_turns(self) -> None:
+        """Under load, headroom routing gives the roomiest member the most turns."""
+        ledger, probe = InMemoryLedger(), ConcurrencyProbe()
+        limits = {"big": 4, "small": 1}
+
+        def team() -> CapacityAwareGroupChat:
+            return CapacityAwareGroupChat(
+                [WorkerAgent(name, probe=probe, delay=0.01) for name in limits],
+                capacities={
+                    name: AgentCapacity(max_concurrent=n, max_caller_retries=100, **QUICK) for name, n in limits.items()
+                },
+                ledger=ledger,
+                max_turns=4,
+            )
+
+        await asyncio.wait_for(asyncio.gather(*(team().run(task="go") for _ in range(10))), TIMEOUT)
+        assert probe.turns["big"] > probe.turns["small"]
+        assert probe.peak["big"] <= 4
+        assert probe.peak["small"] <= 1
+
+    async def test_saturated_member_is_deferred_with_an_event(self) -> None:
+        """A member held elsewhere is passed over, and a CapacityDeferredEvent says who, why and who spoke."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1)
+        held = await ledger.try_acquire("a", contract)
+        assert held is not None
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a"), WorkerAgent("b")],
+            capacities={"a": contract},
+            ledger=ledger,
+            max_turns=1,
+            emit_team_events=True,
+        )
+        stream = [m async for m in team.run_stream(task="go")]
+        deferred = [m for m in stream if isinstance(m, CapacityDeferredEvent)]
+        assert len(deferred) == 1
+        assert [(d.name, d.reason) for d in deferred[0].content] == [("a", "slots")]
+        assert deferred[0].speaker == "b"
+        spoke = [m.source for m in stream if isinstance(m, TextMessage)]
+        assert spoke == ["user", "b"]
+        await held.release()
+
+    async def test_waits_for_a_release_then_admits(self) -> None:
+        """When nobody has headroom the team waits, and a release admits it without using the retries."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1, max_caller_retries=1, **SLOW)
+        held = await ledger.try_acquire("a", contract)
+        assert held is not None
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a")], capacities={"a": contract}, ledger=ledger, max_turns=1, emit_team_events=True
+        )
+        run = asyncio.ensure_future(_collect(team))
+        await asyncio.wait_for(until_waiting(ledger, "a"), TIMEOUT)
+        await held.release()
+        seen = await asyncio.wait_for(run, TIMEOUT)
+        assert sum(isinstance(m, CapacityWaitEvent) for m in seen) == 1
+        result = seen[-1]
+        assert isinstance(result, TaskResult)
+        assert [m.source for m in result.messages if isinstance(m, TextMessage)] == ["user", "a"]
+        assert await in_flight(ledger) == {}
+
+
+class TestExhaustion:
+    async def test_exhaustion_ends_the_run_with_a_stop_reason(self) -> None:
+        """Past max_caller_retries the run stops with a reason that starts with 'Capacity exhausted'."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1, max_caller_retries=2, **QUICK)
+        held = await ledger.try_acquire("a", contract)
+        assert held is not None
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a")], capacities={"a": contract}, ledger=ledger, emit_team_events=True
+        )
+        stream = await asyncio.wait_for(_collect(team), TIMEOUT)
+        result = stream[-1]
+        assert isinstance(result, TaskResult)
+        assert result.stop_reason is not None
+        assert result.stop_reason.startswith("Capacity exhausted")
+        assert "a: slots" in result.stop_reason
+        assert sum(isinstance(m, CapacityWaitEvent) for m in stream) == 2
+        assert any(isinstance(m, CapacityExhaustedEvent) for m in stream)
+        await held.release()
+        assert await in_flight(ledger) == {}
+
+    async def test_raise_mode_raises_capacity_exhausted_and_team_stays_usable(self) -> None:
+        """on_exhausted='raise' raises CapacityExhausted after the stream, and the team can run again."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1, max_caller_retries=0)
+        held = await ledger.try_acquire("a", contract)
+        assert held is not None
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a")], capacities={"a": contract}, ledger=ledger, on_exhausted="raise", max_turns=1
+        )
+        with pytest.raises(CapacityExhausted, match="Capacity exhausted") as raised:
+            await asyncio.wait_for(team.run(task="go"), TIMEOUT)
+        assert raised.value.snapshot["a"].in_flight == 1
+        await held.release()
+        result = await asyncio.wait_for(team.run(task="again"), TIMEOUT)
+        assert result.stop_reason is not None
+        assert "Maximum number of turns" in result.stop_reason
+
+    async def test_external_termination_is_honoured_while_waiting(self) -> None:
+        """ExternalTermination set during a long wait ends the run promptly, not at the backoff deadline."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1, **SLOW)
+        held = await ledger.try_acquire("a", contract)
+        assert held is not None
+        stop = ExternalTermination()
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a")],
+            capacities={"a": contract},
+            ledger=ledger,
+            termination_condition=stop,
+            emit_team_events=True,
+        )
+
+        run = asyncio.ensure_future(team.run(task="go"))
+        await asyncio.wait_for(until_waiting(ledger, "a"), TIMEOUT)
+        stop.set()
+        result = await asyncio.wait_for(run, TIMEOUT)
+        assert result.stop_reason == "External termination requested"
+        await held.release()
+
+    async def test_cancellation_while_waiting_leaves_nothing_in_flight(self) -> None:
+        """Cancelling a run that waits (or holds leases) releases everything, and the team runs again."""
+        ledger = InMemoryLedger()
+        gate = asyncio.Event()
+        probe = ConcurrencyProbe()
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a", gate=gate, probe=probe)],
+            capacities={"a": AgentCapacity(max_concurrent=1)},
+            ledger=ledger,
+            max_turns=1,
+        )
+        token = CancellationToken()
+        run = asyncio.ensure_future(team.run(task="go", cancellation_token=token))
+        await asyncio.wait_for(probe.entered.wait(), TIMEOUT)  # the member holds its lease, waiting on the gate
+        assert await in_flight(ledger) == {"a": 1}
+        token.cancel()
+        gate.set()  # the runtime never cancels a turn's task: the run ends once the turn returns
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(run, TIMEOUT)
+        assert await in_flight(ledger) == {}
+        result = await asyncio.wait_for(team.run(task="again"), TIMEOUT)
+        assert result.stop_reason is not None
+        assert await in_flight(ledger) == {}
+
+
+class TestNesting:
+    async def test_nested_team_with_one_slot_runs_without_self_deadlock(self) -> None:
+        """A child declaring max_concurrent=1 inside a parent is leased once (by itself), not twice."""
+        ledger = InMemoryLedger()
+        child = CapacityAwareGroupChat(
+            [WorkerAgent("inner")],
+            name="child",
+            capacity=AgentCapacity(max_concurrent=1),
+            ledger=ledger,
+            max_turns=1,
+        )
+        parent = CapacityAwareGroupChat([child, WorkerAgent("outer")], ledger=ledger, max_turns=4)
+        result = await asyncio.wait_for(parent.run(task="go"), TIMEOUT)
+        sources = [m.source for m in result.messages]
+        assert sources.count("inner") == 2
+        assert sources.count("outer") == 2
+        assert (await ledger.snapshot())["child"].acquired == 2
+        assert await in_flight(ledger) == {}
+
+    async def test_parent_defers_a_child_without_headroom(self) -> None:
+        """A parent ranks a capacity-aware child by its live headroom and passes it over when it is full."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1)
+        child = CapacityAwareGroupChat(
+            [WorkerAgent("inner")], name="child", capacity=contract, ledger=ledger, max_turns=1
+        )
+        held = await ledger.try_acquire("child", contract)
+        assert held is not None
+        parent = CapacityAwareGroupChat(
+            [child, WorkerAgent("outer")], ledger=ledger, max_turns=1, emit_team_events=True
+        )
+        stream = [m async for m in parent.run_stream(task="go")]
+        deferred = [m for m in stream if isinstance(m, CapacityDeferredEvent)]
+        assert [(d.name, d.reason) for d in deferred[0].content] == [("child", "team")]
+        assert [m.source for m in stream if isinstance(m, TextMessage)] == ["user", "outer"]
+        await held.release()
+
+    async def test_plain_nested_team_with_an_entry_is_leased_like_an_agent(self) -> None:
+        """A RoundRobinGroupChat child with a capacities entry is leased by the parent for its turns."""
+        ledger = InMemoryLedger()
+        child = RoundRobinGroupChat([WorkerAgent("inner")], name="plain", max_turns=1)
+        parent = CapacityAwareGroupChat(
+            [child, WorkerAgent("outer")],
+            capacities={"plain": AgentCapacity(max_concurrent=1)},
+            ledger=ledger,
+            max_turns=3,
+        )
+        await asyncio.wait_for(parent.run(task="go"), TIMEOUT)
+        assert (await ledger.snapshot())["plain"].acquired == 2
+
+    async def test_capacity_events_reach_a_plain_autogen_parent(self) -> None:
+        """A plain AutoGen parent that lists CAPACITY_EVENT_TYPES relays a capacity-aware child's events."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1)
+        held = await ledger.try_acquire("busy", contract)
+        assert held is not None
+        child = CapacityAwareGroupChat(
+            [WorkerAgent("busy"), WorkerAgent("free")],
+            name="child",
+            capacities={"busy": contract},
+            ledger=ledger,
+            max_turns=1,
+            emit_team_events=True,
+        )
+        parent = RoundRobinGroupChat([child], max_turns=1, custom_message_types=list(CAPACITY_EVENT_TYPES))
+        stream = [m async for m in parent.run_stream(task="go")]
+        assert any(isinstance(m, CapacityDeferredEvent) for m in stream)
+        await held.release()
+
+
+class TestConfig:
+    def test_round_trip_with_contracts_and_nested_teams(self) -> None:
+        """dump -> load -> dump is unchanged, contracts and nested teams included, under our provider."""
+        child = CapacityAwareGroupChat(
+            [RoundRobinGroupChat([_assistant("inner")], max_turns=1)],
+            name="child",
+            capacity=AgentCapacity(max_concurrent=1, key="shared-child"),
+            max_turns=1,
+        )
+        team = CapacityAwareGroupChat(
+            [_assistant("a"), child],
+            capacities={"a": AgentCapacity(max_concurrent=2, rpm=30, tpm=10_000, max_caller_retries=3)},
+            routing="round_robin",
+            on_exhausted="raise",
+            termination_condition=MaxMessageTermination(5),
+        )
+        dumped = team.dump_component()
+        assert dumped.provider == "autogen_capacity.CapacityAwareGroupChat"
+        loaded = Team.load_component(json.loads(dumped.model_dump_json()))
+        assert isinstance(loaded, CapacityAwareGroupChat)
+        assert loaded.dump_component() == dumped
+        assert loaded.capacity_of("a") == AgentCapacity(max_concurrent=2, rpm=30, tpm=10_000, max_caller_retries=3)
+
+    def test_invalid_contract_in_config_names_the_field(self) -> None:
+        """A config with a negative slot count fails with pydantic's error naming the member and field."""
+        team = CapacityAwareGroupChat([_assistant("a")])
+        config = team.dump_component().model_dump()
+        config["config"]["capacities"] = {"a": {"max_concurrent": -1}}
+        with pytest.raises(ValueError, match=r"capacities\.a\.max_concurrent"):
+            CapacityAwareGroupChat.load_component(config)
+
+
+async def test_tokens_are_debited_from_the_tpm_window() -> None:
+    """Each response's models_usage is debited from its member's tpm window."""
+    ledger = InMemoryLedger()
+    team = CapacityAwareGroupChat(
+        [WorkerAgent("a", tokens=40)], capacities={"a": AgentCapacity(tpm=1000)}, ledger=ledger, max_turns=3
+    )
+    await asyncio.wait_for(team.run(task="go"), TIMEOUT)
+    assert (await ledger.snapshot())["a"].tokens_last_minute == 120
+
+
+async def test_selector_func_speaker_is_waited_for_not_replaced() -> None:
+    """A speaker named by selector_func is waited for even when another member has headroom."""
+    ledger = InMemoryLedger()
+    contract = AgentCapacity(max_concurrent=1, max_caller_retries=1, **SLOW)
+    held = await ledger.try_acquire("a", contract)
+    assert held is not None
+    team = CapacityAwareGroupChat(
+        [WorkerAgent("a"), WorkerAgent("b")],
+        capacities={"a": contract},
+        ledger=ledger,
+        selector_func=lambda _thread: "a",
+        max_turns=1,
+        emit_team_events=True,
+    )
+    run = asyncio.ensure_future(team.run(task="go"))
+    await asyncio.wait_for(until_waiting(ledger, "a"), TIMEOUT)
+    await held.release()
+    result = await asyncio.wait_for(run, TIMEOUT)
+    spoke = [m.source for m in result.messages if isinstance(m, TextMessage)]
+    assert spoke == ["user", "a"]
+
+
+def _assistant(name: str) -> WorkerAgent:
+    from autogen_agentchat.agents import AssistantAgent
+    from autogen_ext.models.replay import ReplayChatCompletionClient
+
+    return AssistantAgent(name, model_client=ReplayChatCompletionClient([f"{name} here"]))  # type: ignore[return-value]
+
+
+async def _collect(team: CapacityAwareGroupChat) -> list[object]:
+    return [item async for item in team.run_stream(task="go")]
