@@ -402,3 +402,42 @@ def _assistant(name: str) -> WorkerAgent:
 
 async def _collect(team: CapacityAwareGroupChat) -> list[object]:
     return [item async for item in team.run_stream(task="go")]
+
+
+async def test_cancelling_a_wait_for_the_team_contract_takes_nothing() -> None:
+    """A run cancelled while it waits for its team's own contract ends with CancelledError and holds nothing."""
+    ledger = InMemoryLedger()
+    contract = AgentCapacity(max_concurrent=1, **SLOW)
+    held = await ledger.try_acquire("solo", contract)
+    assert held is not None
+    team = CapacityAwareGroupChat([WorkerAgent("a")], name="solo", capacity=contract, ledger=ledger, max_turns=1)
+    token = CancellationToken()
+    run = asyncio.ensure_future(team.run(task="go", cancellation_token=token))
+    await asyncio.wait_for(until_waiting(ledger, "solo"), TIMEOUT)
+    token.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, TIMEOUT)
+    await held.release()
+    assert await in_flight(ledger) == {}
+    result = await asyncio.wait_for(team.run(task="again"), TIMEOUT)
+    assert [m.source for m in result.messages] == ["user", "a"]
+
+
+async def test_reset_of_a_running_team_keeps_its_leases() -> None:
+    """reset() on a running team is refused, as in AutoGen, and releases none of the run's leases."""
+    ledger = InMemoryLedger()
+    gate, probe = asyncio.Event(), ConcurrencyProbe()
+    team = CapacityAwareGroupChat(
+        [WorkerAgent("a", gate=gate, probe=probe)],
+        capacities={"a": AgentCapacity(max_concurrent=1)},
+        ledger=ledger,
+        max_turns=1,
+    )
+    run = asyncio.ensure_future(team.run(task="go"))
+    await asyncio.wait_for(probe.entered.wait(), TIMEOUT)
+    with pytest.raises(RuntimeError):
+        await team.reset()
+    assert await in_flight(ledger) == {"a": 1}
+    gate.set()
+    await asyncio.wait_for(run, TIMEOUT)
+    assert await in_flight(ledger) == {}

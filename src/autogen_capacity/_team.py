@@ -277,8 +277,11 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         result: TaskResult | None = None
         try:
             if self._declared_capacity is not None:
+                admission = asyncio.ensure_future(acquire(self.key, self._declared_capacity, ledger=self.ledger))
+                if cancellation_token is not None:
+                    cancellation_token.link_future(admission)
                 try:
-                    own_lease = await acquire(self.key, self._declared_capacity, ledger=self.ledger)
+                    own_lease = await admission
                 except CapacityExhausted as exhausted:
                     if self._on_exhausted == "raise":
                         raise
@@ -303,8 +306,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
 
     async def reset(self) -> None:
         """Reset the team and its participants, releasing any lease a stopped run left behind."""
+        await super().reset()  # refuses a running team before anything is released
         await self._leases.release_all()
-        await super().reset()
 
     # ----------------------------------------------------------------- wiring into BaseGroupChat
 
