@@ -30,6 +30,20 @@ QUICK = {"backoff_initial_ms": 1, "backoff_ceiling_ms": 5, "backoff_jitter": Fal
 SLOW = {"backoff_initial_ms": 60_000, "backoff_ceiling_ms": 60_000, "backoff_jitter": False}
 
 
+def pool_team(
+    limits: dict[str, int], probe: ConcurrencyProbe, ledger: InMemoryLedger, *, delay: float, max_turns: int
+) -> CapacityAwareGroupChat:
+    """A team of workers with the given slot limits, quick backoffs and retries enough for heavy contention."""
+    return CapacityAwareGroupChat(
+        [WorkerAgent(name, probe=probe, delay=delay) for name in limits],
+        capacities={
+            name: AgentCapacity(max_concurrent=n, max_caller_retries=100, **QUICK) for name, n in limits.items()
+        },
+        ledger=ledger,
+        max_turns=max_turns,
+    )
+
+
 async def until_waiting(ledger: InMemoryLedger, key: str) -> None:
     """Return once a caller waits for ``key`` (a run's first selection reaches the stream only after it)."""
     while (usage := (await ledger.snapshot()).get(key)) is None or not usage.waiting:  # noqa: ASYNC110
@@ -97,17 +111,8 @@ class TestLeases:
         ledger, probe = InMemoryLedger(), ConcurrencyProbe()
         limits = {"fast": 3, "mid": 2, "slow": 1}
 
-        def team() -> CapacityAwareGroupChat:
-            return CapacityAwareGroupChat(
-                [WorkerAgent(name, probe=probe, delay=0.005) for name in limits],
-                capacities={
-                    name: AgentCapacity(max_concurrent=n, max_caller_retries=50, **QUICK) for name, n in limits.items()
-                },
-                ledger=ledger,
-                max_turns=6,
-            )
-
-        results = await asyncio.wait_for(asyncio.gather(*(team().run(task="go") for _ in range(12))), TIMEOUT)
+        runs = (pool_team(limits, probe, ledger, delay=0.005, max_turns=6).run(task="go") for _ in range(12))
+        results = await asyncio.wait_for(asyncio.gather(*runs), TIMEOUT)
         assert all(r.stop_reason is not None and "Maximum number of turns" in r.stop_reason for r in results)
         assert all(probe.peak[name] <= limit for name, limit in limits.items())
         assert await in_flight(ledger) == {}
@@ -117,17 +122,8 @@ class TestLeases:
         ledger, probe = InMemoryLedger(), ConcurrencyProbe()
         limits = {"big": 4, "small": 1}
 
-        def team() -> CapacityAwareGroupChat:
-            return CapacityAwareGroupChat(
-                [WorkerAgent(name, probe=probe, delay=0.01) for name in limits],
-                capacities={
-                    name: AgentCapacity(max_concurrent=n, max_caller_retries=100, **QUICK) for name, n in limits.items()
-                },
-                ledger=ledger,
-                max_turns=4,
-            )
-
-        await asyncio.wait_for(asyncio.gather(*(team().run(task="go") for _ in range(10))), TIMEOUT)
+        runs = (pool_team(limits, probe, ledger, delay=0.01, max_turns=4).run(task="go") for _ in range(10))
+        await asyncio.wait_for(asyncio.gather(*runs), TIMEOUT)
         assert probe.turns["big"] > probe.turns["small"]
         assert probe.peak["big"] <= 4
         assert probe.peak["small"] <= 1
