@@ -34,8 +34,10 @@ from .ledger import (
     KeyStatus,
     KeyUsage,
     Lease,
+    LedgerConfig,
     LedgerSnapshot,
     default_ledger,
+    ledger_from_config,
 )
 from .ledger.redis import RedisLedger
 from .overload import Overload, OverloadClassifier, classify_overload
@@ -68,6 +70,7 @@ __all__ = [
     "KeyUsage",
     "Lease",
     "LedgerClosedError",
+    "LedgerConfig",
     "LedgerSnapshot",
     "LedgerUnavailable",
     "MemberOverloadedEvent",
@@ -83,4 +86,5 @@ __all__ = [
     "classify_overload",
     "default_ledger",
     "lease",
+    "ledger_from_config",
 ]

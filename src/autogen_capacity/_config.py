@@ -11,6 +11,7 @@ from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from .contracts import AgentCapacity, RetryBudget
+from .ledger.config import LedgerConfig
 from .routing import Routing
 
 __all__ = ["CapacityAwareGroupChatConfig", "load_team_config"]
@@ -19,8 +20,9 @@ __all__ = ["CapacityAwareGroupChatConfig", "load_team_config"]
 class CapacityAwareGroupChatConfig(BaseModel):
     """The declarative configuration of :class:`~autogen_capacity.CapacityAwareGroupChat`.
 
-    ``selector_func``, ``candidate_func``, ``overload_classifier``, ``runtime`` and ``ledger`` objects are
-    not serialized (as in SelectorGroupChat).
+    ``selector_func``, ``candidate_func``, ``overload_classifier`` and ``runtime`` objects are not
+    serialized (as in SelectorGroupChat); a ``ledger`` object only when it can be named by a
+    :class:`~autogen_capacity.LedgerConfig` (never by its URL).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -46,6 +48,8 @@ class CapacityAwareGroupChatConfig(BaseModel):
     max_selector_attempts: int = Field(default=3, ge=1)
     model_client_streaming: bool = False
     model_context: ComponentModel | None = None
+    ledger: LedgerConfig | None = None
+    """The ledger to record usage in; ``None``: the in-process default ledger."""
 
 
 def load_team_config(config: CapacityAwareGroupChatConfig, default_prompt: str) -> dict[str, Any]:

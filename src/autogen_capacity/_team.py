@@ -31,6 +31,7 @@ from .contracts import AgentCapacity, AggregateMode, RetryBudget
 from .events import CAPACITY_EVENT_TYPES
 from .exceptions import CapacityExhausted, ContractError
 from .ledger import CapacityLedger, KeyStatus, default_ledger
+from .ledger.config import LedgerConfig, ledger_config_of, ledger_from_config
 from .overload import OverloadClassifier, classify_overload
 from .routing import Routing
 
@@ -71,7 +72,9 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         routing: ``"headroom"`` (rank by headroom, ties by rotation), ``"round_robin"`` (rotation, saturated
             members deferred) or ``"selector"`` (the model picks among members with headroom). ``None``:
             ``"selector"`` with a model client, else ``"headroom"``.
-        ledger: Where usage is recorded; :func:`~autogen_capacity.default_ledger` when ``None``. Not serialized.
+        ledger: Where usage is recorded; :func:`~autogen_capacity.default_ledger` when ``None``. Serialized only
+            as a :class:`~autogen_capacity.LedgerConfig` (a ledger built by
+            :func:`~autogen_capacity.ledger_from_config`, or the default ledger), never as a URL.
         on_exhausted: ``"stop"`` ends the run with a ``Capacity exhausted`` stop reason; ``"raise"`` raises
             :class:`~autogen_capacity.CapacityExhausted` after the stream ends.
         retry_budget: A team-wide cap on retries (waits and rerouted overloads). ``None``: only each wait's
@@ -100,6 +103,9 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
 
     DEFAULT_NAME = "CapacityAwareGroupChat"
     DEFAULT_DESCRIPTION = "A team of agents that routes each turn to a member with headroom."
+
+    _ledger_config: LedgerConfig | None = None
+    """The config's ledger when the team was loaded with one: built (and shared) per event loop on use."""
 
     def __init__(
         self,
@@ -235,7 +241,9 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
     @property
     def ledger(self) -> CapacityLedger:
         """The ledger this team records usage in (the process-wide default unless one was given)."""
-        return self._ledger_given if self._ledger_given is not None else default_ledger()
+        if self._ledger_given is not None:
+            return self._ledger_given
+        return ledger_from_config(self._ledger_config) if self._ledger_config is not None else default_ledger()
 
     async def capacity_status(self) -> KeyStatus:
         """The team's live headroom as a participant of a parent team: its own key's, capped by its
@@ -409,11 +417,16 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             max_selector_attempts=self._max_selector_attempts,
             model_client_streaming=self._model_client_streaming,
             model_context=dump(self._model_context),
+            ledger=self._ledger_config if self._ledger_given is None else ledger_config_of(self._ledger_given),
         )
 
     @classmethod
     def _from_config(cls, config: CapacityAwareGroupChatConfig) -> Self:
-        return cls(**load_team_config(config, DEFAULT_SELECTOR_PROMPT))
+        if config.ledger is not None:
+            config.ledger.check()  # an unset URL variable fails the load, not the first run
+        team = cls(**load_team_config(config, DEFAULT_SELECTOR_PROMPT))
+        team._ledger_config = config.ledger
+        return team
 
 
 def _key_of(contract: AgentCapacity | None, name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import BlockReason, CapacityLedger, KeyStatus, KeyUsage, Lease, LedgerSnapshot
+from .config import LedgerConfig, ledger_config_of, ledger_from_config
 from .memory import InMemoryLedger, default_ledger
 
 __all__ = [
@@ -12,6 +13,9 @@ __all__ = [
     "KeyStatus",
     "KeyUsage",
     "Lease",
+    "LedgerConfig",
     "LedgerSnapshot",
     "default_ledger",
+    "ledger_config_of",
+    "ledger_from_config",
 ]

@@ -8,7 +8,7 @@ import itertools
 import weakref
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiolimiter import AsyncLimiter
 
@@ -16,6 +16,9 @@ from .._logging import logger
 from ..contracts import AgentCapacity
 from ..exceptions import LedgerClosedError, QueueFull
 from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot
+
+if TYPE_CHECKING:
+    from .config import LedgerConfig
 
 __all__ = ["InMemoryLedger", "default_ledger"]
 
@@ -109,6 +112,15 @@ class InMemoryLedger:
         if state is None:
             state = self._keys[key] = _KeyState()
         return state
+
+    @property
+    def config(self) -> LedgerConfig | None:
+        """``{"provider": "memory"}`` for a :func:`default_ledger` (what a loaded team gets back), else
+        ``None``: a private ledger object cannot be named in config."""
+        from .config import LedgerConfig
+
+        is_default = any(ledger is self for ledger in _default_ledgers.values())
+        return LedgerConfig(provider="memory") if is_default else None
 
     @staticmethod
     def _now() -> float:

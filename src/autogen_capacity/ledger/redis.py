@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
+    from .config import LedgerConfig
+
 __all__ = ["RedisLedger"]
 
 INSTALL_HINT = "RedisLedger needs redis-py: pip install autogen-capacity[redis]"
@@ -71,6 +73,7 @@ class RedisLedger:
     __slots__ = (
         "_client",
         "_closed",
+        "_config",
         "_heartbeat",
         "_held",
         "_listener",
@@ -118,9 +121,22 @@ class RedisLedger:
         self._heartbeat: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()  # set once the listener made its first subscription attempt
         self._closed = False
+        self._config: LedgerConfig | None = None  # set by ledger_from_config
 
     def __repr__(self) -> str:
         return f"<RedisLedger {self._url} namespace={self._ns!r}>"
+
+    @property
+    def config(self) -> LedgerConfig | None:
+        """The :class:`~autogen_capacity.LedgerConfig` this ledger was built from by
+        :func:`~autogen_capacity.ledger_from_config` (naming the URL's environment variable), or ``None`` for a
+        ledger built from a URL: a team dumps its ledger only when it can name it without writing the URL."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
 
     # -- Redis plumbing -------------------------------------------------------------------------------
 
