@@ -42,6 +42,12 @@ from .ledger import (
 from .ledger.redis import RedisLedger
 from .overload import Overload, OverloadClassifier, classify_overload
 from .routing import Routing
+from .tools import (
+    CapacityAwareAgentTool,
+    CapacityAwareAgentToolConfig,
+    CapacityAwareTeamTool,
+    CapacityAwareTeamToolConfig,
+)
 
 try:
     __version__ = _version("autogen-capacity")
@@ -53,10 +59,14 @@ __all__ = [
     "AgentCapacity",
     "AggregateMode",
     "BlockReason",
+    "CapacityAwareAgentTool",
+    "CapacityAwareAgentToolConfig",
     "CapacityAwareGroupChat",
     "CapacityAwareGroupChatConfig",
     "CapacityAwareGroupChatManager",
     "CapacityAwareManagerState",
+    "CapacityAwareTeamTool",
+    "CapacityAwareTeamToolConfig",
     "CapacityDeferredEvent",
     "CapacityError",
     "CapacityExhausted",

@@ -1,0 +1,371 @@
+"""The caller side of the contract: AgentChat's ``AgentTool`` / ``TeamTool`` that follow the target's contract.
+
+A capacity-aware tool takes a lease on its target's key before running it, waits by the target's backoff
+schedule while the key is saturated, cools the key down and retries when the target answers with overload
+(429, Retry-After, :class:`~autogen_capacity.Overloaded`), routes nothing more to a target whose
+entitlement is exhausted, and gives up with :class:`~autogen_capacity.CapacityExhausted` once the
+contracted retries are spent. Every other exception propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import Any
+
+from autogen_agentchat.agents import BaseChatAgent
+from autogen_agentchat.base import TaskResult
+from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
+from autogen_agentchat.teams import BaseGroupChat
+from autogen_agentchat.tools import AgentTool, TeamTool
+from autogen_agentchat.tools._agent import AgentToolConfig
+from autogen_agentchat.tools._task_runner_tool import TaskRunnerToolArgs
+from autogen_agentchat.tools._team import TeamToolConfig
+from autogen_core import CancellationToken
+from typing_extensions import Self
+
+from ._logging import logger
+from ._members import UNBOUNDED
+from ._team import DEFAULT_EXHAUSTED_TTL_S, CapacityAwareGroupChat, _warn_about_client_retries
+from .admission import acquire
+from .contracts import AgentCapacity
+from .exceptions import CapacityExhausted
+from .ledger import CapacityLedger, Lease, default_ledger
+from .overload import OverloadClassifier, classify_overload
+
+__all__ = [
+    "CapacityAwareAgentTool",
+    "CapacityAwareAgentToolConfig",
+    "CapacityAwareTeamTool",
+    "CapacityAwareTeamToolConfig",
+]
+
+_Item = BaseAgentEvent | BaseChatMessage | TaskResult
+
+
+class CapacityAwareAgentToolConfig(AgentToolConfig):
+    """:class:`~autogen_agentchat.tools.AgentToolConfig` plus the target's contract."""
+
+    capacity: AgentCapacity | None = None
+    """The contract the tool follows; ``None``: the agent's own ``capacity`` attribute, if any."""
+
+
+class CapacityAwareTeamToolConfig(TeamToolConfig):
+    """:class:`~autogen_agentchat.tools.TeamToolConfig` plus the target's contract."""
+
+    capacity: AgentCapacity | None = None
+    """The contract the tool follows; ``None``: the team's own ``capacity`` (a CapacityAwareGroupChat's)."""
+
+
+class _Caller:
+    """Runs a target under its contract: lease, wait, retry on overload, give up. One per tool."""
+
+    __slots__ = (
+        "_agent",
+        "_classify",
+        "_exhausted_ttl_s",
+        "_ledger",
+        "_rng",
+        "capacity",
+        "contract",
+        "key",
+        "leases",
+        "name",
+    )
+
+    def __init__(
+        self,
+        target: BaseChatAgent | BaseGroupChat,
+        capacity: AgentCapacity | None,
+        ledger: CapacityLedger | None,
+        classify: OverloadClassifier | None,
+        exhausted_ttl_s: float,
+        rng: random.Random | None,
+    ) -> None:
+        own = getattr(target, "capacity", None)
+        self.capacity = capacity
+        self.contract = capacity or (own if isinstance(own, AgentCapacity) else None) or UNBOUNDED
+        self.name = target.name
+        self.key = self.contract.key or target.name
+        # A capacity-aware team that declares a contract leases its own key on every run: a second lease on
+        # the same key here would deadlock at max_concurrent=1 (design I4), so the team enforces it alone.
+        self.leases = not (
+            isinstance(target, CapacityAwareGroupChat)
+            and target.declared_capacity is not None
+            and target.key == self.key
+        )
+        # An agent's state is restored before a retry (a team's run handles its members' overloads itself).
+        self._agent = target if isinstance(target, BaseChatAgent) else None
+        self._ledger = ledger
+        self._classify = classify or classify_overload
+        self._exhausted_ttl_s = exhausted_ttl_s
+        self._rng = rng
+
+    @property
+    def ledger(self) -> CapacityLedger:
+        return self._ledger if self._ledger is not None else default_ledger()
+
+    async def stream(
+        self, start: Callable[[], AsyncIterator[_Item]], token: CancellationToken
+    ) -> AsyncGenerator[_Item, None]:
+        """Run ``start()`` under the contract, yielding what it yields; retried whole after an overload."""
+        ledger = self.ledger
+        retries = 0
+        while True:
+            held: Lease | None = None
+            if self.leases:
+                held = await acquire(self.key, self.contract, ledger=ledger, rng=self._rng)
+            before: Mapping[str, Any] | None = None
+            try:
+                if self._agent is not None:
+                    before = await self._agent.save_state()
+                async for item in start():
+                    yield item
+                return
+            except Exception as exc:
+                overload = self._classify(exc)
+                if overload is None:
+                    raise
+                error = exc
+                if self._agent is not None and before is not None:
+                    # The failed attempt already added the task to the agent's context: without this, the
+                    # retry would show the model the task twice.
+                    await self._agent.load_state(before)
+            finally:
+                if held is not None:
+                    await held.release()
+            if overload.kind == "exhausted":
+                await ledger.mark_exhausted(self.key, self._exhausted_ttl_s)
+                self._log(error, "exhausted", self._exhausted_ttl_s, retries)
+                raise CapacityExhausted(
+                    f"Capacity exhausted: {self.name!r} has no entitlement left ({type(error).__name__}: {error})",
+                    snapshot=await ledger.snapshot(),
+                    retry_after=self._exhausted_ttl_s,
+                ) from error
+            retries += 1
+            delay = (
+                overload.retry_after_s
+                if overload.retry_after_s is not None
+                else self.contract.jittered_delay(retries, self._rng)
+            )
+            await ledger.cooldown(self.key, delay)
+            self._log(error, "throttled", delay, retries)
+            if retries > self.contract.max_caller_retries:
+                raise CapacityExhausted(
+                    f"Capacity exhausted: {self.name!r} was still overloaded after "
+                    f"{self.contract.max_caller_retries} retries ({type(error).__name__}: {error})",
+                    snapshot=await ledger.snapshot(),
+                    retry_after=delay,
+                ) from error
+            await self._sit_out_cooldown(ledger, token)
+
+    async def _sit_out_cooldown(self, ledger: CapacityLedger, token: CancellationToken) -> None:
+        """Wait out the key's cooldown (the hint or the schedule replaces the wait, as the contract says);
+        the lease is then taken as usual. Cancellation is honoured."""
+        status = await ledger.status(self.key, self.contract)
+        if status.blocked_by != "cooldown" or not status.ready_in:
+            return
+        waiting = asyncio.ensure_future(asyncio.sleep(status.ready_in))
+        token.link_future(waiting)
+        await waiting
+
+    def _log(self, error: Exception, kind: str, out_for: float, retries: int) -> None:
+        logger.warning(
+            "autogen_capacity.tool_overloaded",
+            tool=self.name,
+            key=self.key,
+            kind=kind,
+            cooldown=round(out_for, 3),
+            retries=retries,
+            max_retries=self.contract.max_caller_retries,
+            error=repr(error),
+        )
+
+
+async def _final(stream: AsyncIterator[_Item]) -> TaskResult:
+    result: TaskResult | None = None
+    async for item in stream:
+        if isinstance(item, TaskResult):
+            result = item
+    if result is None:  # pragma: no cover  (AgentChat's run_stream always ends with a TaskResult)
+        raise RuntimeError("The task runner did not produce a final TaskResult.")
+    return result
+
+
+class CapacityAwareAgentTool(AgentTool):
+    """An :class:`~autogen_agentchat.tools.AgentTool` that follows the agent's capacity contract.
+
+    Each call takes a lease on the agent's key (``capacity.key`` or the agent's name) in the ledger, waiting
+    by the contract's backoff schedule while the key is saturated, and releases it when the agent answers or
+    fails. When the agent fails with overload (as ``overload_classifier`` sees it), the key cools down for
+    the provider's Retry-After or the schedule's next delay and the call is retried, at most
+    ``max_caller_retries`` times; a spent quota marks the key exhausted and is never retried. Ordinary
+    exceptions propagate unchanged. As with AgentTool, the agent keeps its own state between calls; an
+    attempt that failed with overload is undone first (the agent's saved state is loaded back), so the
+    retry does not show the model the task twice.
+
+    Args:
+        agent: The agent the tool runs.
+        capacity: The contract to follow; ``None``: the agent's own ``capacity`` attribute when it holds an
+            :class:`~autogen_capacity.AgentCapacity`, else no limits with the default backoff schedule.
+        ledger: Where leases and cooldowns are recorded; :func:`~autogen_capacity.default_ledger` when
+            ``None``. Not serialized.
+        return_value_as_last_message: As in AgentTool.
+        overload_classifier: Decides which errors are overload; :func:`~autogen_capacity.classify_overload`
+            by default. Not serialized.
+        exhausted_ttl_s: How long a key whose quota is exhausted refuses every caller sharing the ledger.
+        rng: The random source of the backoff jitter (for reproducible tests). Not serialized.
+
+    Raises:
+        CapacityExhausted: (from calls) the agent stayed saturated or overloaded past the contract, or its
+            entitlement is exhausted.
+
+    .. versionadded:: 0.1.0
+    """
+
+    component_config_schema = CapacityAwareAgentToolConfig
+    component_provider_override = "autogen_capacity.CapacityAwareAgentTool"
+
+    def __init__(
+        self,
+        agent: BaseChatAgent,
+        capacity: AgentCapacity | None = None,
+        ledger: CapacityLedger | None = None,
+        return_value_as_last_message: bool = False,
+        *,
+        overload_classifier: OverloadClassifier | None = None,
+        exhausted_ttl_s: float = DEFAULT_EXHAUSTED_TTL_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(agent, return_value_as_last_message=return_value_as_last_message)
+        self._caller = _Caller(agent, capacity, ledger, overload_classifier, exhausted_ttl_s, rng)
+        _warn_about_client_retries([agent])
+
+    @property
+    def capacity(self) -> AgentCapacity:
+        """The contract this tool follows."""
+        return self._caller.contract
+
+    @property
+    def key(self) -> str:
+        """The ledger key the tool leases."""
+        return self._caller.key
+
+    async def run(self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken) -> TaskResult:
+        """Run the task on the agent under its contract and return the result."""
+        return await _final(self.run_stream(args, cancellation_token))
+
+    async def run_stream(
+        self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken
+    ) -> AsyncGenerator[_Item, None]:
+        """Run the task under the contract, yielding the agent's events; an attempt that failed with overload
+        is retried whole, so its events may be followed by the retry's."""
+
+        def start() -> AsyncIterator[_Item]:
+            return AgentTool.run_stream(self, args, cancellation_token)
+
+        async for item in self._caller.stream(start, cancellation_token):
+            yield item
+
+    def _to_config(self) -> CapacityAwareAgentToolConfig:
+        return CapacityAwareAgentToolConfig(
+            agent=self._agent.dump_component(),
+            return_value_as_last_message=self._return_value_as_last_message,
+            capacity=self._caller.capacity,
+        )
+
+    @classmethod
+    def _from_config(cls, config: AgentToolConfig) -> Self:
+        capacity = config.capacity if isinstance(config, CapacityAwareAgentToolConfig) else None
+        return cls(
+            BaseChatAgent.load_component(config.agent),
+            capacity,
+            return_value_as_last_message=config.return_value_as_last_message,
+        )
+
+
+class CapacityAwareTeamTool(TeamTool):
+    """A :class:`~autogen_agentchat.tools.TeamTool` that follows the team's capacity contract.
+
+    Behaves like :class:`CapacityAwareAgentTool`. Its contract defaults to the team's own ``capacity`` (a
+    :class:`~autogen_capacity.CapacityAwareGroupChat` exposes the aggregate of its members); the key is
+    ``capacity.key`` or the team's name. A CapacityAwareGroupChat that declares its own contract already
+    leases that key on every run, so the tool does not lease it a second time (no self-deadlock), and
+    waits and gives up as the team does.
+
+    Args:
+        team: The team the tool runs.
+        name: The tool's name.
+        description: The tool's description.
+        capacity: The contract to follow; ``None``: the team's own ``capacity``, else no limits.
+        ledger: As in :class:`CapacityAwareAgentTool`. Not serialized.
+        return_value_as_last_message: As in TeamTool.
+        overload_classifier, exhausted_ttl_s, rng: As in :class:`CapacityAwareAgentTool`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    component_config_schema = CapacityAwareTeamToolConfig
+    component_provider_override = "autogen_capacity.CapacityAwareTeamTool"
+
+    def __init__(
+        self,
+        team: BaseGroupChat,
+        name: str,
+        description: str,
+        capacity: AgentCapacity | None = None,
+        ledger: CapacityLedger | None = None,
+        return_value_as_last_message: bool = False,
+        *,
+        overload_classifier: OverloadClassifier | None = None,
+        exhausted_ttl_s: float = DEFAULT_EXHAUSTED_TTL_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(team, name, description, return_value_as_last_message=return_value_as_last_message)
+        self._caller = _Caller(team, capacity, ledger, overload_classifier, exhausted_ttl_s, rng)
+
+    @property
+    def capacity(self) -> AgentCapacity:
+        """The contract this tool follows."""
+        return self._caller.contract
+
+    @property
+    def key(self) -> str:
+        """The ledger key the tool leases."""
+        return self._caller.key
+
+    async def run(self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken) -> TaskResult:
+        """Run the task on the team under its contract and return the result."""
+        return await _final(self.run_stream(args, cancellation_token))
+
+    async def run_stream(
+        self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken
+    ) -> AsyncGenerator[_Item, None]:
+        """Run the task under the contract, yielding the team's events (see CapacityAwareAgentTool)."""
+
+        def start() -> AsyncIterator[_Item]:
+            return TeamTool.run_stream(self, args, cancellation_token)
+
+        async for item in self._caller.stream(start, cancellation_token):
+            yield item
+
+    def _to_config(self) -> CapacityAwareTeamToolConfig:
+        return CapacityAwareTeamToolConfig(
+            name=self._name,
+            description=self._description,
+            team=self._team.dump_component(),
+            return_value_as_last_message=self._return_value_as_last_message,
+            capacity=self._caller.capacity,
+        )
+
+    @classmethod
+    def _from_config(cls, config: TeamToolConfig) -> Self:
+        capacity = config.capacity if isinstance(config, CapacityAwareTeamToolConfig) else None
+        return cls(
+            BaseGroupChat.load_component(config.team),
+            config.name,
+            config.description,
+            capacity,
+            return_value_as_last_message=config.return_value_as_last_message,
+        )
