@@ -1,0 +1,107 @@
+"""Agents and the simulated backend the scenarios run against."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from autogen_agentchat.agents import BaseChatAgent
+from autogen_agentchat.base import Response
+from autogen_agentchat.messages import BaseChatMessage, TextMessage
+from autogen_core import CancellationToken
+
+__all__ = ["Backend", "BackendAgent", "RateLimitError", "TrivialAgent"]
+
+
+class TrivialAgent(BaseChatAgent):
+    """Answers at once with a fixed text: the cheapest possible participant."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, description=f"Trivial agent {name}.")
+
+    @property
+    def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
+        return (TextMessage,)
+
+    async def on_messages(self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken) -> Response:
+        return Response(chat_message=TextMessage(content="ok", source=self.name))
+
+    async def on_reset(self, cancellation_token: CancellationToken) -> None:
+        pass
+
+
+class _Response:
+    """The part of an httpx response an SDK error carries: headers."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+
+class RateLimitError(Exception):
+    """Shaped like an SDK's 429 (openai.RateLimitError): ``status_code`` and ``response.headers``."""
+
+    def __init__(self, member: str, retry_after: str) -> None:
+        super().__init__(f"429 Too Many Requests from {member}")
+        self.status_code = 429
+        self.response = _Response({"Retry-After": retry_after})
+
+
+class Backend:
+    """A shared service with a true concurrency limit per member: a call beyond it is refused with a 429.
+
+    Counts every attempt, every 429, completed services per member and the peak of concurrent requests
+    (admitted or not) per member.
+    """
+
+    def __init__(self, limits: dict[str, int], service_s: float, retry_after: str = "0.05") -> None:
+        self.limits = limits
+        self.service_s = service_s
+        self.retry_after = retry_after
+        self.in_flight = dict.fromkeys(limits, 0)
+        self.peak = dict.fromkeys(limits, 0)
+        self.attempts = 0
+        self.rejected = 0
+        self.served = dict.fromkeys(limits, 0)
+
+    async def call(self, member: str) -> None:
+        """Serve one request for ``member`` in ``service_s`` seconds, or raise a 429 at once."""
+        self.attempts += 1
+        now = self.in_flight[member] + 1
+        self.peak[member] = max(self.peak[member], now)
+        if now > self.limits[member]:
+            self.rejected += 1
+            raise RateLimitError(member, self.retry_after)
+        self.in_flight[member] = now
+        try:
+            await asyncio.sleep(self.service_s)
+        finally:
+            self.in_flight[member] -= 1
+        self.served[member] += 1
+
+
+class BackendAgent(BaseChatAgent):
+    """A member whose every turn is one call to the shared backend; it records when its turns complete."""
+
+    def __init__(self, name: str, backend: Backend, turns: list[tuple[str, float]]) -> None:
+        super().__init__(name, description=f"Backend-served agent {name}.")
+        self._backend = backend
+        self._turns = turns
+
+    @property
+    def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
+        return (TextMessage,)
+
+    async def on_messages(self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken) -> Response:
+        await self._backend.call(self.name)
+        self._turns.append((self.name, asyncio.get_running_loop().time()))
+        return Response(chat_message=TextMessage(content="ok", source=self.name))
+
+    async def on_reset(self, cancellation_token: CancellationToken) -> None:
+        pass
+
+    async def save_state(self) -> dict[str, Any]:
+        return {}
+
+    async def load_state(self, state: Any) -> None:
+        pass

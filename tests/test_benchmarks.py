@@ -1,0 +1,34 @@
+"""The benchmarks still run: ``python -m benchmarks --quick`` (a smoke run; nothing here is timed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_run_writes_results(tmp_path: Path) -> None:
+    """A quick run exits 0 and writes results.json with every scenario and the plots."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert {"machine", "quick", "overhead", "cascade", "scale", "ledger"} <= report.keys()
+    assert report["quick"] is True
+    assert {"platform", "cpu_count", "python", "packages"} <= report["machine"].keys()
+    assert {"members", "contestant", "us_per_turn", "ratio_to_round_robin"} <= report["overhead"]["results"][0].keys()
+    cascade_keys = {"goodput_ratio", "amplification", "rejected_429", "runs_failed", "run_latency_p99_s", "jain"}
+    assert cascade_keys <= report["cascade"]["results"][0].keys()
+    assert {"growth_100_to_1000", "ledger_bytes_per_key"} <= report["scale"].keys()
+    assert {"ledger", "tasks", "ops_s", "p99_ms"} <= report["ledger"]["results"][0].keys()
+    for name in ("overhead.png", "cascade.png", "ledger.png"):
+        assert (tmp_path / name).stat().st_size > 0
