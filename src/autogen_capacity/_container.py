@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from autogen_agentchat.base import ChatAgent, Response, TaskResult, Team
 from autogen_agentchat.messages import MessageFactory
@@ -62,8 +63,10 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         """Run the member's turn (same name as the base handler, which it replaces)."""
         # An agent adds the buffer to its own context before it calls its model: an overloaded turn is undone
         # so that the retry, which is handed the kept buffer again, does not show the model every message twice.
-        before = None if isinstance(self._agent, Team) else await self._agent.save_state()
+        before: Mapping[str, Any] | None = None
         try:
+            if not isinstance(self._agent, Team):
+                before = await self._agent.save_state()
             response = await self._run_turn(ctx)
         except Exception as e:
             overload = self._classify(e)
