@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from autogen_agentchat.base import ChatAgent, Response, TaskResult, Team
@@ -50,10 +50,12 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         agent: ChatAgent | Team,
         message_factory: MessageFactory,
         classify: OverloadClassifier,
+        release_lease: Callable[[str], Awaitable[None]],
     ) -> None:
         super().__init__(parent_topic_type, output_topic_type, agent, message_factory)
         self._manager_topic_type = manager_topic_type
         self._classify = classify
+        self._release_lease = release_lease
 
     # AutoGen types a handler by its class, so mypy sees an override; this one replaces the base handler.
     @event
@@ -67,7 +69,11 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         try:
             if not isinstance(self._agent, Team):
                 before = await self._agent.save_state()
-            response = await self._run_turn(ctx)
+            try:
+                response = await self._run_turn(ctx)
+            finally:
+                # The slot is free as soon as the member's work is done, not when the manager hears of it.
+                await self._release_lease(self._agent.name)
         except Exception as e:
             overload = self._classify(e)
             if overload is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 from autogen_agentchat.base import TerminationCondition
@@ -255,7 +255,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
                 error=message.error.error_message,
             )
             await self._emit(
-                MemberOverloadedEvent(
+                lambda: MemberOverloadedEvent(
                     content=f"{message.error.error_type}: {message.error.error_message}",
                     member=message.name,
                     key=plan.key,
@@ -470,8 +470,10 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
 
     # ----------------------------------------------------------------- reporting
 
-    async def _emit(self, message: BaseAgentEvent) -> None:
+    async def _emit(self, make: Callable[[], BaseAgentEvent]) -> None:
+        """Put the event ``make()`` builds in the run stream; it is built only when team events are emitted."""
         if self._emit_team_events:
+            message = make()
             await self.publish_message(
                 GroupChatMessage(message=message), topic_id=DefaultTopicId(type=self._output_topic_type)
             )
@@ -480,20 +482,21 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
     async def _report_deferrals(
         self, candidates: Sequence[str], statuses: Mapping[str, KeyStatus], speaker: str | None
     ) -> None:
-        deferred = [
-            Deferral(name=name, key=self._plans[name].key, reason=_reason(statuses[name], self._plans[name]))
+        deferred = {
+            name: _reason(statuses[name], self._plans[name])
             for name in candidates
             if statuses[name].blocked_by is not None and name != speaker
-        ]
+        }
         if not deferred:
             return
-        logger.info(
-            "autogen_capacity.deferred",
-            team=self._team_name,
-            deferred={d.name: d.reason for d in deferred},
-            speaker=speaker,
+        logger.info("autogen_capacity.deferred", team=self._team_name, deferred=deferred, speaker=speaker)
+        await self._emit(
+            lambda: CapacityDeferredEvent(
+                content=[Deferral(name=n, key=self._plans[n].key, reason=r) for n, r in deferred.items()],
+                speaker=speaker,
+                source=self._team_name,
+            )
         )
-        await self._emit(CapacityDeferredEvent(content=deferred, speaker=speaker, source=self._team_name))
 
     async def _report_wait(
         self,
@@ -512,7 +515,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             delay=round(delay, 3),
         )
         await self._emit(
-            CapacityWaitEvent(
+            lambda: CapacityWaitEvent(
                 content=list(candidates),
                 attempt=attempt,
                 max_retries=max_retries,
@@ -524,7 +527,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
     async def _stop_exhausted(self, exhausted: _Exhausted, ctx: MessageContext | None) -> None:
         reason = f"Capacity exhausted: {exhausted.reason}"
         logger.warning("autogen_capacity.exhausted", team=self._team_name, reason=reason)
-        await self._emit(CapacityExhaustedEvent(content=reason, source=self._team_name))
+        await self._emit(lambda: CapacityExhaustedEvent(content=reason, source=self._team_name))
         if self._policy.on_exhausted == "raise":
             self._policy.leases.pending_error = CapacityExhausted(
                 reason, snapshot=await self._ledger.snapshot(), retry_after=exhausted.retry_after

@@ -387,6 +387,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                 agent,
                 message_factory,
                 self._classify,
+                self._leases.release,
             )
 
         return _factory
