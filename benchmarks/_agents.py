@@ -63,6 +63,8 @@ class Backend:
         self.attempts = 0
         self.rejected = 0
         self.served = dict.fromkeys(limits, 0)
+        self.busy_s = 0.0
+        """Seconds spent serving admitted requests (the real service time, loop latency included)."""
 
     async def call(self, member: str) -> None:
         """Serve one request for ``member`` in ``service_s`` seconds, or raise a 429 at once."""
@@ -73,10 +75,13 @@ class Backend:
             self.rejected += 1
             raise RateLimitError(member, self.retry_after)
         self.in_flight[member] = now
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             await asyncio.sleep(self.service_s)
         finally:
             self.in_flight[member] -= 1
+            self.busy_s += loop.time() - started
         self.served[member] += 1
 
 

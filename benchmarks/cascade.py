@@ -153,11 +153,14 @@ async def _measure(kind: str, k: int, turns: int, warmup_s: float, window_s: flo
     await asyncio.sleep(warmup_s)
     backend = cell.backend
     attempts0, rejected0 = backend.attempts, backend.rejected
+    busy0, served0 = backend.busy_s, sum(backend.served.values())
     backend.peak = dict.fromkeys(LIMITS, 0)
     cpu0 = time.process_time()
     await asyncio.sleep(window_s)
     cpu = (time.process_time() - cpu0) / window_s
     attempts, rejected = backend.attempts - attempts0, backend.rejected - rejected0
+    served = sum(backend.served.values()) - served0
+    service_s = (backend.busy_s - busy0) / served if served else SERVICE_S
     peak = dict(backend.peak)
     _, pending = await asyncio.wait(workers, timeout=grace_s)
     for task in pending:  # runs still retrying long after the window: their turns never counted
@@ -182,6 +185,8 @@ async def _measure(kind: str, k: int, turns: int, warmup_s: float, window_s: flo
         "goodput_turns_s": goodput,
         "limit_turns_s": limit_rate,
         "goodput_ratio": goodput / limit_rate,
+        "measured_service_ms": service_s * 1000,
+        "goodput_ratio_measured_service": goodput / (sum(LIMITS.values()) / service_s),
         "completed_turns": done,
         "backend_attempts": attempts,
         "amplification": attempts / done if done else float("inf"),
