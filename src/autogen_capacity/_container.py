@@ -102,8 +102,12 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         """The member's turn, as AutoGen 0.7.5's ``ChatAgentContainer.handle_request`` runs it."""
         if isinstance(self._agent, Team):
             result: TaskResult | None = None
+            # A nested team picked again before anything new reached it (a repeat, or a turn rerouted after an
+            # overload) carries on its own thread: AutoGen refuses an empty task list.
             async for item in self._agent.run_stream(
-                task=self._message_buffer, cancellation_token=ctx.cancellation_token, output_task_messages=False
+                task=self._message_buffer or None,
+                cancellation_token=ctx.cancellation_token,
+                output_task_messages=False,
             ):
                 if isinstance(item, TaskResult):
                     result = item

@@ -9,6 +9,7 @@ model clients need API keys can be audited offline. Contracts are validated with
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autogen_core import ComponentModel
+from autogen_core._component_config import WELL_KNOWN_PROVIDERS
 from pydantic import ValidationError
 
 from ._config import CapacityAwareGroupChatConfig
@@ -189,6 +191,24 @@ def _is_team(data: Mapping[str, Any]) -> bool:
     return isinstance(inner.get("participants"), list)
 
 
+def _provider_findings(provider: object, where: str) -> list[Finding]:
+    """An error when ``provider`` names no importable module: the config could never load.
+
+    Only the module is looked up (its parent packages are imported, nothing of its own runs).
+    """
+    if not isinstance(provider, str) or not provider:
+        return [Finding("error", where, "provider", "a component needs a provider (a dotted class path)")]
+    path = WELL_KNOWN_PROVIDERS.get(provider, provider)
+    module = path.rpartition(".")[0]
+    try:
+        found = bool(module) and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return []
+    return [Finding("error", where, "provider", f"{provider!r} cannot be imported (no module {module or path!r})")]
+
+
 def _name_of(component: Mapping[str, Any], fallback: str) -> str:
     inner = component.get("config")
     name = inner.get("name") if isinstance(inner, Mapping) else None
@@ -203,6 +223,7 @@ def _team(
     capacity_aware = provider == PROVIDER or provider.endswith(".CapacityAwareGroupChat")
     name = _name_of(data, fallback_name or provider.rsplit(".", 1)[-1])
     where = f"{parent} > team {name!r}" if parent else f"team {name!r}"
+    out.extend(_provider_findings(provider, where))
     timeouts = [t for t in (timeout_s, _timeout_of(inner.get("termination_condition"))) if t is not None]
     timeout = min(timeouts) if timeouts else None
     participants = [p for p in inner["participants"] if isinstance(p, Mapping)]
@@ -241,6 +262,10 @@ def _team(
     for participant, member in zip(participants, names, strict=True):
         member_where = f"{where} > member {member!r}"
         child = _team(participant, member, where, timeout, out) if _is_team(participant) else None
+        if child is None:
+            out.extend(_provider_findings(participant.get("provider"), member_where))
+            if participant.get("component_type") == "team":
+                out.append(Finding("error", member_where, "participants", "a team config needs a participants list"))
         entry = entries.get(member)
         contract: AgentCapacity | None
         source: Literal["capacities", "nested team", "none"]
