@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from autogen_agentchat.base import TaskResult, Team
@@ -437,3 +438,36 @@ async def test_reset_of_a_running_team_keeps_its_leases() -> None:
     gate.set()
     await asyncio.wait_for(run, TIMEOUT)
     assert await in_flight(ledger) == {}
+
+
+class PausableWorker(WorkerAgent):
+    """A worker that records on_pause / on_resume."""
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.paused = 0
+        self.resumed = 0
+
+    async def on_pause(self, cancellation_token: CancellationToken) -> None:
+        self.paused += 1
+
+    async def on_resume(self, cancellation_token: CancellationToken) -> None:
+        self.resumed += 1
+
+
+async def test_pause_skips_a_nested_team_between_its_runs() -> None:
+    """pause()/resume() reach the members while a nested team that already spoke is idle (AutoGen would hang)."""
+    ledger, gate, probe = InMemoryLedger(), asyncio.Event(), ConcurrencyProbe()
+    inner = PausableWorker("inner")
+    child = CapacityAwareGroupChat([inner], name="child", ledger=ledger, max_turns=1)
+    outer = PausableWorker("outer", gate=gate, probe=probe)
+    parent = CapacityAwareGroupChat([child, outer], ledger=ledger, max_turns=2)
+    run = asyncio.ensure_future(parent.run(task="go"))
+    await asyncio.wait_for(probe.entered.wait(), TIMEOUT)  # the child has spoken; outer holds its turn
+    await asyncio.wait_for(parent.pause(), TIMEOUT)
+    await asyncio.wait_for(parent.resume(), TIMEOUT)
+    assert (outer.paused, outer.resumed) == (1, 1)
+    assert (inner.paused, inner.resumed) == (0, 0)  # the idle child was skipped
+    gate.set()
+    result = await asyncio.wait_for(run, TIMEOUT)
+    assert [m.source for m in result.messages] == ["user", "inner", "outer"]

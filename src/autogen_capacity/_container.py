@@ -7,15 +7,18 @@ from typing import Any, Literal
 
 from autogen_agentchat.base import ChatAgent, Response, TaskResult, Team
 from autogen_agentchat.messages import MessageFactory
+from autogen_agentchat.teams import BaseGroupChat
 from autogen_agentchat.teams._group_chat._chat_agent_container import ChatAgentContainer
 from autogen_agentchat.teams._group_chat._events import (
     GroupChatAgentResponse,
     GroupChatError,
+    GroupChatPause,
     GroupChatRequestPublish,
+    GroupChatResume,
     GroupChatTeamResponse,
     SerializableException,
 )
-from autogen_core import DefaultTopicId, MessageContext, event, trace_invoke_agent_span
+from autogen_core import DefaultTopicId, MessageContext, event, rpc, trace_invoke_agent_span
 from pydantic import BaseModel
 
 from .overload import OverloadClassifier
@@ -98,6 +101,19 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
             response, topic_id=DefaultTopicId(type=self._parent_topic_type), cancellation_token=ctx.cancellation_token
         )
 
+    @rpc
+    async def handle_pause(self, message: GroupChatPause, ctx: MessageContext) -> None:  # type: ignore[override]
+        """Pause the member. A nested team that is not running is skipped: AutoGen would wait forever on
+        its stopped runtime (replaces the base handler of the same name)."""
+        if not _is_idle_team(self._agent):
+            await ChatAgentContainer.handle_pause(self, message, ctx)
+
+    @rpc
+    async def handle_resume(self, message: GroupChatResume, ctx: MessageContext) -> None:  # type: ignore[override]
+        """Resume the member; a nested team that is not running is skipped, as in :meth:`handle_pause`."""
+        if not _is_idle_team(self._agent):
+            await ChatAgentContainer.handle_resume(self, message, ctx)
+
     async def _run_turn(self, ctx: MessageContext) -> GroupChatAgentResponse | GroupChatTeamResponse:
         """The member's turn, as AutoGen 0.7.5's ``ChatAgentContainer.handle_request`` runs it."""
         if isinstance(self._agent, Team):
@@ -131,3 +147,8 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
                     "The agent did not produce a final response. Check the agent's on_messages_stream method."
                 )
             return GroupChatAgentResponse(response=response, name=self._agent.name)
+
+
+def _is_idle_team(agent: ChatAgent | Team) -> bool:
+    """A nested group chat between runs (its embedded runtime is stopped: a message to it is never answered)."""
+    return isinstance(agent, BaseGroupChat) and not getattr(agent, "_is_running", True)
