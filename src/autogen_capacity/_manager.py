@@ -265,9 +265,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
                 )
             )
             if not self._spend_retry():
-                await self._stop_exhausted(
-                    _Exhausted(f"the team's retry budget is spent ({self._retries} retries)"), ctx
-                )
+                await self._stop_exhausted(_Exhausted(f"the team's retry budget is spent ({self._retries} retries)"))
                 return
             await self._transition_to_next_speakers(ctx.cancellation_token)
         except Exception as e:
@@ -283,7 +281,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         try:
             speaker = await admission
         except _Exhausted as exhausted:
-            await self._stop_exhausted(exhausted, None)
+            await self._stop_exhausted(exhausted)
             return
         if speaker is None:  # the termination condition fired while waiting; already signalled
             return
@@ -294,14 +292,6 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             cancellation_token=cancellation_token,
         )
         self._active_speakers.append(speaker)
-
-    async def select_speaker(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> list[str] | str:
-        """The speaker the team would choose now, ignoring capacity (the manager admits through leases)."""
-        explicit = await self._explicit_speaker(thread)
-        if explicit is not None:
-            return [explicit]
-        candidates = await self._candidates(thread)
-        return [(await self._order(candidates, {}))[0]]
 
     async def _admit_next_speaker(self) -> str | None:
         """Lease the first candidate in preference order that has headroom; wait by contract when none has.
@@ -524,7 +514,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             )
         )
 
-    async def _stop_exhausted(self, exhausted: _Exhausted, ctx: MessageContext | None) -> None:
+    async def _stop_exhausted(self, exhausted: _Exhausted) -> None:
         reason = f"Capacity exhausted: {exhausted.reason}"
         logger.warning("autogen_capacity.exhausted", team=self._team_name, reason=reason)
         await self._emit(lambda: CapacityExhaustedEvent(content=reason, source=self._team_name))
