@@ -62,3 +62,12 @@ def test_version_is_a_string() -> None:
     """The package reports its version."""
     assert isinstance(autogen_capacity.__version__, str)
     assert autogen_capacity.__version__
+
+
+def test_api_reference_lists_every_public_name() -> None:
+    """docs/api.md names every member of ``autogen_capacity.__all__`` (the API page cannot fall behind)."""
+    from pathlib import Path
+
+    reference = (Path(__file__).parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    missing = [name for name in autogen_capacity.__all__ if name != "__version__" and f"`{name}`" not in reference]
+    assert missing == []
