@@ -34,6 +34,16 @@ def wait_task(ledger: InMemoryLedger, key: str, cap: AgentCapacity, timeout: flo
     return asyncio.create_task(ledger.wait_for_change({key: cap}, timeout))
 
 
+def take_task(ledger: InMemoryLedger, key: str, cap: AgentCapacity) -> asyncio.Task[Lease | None]:
+    """A caller that waits for a change on ``key`` and then takes a lease (``None`` if refused)."""
+
+    async def wait_then_take() -> Lease | None:
+        await ledger.wait_for_change({key: cap}, 60)
+        return await ledger.try_acquire(key, cap)
+
+    return asyncio.create_task(wait_then_take())
+
+
 async def test_is_a_capacity_ledger() -> None:
     """The in-memory ledger implements the ledger protocol."""
     assert isinstance(InMemoryLedger(), CapacityLedger)
@@ -361,6 +371,40 @@ class TestSnapshot:
 
 
 class TestWaitForChange:
+    async def test_cooldown_end_wakes_only_as_many_waiters_as_slots(
+        self, ledger: InMemoryLedger, fake_clock: FakeLoopClock
+    ) -> None:
+        """Ten callers waiting out a cooldown on a two-slot key: its end wakes the two oldest, not all ten."""
+        cap = AgentCapacity(max_concurrent=2)
+        await ledger.cooldown("a", 5)
+        waiters = [take_task(ledger, "a", cap)]
+        for _ in range(9):
+            await settle()
+            waiters.append(take_task(ledger, "a", cap))
+        await settle()
+        fake_clock.advance(5)
+        await settle(*waiters)
+        assert [w.done() for w in waiters] == [True, True] + [False] * 8
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def test_refill_wakes_the_oldest_waiter_once(self, ledger: InMemoryLedger, fake_clock: FakeLoopClock) -> None:
+        """An rpm refill of one request wakes one waiter, the oldest."""
+        cap = AgentCapacity(rpm=6)
+        for _ in range(6):
+            assert await ledger.try_acquire("a", cap) is not None
+        first = take_task(ledger, "a", cap)
+        await settle()
+        second = take_task(ledger, "a", cap)
+        await settle()
+        fake_clock.advance(10)
+        await settle(first, second)
+        assert first.done()
+        assert not second.done()
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+
     async def test_returns_at_once_when_a_key_admits(self, ledger: InMemoryLedger) -> None:
         """A caller asking about a key that admits now is not made to wait."""
         assert await ledger.wait_for_change({"a": AgentCapacity(max_concurrent=1)}, 30) is True

@@ -39,10 +39,12 @@ class _Waiter:
 class _KeyState:
     __slots__ = (
         "acquired",
+        "capacity",
         "cooldown_until",
         "exhausted_until",
         "in_flight",
         "limiter",
+        "ready_timer",
         "reserved",
         "token_sum",
         "tokens",
@@ -60,6 +62,10 @@ class _KeyState:
         self.waiters: deque[_Waiter] = deque()
         self.reserved: set[asyncio.Task[Any]] = set()
         """Tasks a released slot was handed to: the slot is theirs until they take it or finish."""
+        self.capacity: AgentCapacity | None = None
+        """The contract the key's waiters wait by, to know how many a refill or a cooldown's end admits."""
+        self.ready_timer: asyncio.TimerHandle | None = None
+        """One timer per key for its refill or cooldown's end, which wakes as many waiters as it admits."""
 
     def limiter_for(self, rpm: float) -> AsyncLimiter:
         """The rpm bucket: up to ``max(rpm, 1)`` at once, leaking ``rpm / 60`` a second."""
@@ -183,8 +189,8 @@ class InMemoryLedger:
         state.in_flight -= 1
         self._hand_over(state)
 
-    def _hand_over(self, state: _KeyState) -> None:
-        """Wake the oldest live waiter and reserve the freed slot for its task."""
+    def _hand_over(self, state: _KeyState) -> bool:
+        """Wake the oldest live waiter and reserve the freed slot for its task. ``False``: nobody waits."""
         while state.waiters:
             waiter = state.waiters.popleft()
             if waiter.future.done():
@@ -194,7 +200,8 @@ class InMemoryLedger:
             if task is not None and not task.done() and task not in state.reserved:
                 state.reserved.add(task)
                 task.add_done_callback(functools.partial(self._drop_reservation, state))
-            return
+            return True
+        return False
 
     def _drop_reservation(self, state: _KeyState, task: asyncio.Task[Any]) -> None:
         """A task that was handed a slot finished (or gave up) without taking it: pass it on."""
@@ -211,21 +218,28 @@ class InMemoryLedger:
         return self._status(self._state(key), capacity, self._now()).headroom
 
     async def wait_for_change(self, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
-        """Wait for a release on one of the keys (oldest waiter first), a refill or a cooldown's end."""
+        """Wait for a release on one of the keys (oldest waiter first), a refill or a cooldown's end.
+
+        A refill or a cooldown's end wakes only as many waiters, oldest first, as the key then admits (one
+        timer per key, not one per waiter): a hundred teams waiting out a cooldown are not woken at once.
+        """
         now = self._now()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         queued: list[_KeyState] = []
-        wake_in = timeout
+        own_wake = timeout
         for key, capacity in waits.items():
             state = self._state(key)
             status = self._status(state, capacity, now)
             if status.blocked_by is None:
                 return True
-            if status.ready_in is not None:
-                wake_in = min(wake_in, status.ready_in)
             if capacity.max_queue is None or len(state.waiters) < capacity.max_queue:
                 queued.append(state)
+                state.capacity = capacity
+                if status.ready_in is not None:
+                    self._schedule_ready(state, now + status.ready_in)
+            elif status.ready_in is not None:  # not queued on this key: only its own timer can tell
+                own_wake = min(own_wake, status.ready_in)
         if waits and not queued:
             logger.warning("autogen_capacity.queue_full", keys=list(waits))
             raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
@@ -233,7 +247,7 @@ class InMemoryLedger:
         waiter = _Waiter(future, task)
         for state in queued:
             state.waiters.append(waiter)
-        timer = loop.call_at(now + max(wake_in, 0.0), _resolve, future)
+        timer = loop.call_at(now + max(own_wake, 0.0), _resolve, future)
         try:
             await future
         except asyncio.CancelledError:
@@ -247,7 +261,41 @@ class InMemoryLedger:
             for state in queued:
                 if waiter in state.waiters:
                     state.waiters.remove(waiter)
-        return wake_in < timeout or self._now() < now + timeout
+        return own_wake < timeout or self._now() < now + timeout
+
+    def _schedule_ready(self, state: _KeyState, when: float) -> None:
+        timer = state.ready_timer
+        if timer is not None and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        state.ready_timer = asyncio.get_running_loop().call_at(when, self._on_ready, state)
+
+    def _on_ready(self, state: _KeyState) -> None:
+        """The key's refill or cooldown's end: wake as many waiters as it now admits, oldest first."""
+        state.ready_timer = None
+        capacity = state.capacity
+        if capacity is None or self._closed:
+            return
+        now = self._now()
+        status = self._status(state, capacity, now)
+        if status.blocked_by is not None:
+            if status.ready_in is not None:  # extended meanwhile (a new cooldown, a bigger tpm debit)
+                self._schedule_ready(state, now + status.ready_in)
+            return  # only a release can help now, and a release hands its slot over itself
+        for _ in range(self._room(state, capacity)):
+            if not self._hand_over(state):
+                break
+
+    def _room(self, state: _KeyState, capacity: AgentCapacity) -> int:
+        """How many more callers the key admits now (every waiter when nothing bounds it)."""
+        room = len(state.waiters)
+        if capacity.max_concurrent is not None:
+            room = min(room, capacity.max_concurrent - state.in_flight - len(state.reserved))
+        if capacity.rpm is not None:
+            limiter = state.limiter_for(capacity.rpm)
+            room = min(room, int(limiter.max_rate - state.bucket_level(limiter)))
+        return max(room, 1)
 
     async def record_tokens(self, key: str, tokens: int) -> None:
         """Debit ``tokens`` from the key's tpm window."""
@@ -288,6 +336,8 @@ class InMemoryLedger:
         """Wake every waiter and refuse further work. Leases still held release as no-ops."""
         self._closed = True
         for state in self._keys.values():
+            if state.ready_timer is not None:
+                state.ready_timer.cancel()
             for waiter in state.waiters:
                 _resolve(waiter.future)
         self._keys.clear()
