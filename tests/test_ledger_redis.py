@@ -18,6 +18,7 @@ from autogen_capacity import (
     AgentCapacity,
     CapacityLedger,
     InMemoryLedger,
+    Lease,
     LedgerClosedError,
     LedgerUnavailable,
     QueueFull,
@@ -53,6 +54,10 @@ async def _make_ledger(redis_server: RedisServer) -> AsyncIterator[MakeLedger]:
 def _redis_ledger(make_ledger: MakeLedger) -> RedisLedger:
     """One ledger on the test's namespace."""
     return make_ledger()
+
+
+async def _done(tasks: list[asyncio.Task[Any]], n: int) -> bool:
+    return sum(task.done() for task in tasks) >= n
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, every: float = 0.05) -> None:
@@ -268,6 +273,29 @@ class TestWaiting:
         """A cooldown ending before the timeout wakes the waiter with True (ready_in is the fallback)."""
         await redis_ledger.cooldown("k", 0.2)
         assert await redis_ledger.wait_for_change({"k": AgentCapacity()}, timeout=20) is True
+
+    async def test_cooldown_end_wakes_as_many_as_it_admits(self, redis_ledger: RedisLedger) -> None:
+        """Four callers in one process wait out a cooldown on a two-slot key: two are admitted, and the
+        other two are not woken to be refused (one timer per key, each admission waking the next)."""
+        cap = AgentCapacity(max_concurrent=2)
+        await redis_ledger.cooldown("k", 0.3)
+
+        async def wait_then_take() -> Lease | None:
+            await redis_ledger.wait_for_change({"k": cap}, timeout=20)
+            return await redis_ledger.try_acquire("k", cap)
+
+        callers = [asyncio.create_task(wait_then_take()) for _ in range(4)]
+        await eventually(lambda: _done(callers, 3))  # two admitted, the third woken and refused: chain ends
+        done, pending = await asyncio.wait(callers, timeout=1.0)  # with a herd, the fourth ends at once too
+        admitted = [task.result() for task in done if task.result() is not None]
+        assert len(admitted) == 2
+        assert len(pending) == 1
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for held in admitted:
+            assert held is not None
+            await held.release()
 
     async def test_one_release_wakes_the_oldest_waiter(self, make_ledger: MakeLedger) -> None:
         """In one process, a release wakes one waiter, the oldest; the next release wakes the next."""

@@ -80,6 +80,8 @@ class RedisLedger:
         "_listening",
         "_ns",
         "_owns_client",
+        "_ready",
+        "_ready_chain",
         "_scripts",
         "_ttl",
         "_unreachable",
@@ -117,6 +119,8 @@ class RedisLedger:
         self._held: dict[str, str] = {}  # lease id -> key, renewed by the heartbeat
         self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}  # this process' waiters per key, oldest first
+        self._ready: dict[str, asyncio.TimerHandle] = {}  # per key: its refill or cooldown's end
+        self._ready_chain: set[str] = set()  # keys whose refill woke a waiter: each admission wakes the next
         self._listener: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()  # set once the listener made its first subscription attempt
@@ -162,7 +166,10 @@ class RedisLedger:
         lease_id = uuid.uuid4().hex
         reply = await self._run(self._scripts.acquire, key, _STATE, [lease_id, self._ttl, *_limits(capacity)])
         if int(reply[0]) != 1:
+            self._ready_chain.discard(key)  # the refill is used up
             return None
+        if key in self._ready_chain:  # a refill may admit more than one: pass it on to the next waiter
+            self._wake_oldest(key)
         self._held[lease_id] = key
         self._ensure_heartbeat()
         return Lease(key, lease_id, asyncio.get_running_loop().time(), self._release)
@@ -218,7 +225,10 @@ class RedisLedger:
                 if status.blocked_by is None:
                     return True
                 if status.ready_in is not None:
-                    wake_in = min(wake_in, status.ready_in)
+                    if int(reply[0]) == 1:  # one timer per key wakes this process' oldest waiter, not all of them
+                        self._schedule_ready(key, loop.time() + status.ready_in + _READY_MARGIN_S)
+                    else:
+                        wake_in = min(wake_in, status.ready_in)
             if waits and not queued:
                 logger.warning("autogen_capacity.queue_full", keys=list(waits))
                 raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
@@ -273,6 +283,9 @@ class RedisLedger:
         if self._closed:
             return
         self._closed = True
+        for timer in self._ready.values():
+            timer.cancel()
+        self._ready.clear()
         held, self._held, waiting, self._waiting = self._held, {}, self._waiting, {}
         for waiters in self._waiters.values():
             for waiter in waiters:
@@ -306,6 +319,21 @@ class RedisLedger:
         for key in keys:
             with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
                 await self._client.zrem(self._name(key, "waiters"), waiter_id)
+
+    def _schedule_ready(self, key: str, when: float) -> None:
+        timer = self._ready.get(key)
+        if timer is not None and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._ready[key] = asyncio.get_running_loop().call_at(when, self._on_ready, key)
+
+    def _on_ready(self, key: str) -> None:
+        """A refill or a cooldown's end: wake this process' oldest waiter; each admission it leads to wakes the
+        next (``try_acquire``), until one is refused."""
+        del self._ready[key]
+        self._ready_chain.add(key)
+        self._wake_oldest(key)
 
     def _wake_oldest(self, key: str) -> None:
         for waiter in self._waiters.get(key, ()):
@@ -385,6 +413,10 @@ class RedisLedger:
             return
         for lease_id in restored:
             logger.warning("autogen_capacity.lease_restored", key=key, lease_id=_text(lease_id))
+
+
+_READY_MARGIN_S = 0.001
+"""Waking a moment after Redis' reported refill or cooldown's end, so the loop clock does not wake it early."""
 
 
 def _limits(capacity: AgentCapacity) -> list[str]:
