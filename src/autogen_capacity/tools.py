@@ -20,7 +20,7 @@ from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_agentchat.teams import BaseGroupChat
 from autogen_agentchat.tools import AgentTool, TeamTool
 from autogen_agentchat.tools._agent import AgentToolConfig
-from autogen_agentchat.tools._task_runner_tool import TaskRunnerToolArgs
+from autogen_agentchat.tools._task_runner_tool import TaskRunnerTool, TaskRunnerToolArgs
 from autogen_agentchat.tools._team import TeamToolConfig
 from autogen_core import CancellationToken
 from typing_extensions import Self
@@ -193,7 +193,39 @@ async def _final(stream: AsyncIterator[_Item]) -> TaskResult:
     return result
 
 
-class CapacityAwareAgentTool(AgentTool):
+class _ContractTool(TaskRunnerTool):
+    """What both capacity-aware tools share: the contract, its key, and running under it."""
+
+    _caller: _Caller
+
+    @property
+    def capacity(self) -> AgentCapacity:
+        """The contract this tool follows."""
+        return self._caller.contract
+
+    @property
+    def key(self) -> str:
+        """The ledger key the tool leases."""
+        return self._caller.key
+
+    async def run(self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken) -> TaskResult:
+        """Run the task under the contract and return the result."""
+        return await _final(self.run_stream(args, cancellation_token))
+
+    async def run_stream(
+        self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken
+    ) -> AsyncGenerator[_Item, None]:
+        """Run the task under the contract, yielding its events; an attempt that failed with overload is
+        retried whole, so its events may be followed by the retry's."""
+
+        def start() -> AsyncIterator[_Item]:
+            return TaskRunnerTool.run_stream(self, args, cancellation_token)
+
+        async for item in self._caller.stream(start, cancellation_token):
+            yield item
+
+
+class CapacityAwareAgentTool(_ContractTool, AgentTool):
     """An :class:`~autogen_agentchat.tools.AgentTool` that follows the agent's capacity contract.
 
     Each call takes a lease on the agent's key (``capacity.key`` or the agent's name) in the ledger, waiting
@@ -242,32 +274,6 @@ class CapacityAwareAgentTool(AgentTool):
         self._caller = _Caller(agent, capacity, ledger, overload_classifier, exhausted_ttl_s, rng)
         _warn_about_client_retries([agent])
 
-    @property
-    def capacity(self) -> AgentCapacity:
-        """The contract this tool follows."""
-        return self._caller.contract
-
-    @property
-    def key(self) -> str:
-        """The ledger key the tool leases."""
-        return self._caller.key
-
-    async def run(self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken) -> TaskResult:
-        """Run the task on the agent under its contract and return the result."""
-        return await _final(self.run_stream(args, cancellation_token))
-
-    async def run_stream(
-        self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken
-    ) -> AsyncGenerator[_Item, None]:
-        """Run the task under the contract, yielding the agent's events; an attempt that failed with overload
-        is retried whole, so its events may be followed by the retry's."""
-
-        def start() -> AsyncIterator[_Item]:
-            return AgentTool.run_stream(self, args, cancellation_token)
-
-        async for item in self._caller.stream(start, cancellation_token):
-            yield item
-
     def _to_config(self) -> CapacityAwareAgentToolConfig:
         return CapacityAwareAgentToolConfig(
             agent=self._agent.dump_component(),
@@ -285,7 +291,7 @@ class CapacityAwareAgentTool(AgentTool):
         )
 
 
-class CapacityAwareTeamTool(TeamTool):
+class CapacityAwareTeamTool(_ContractTool, TeamTool):
     """A :class:`~autogen_agentchat.tools.TeamTool` that follows the team's capacity contract.
 
     Behaves like :class:`CapacityAwareAgentTool`. Its contract defaults to the team's own ``capacity`` (a
@@ -324,31 +330,6 @@ class CapacityAwareTeamTool(TeamTool):
     ) -> None:
         super().__init__(team, name, description, return_value_as_last_message=return_value_as_last_message)
         self._caller = _Caller(team, capacity, ledger, overload_classifier, exhausted_ttl_s, rng)
-
-    @property
-    def capacity(self) -> AgentCapacity:
-        """The contract this tool follows."""
-        return self._caller.contract
-
-    @property
-    def key(self) -> str:
-        """The ledger key the tool leases."""
-        return self._caller.key
-
-    async def run(self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken) -> TaskResult:
-        """Run the task on the team under its contract and return the result."""
-        return await _final(self.run_stream(args, cancellation_token))
-
-    async def run_stream(
-        self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken
-    ) -> AsyncGenerator[_Item, None]:
-        """Run the task under the contract, yielding the team's events (see CapacityAwareAgentTool)."""
-
-        def start() -> AsyncIterator[_Item]:
-            return TeamTool.run_stream(self, args, cancellation_token)
-
-        async for item in self._caller.stream(start, cancellation_token):
-            yield item
 
     def _to_config(self) -> CapacityAwareTeamToolConfig:
         return CapacityAwareTeamToolConfig(
