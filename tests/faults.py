@@ -13,6 +13,8 @@ from autogen_agentchat.agents import BaseChatAgent
 from autogen_agentchat.base import Response, TaskResult
 from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
+from autogen_core.models import CreateResult
+from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from agents import ConcurrencyProbe
 from autogen_capacity import AgentCapacity, Overloaded
@@ -37,6 +39,21 @@ class RateLimitError(Exception):
 def quota_error() -> RateLimitError:
     """OpenAI's spent quota: a 429 whose body says ``insufficient_quota`` (exhausted, never retried)."""
     return RateLimitError(429, body={"error": {"code": "insufficient_quota", "type": "insufficient_quota"}})
+
+
+class FlakyReplayClient(ReplayChatCompletionClient):
+    """A replay client whose first calls raise the given errors; records what each answered call saw."""
+
+    def __init__(self, responses: list[str], failures: Sequence[BaseException]) -> None:
+        super().__init__(responses)
+        self._failures = list(failures)
+        self.seen: list[list[Any]] = []
+
+    async def create(self, messages: Sequence[Any], **kwargs: Any) -> CreateResult:
+        if self._failures:
+            raise self._failures.pop(0)
+        self.seen.append(list(messages))
+        return await super().create(messages, **kwargs)
 
 
 class FaultyMember(BaseChatAgent):

@@ -12,8 +12,8 @@ from autogen_agentchat.conditions import ExternalTermination, MaxMessageTerminat
 from autogen_agentchat.messages import TextMessage
 from autogen_agentchat.teams import RoundRobinGroupChat
 from autogen_core import CancellationToken
-from tests.agents import ConcurrencyProbe, WorkerAgent
 
+from agents import ConcurrencyProbe, WorkerAgent
 from autogen_capacity import (
     CAPACITY_EVENT_TYPES,
     AgentCapacity,

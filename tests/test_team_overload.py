@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
@@ -13,8 +12,6 @@ from autogen_agentchat.conditions import MaxMessageTermination
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, TextMessage
 from autogen_agentchat.teams import RoundRobinGroupChat
 from autogen_core import CancellationToken
-from autogen_core.models import CreateResult
-from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from autogen_capacity import (
     AgentCapacity,
@@ -27,24 +24,10 @@ from autogen_capacity import (
     RetryBudget,
 )
 from autogen_capacity.testing import FakeLoopClock
+from faults import QUICK, FlakyReplayClient, RateLimitError, quota_error
 
 TIMEOUT = 30.0
-QUICK: dict[str, Any] = {"backoff_initial_ms": 1, "backoff_ceiling_ms": 5, "backoff_jitter": False}
 UNBOUNDED = AgentCapacity()
-
-
-class RateLimitError(Exception):
-    """Shaped like an SDK's HTTP error: ``status_code``, ``response.headers`` and an error ``body``."""
-
-    def __init__(self, status_code: int = 429, headers: dict[str, str] | None = None, body: Any = None) -> None:
-        super().__init__(f"Error code: {status_code}")
-        self.status_code = status_code
-        self.response = type("Resp", (), {"status_code": status_code, "headers": headers or {}})()
-        self.body = body
-
-
-def quota_error() -> RateLimitError:
-    return RateLimitError(429, body={"error": {"code": "insufficient_quota", "type": "insufficient_quota"}})
 
 
 class FlakyMember(BaseChatAgent):
@@ -84,21 +67,6 @@ class FlakyMember(BaseChatAgent):
 
     async def on_reset(self, cancellation_token: CancellationToken) -> None:
         pass
-
-
-class FlakyReplayClient(ReplayChatCompletionClient):
-    """A replay client whose first calls raise the given errors; records what each answered call saw."""
-
-    def __init__(self, responses: list[str], failures: Sequence[BaseException]) -> None:
-        super().__init__(responses)
-        self._failures = list(failures)
-        self.seen: list[list[Any]] = []
-
-    async def create(self, messages: Sequence[Any], **kwargs: Any) -> CreateResult:
-        if self._failures:
-            raise self._failures.pop(0)
-        self.seen.append(list(messages))
-        return await super().create(messages, **kwargs)
 
 
 async def assert_nothing_in_flight(ledger: InMemoryLedger) -> None:

@@ -9,8 +9,8 @@ import pytest
 from autogen_agentchat.agents import AssistantAgent
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 from autogen_ext.models.replay import ReplayChatCompletionClient
-from tests.agents import WorkerAgent
 
+from agents import WorkerAgent
 from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
@@ -26,19 +25,9 @@ from autogen_capacity import (
     Overloaded,
 )
 from autogen_capacity.testing import FakeLoopClock, settle
+from faults import QUICK, FlakyReplayClient, RateLimitError
 
 TIMEOUT = 30.0
-QUICK: dict[str, Any] = {"backoff_initial_ms": 1, "backoff_ceiling_ms": 5, "backoff_jitter": False}
-
-
-class RateLimitError(Exception):
-    """Shaped like an SDK's HTTP error: ``status_code`` and ``response.headers``."""
-
-    def __init__(self, status_code: int = 429, headers: dict[str, str] | None = None, body: Any = None) -> None:
-        super().__init__(f"Error code: {status_code}")
-        self.status_code = status_code
-        self.response = type("Resp", (), {"status_code": status_code, "headers": headers or {}})()
-        self.body = body
 
 
 class Probe:
@@ -412,18 +401,3 @@ class TestEndToEnd:
         assert tool.return_value_as_string(result) == "writer: poem"
         assert [m.content for m in client.seen[-1]] == ["Write.", "write a poem"]
         assert await in_flight(ledger) == {}
-
-
-class FlakyReplayClient(ReplayChatCompletionClient):
-    """A replay client whose first calls raise the given errors; records what each answered call saw."""
-
-    def __init__(self, responses: list[str], failures: Sequence[BaseException]) -> None:
-        super().__init__(responses)
-        self._failures = list(failures)
-        self.seen: list[list[Any]] = []
-
-    async def create(self, messages: Sequence[Any], **kwargs: Any) -> CreateResult:
-        if self._failures:
-            raise self._failures.pop(0)
-        self.seen.append(list(messages))
-        return await super().create(messages, **kwargs)
