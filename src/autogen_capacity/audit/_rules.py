@@ -1,0 +1,110 @@
+"""The audit's checks beyond validation: unloadable providers, oversupply, retries against timeouts, shared keys."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from autogen_core._component_config import WELL_KNOWN_PROVIDERS
+
+from ..contracts import AgentCapacity
+from ._model import Finding, MemberReport, TeamReport
+
+
+def provider_findings(provider: object, where: str) -> list[Finding]:
+    """An error when ``provider`` names no importable module: the config could never load.
+
+    Only the module is looked up (its parent packages are imported, nothing of its own runs).
+    """
+    if not isinstance(provider, str) or not provider:
+        return [Finding("error", where, "provider", "a component needs a provider (a dotted class path)")]
+    path = WELL_KNOWN_PROVIDERS.get(provider, provider)
+    module = path.rpartition(".")[0]
+    try:
+        found = bool(module) and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return []
+    return [Finding("error", where, "provider", f"{provider!r} cannot be imported (no module {module or path!r})")]
+
+
+def oversupply(declared: AgentCapacity, supply: AgentCapacity, where: str, field_name: str, what: str) -> list[Finding]:
+    out = []
+    for limit in ("max_concurrent", "rpm", "tpm"):
+        promised, available = getattr(declared, limit), getattr(supply, limit)
+        if available is not None and promised is not None and promised > available:
+            out.append(
+                Finding(
+                    "warning",
+                    where,
+                    f"{field_name}.{limit}",
+                    f"declares {limit}={_num(promised)} but {what} can supply at most {_num(available)}",
+                )
+            )
+    return out
+
+
+def timeout_findings(
+    where: str, declared: AgentCapacity | None, members: list[MemberReport], timeout: float
+) -> list[Finding]:
+    out = []
+    subjects: list[tuple[str, str, AgentCapacity]] = []
+    if declared is not None:
+        subjects.append((where, "capacity", declared))
+    subjects += [
+        (f"{where} > member {m.name!r}", f"capacities.{m.name}", m.contract)
+        for m in members
+        if m.contract is not None and m.source == "capacities"
+    ]
+    for subject, field_name, contract in subjects:
+        total = sum(contract.backoff_schedule())
+        if total > timeout:
+            out.append(
+                Finding(
+                    "warning",
+                    subject,
+                    f"{field_name}.max_caller_retries",
+                    f"{contract.max_caller_retries} retries wait up to {_num(total)}s (sum of the backoff schedule), "
+                    f"longer than TimeoutTermination(timeout_seconds={_num(timeout)}): the run times out before "
+                    "the contract gives up",
+                )
+            )
+    return out
+
+
+def shared_key_findings(root: TeamReport) -> list[Finding]:
+    """Contracts sharing a ledger key must agree: the ledger enforces whichever one a caller passes."""
+    by_key: dict[str, list[tuple[str, AgentCapacity]]] = {}
+    stack: list[tuple[TeamReport, str]] = [(root, f"team {root.name!r}")]
+    while stack:
+        team, where = stack.pop(0)
+        if team.declared is not None:
+            by_key.setdefault(team.key, []).append((where, team.declared))
+        for m in team.members:
+            if m.source == "capacities" and m.contract is not None:
+                by_key.setdefault(m.key, []).append((f"{where} > member {m.name!r}", m.contract))
+            if m.team is not None:
+                stack.append((m.team, f"{where} > team {m.team.name!r}"))
+    out = []
+    for key, holders in by_key.items():
+        distinct = {_comparable(c) for _, c in holders}
+        if len(distinct) > 1:
+            names = ", ".join(w for w, _ in holders)
+            out.append(
+                Finding(
+                    "warning",
+                    holders[0][0],
+                    None,
+                    f"shares ledger key {key!r} with different contracts ({names}): the limit enforced depends "
+                    "on who asks",
+                )
+            )
+    return out
+
+
+def _comparable(contract: AgentCapacity) -> str:
+    return contract.model_dump_json(exclude={"key"})
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
