@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -471,3 +472,33 @@ async def test_pause_skips_a_nested_team_between_its_runs() -> None:
     gate.set()
     result = await asyncio.wait_for(run, TIMEOUT)
     assert [m.source for m in result.messages] == ["user", "inner", "outer"]
+
+
+class TestLogging:
+    async def test_silent_until_the_app_configures_logging(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A deferral logs nothing to the terminal when the app has not configured logging."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1)
+        held = await ledger.try_acquire("a", contract)
+        assert held is not None
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a"), WorkerAgent("b")], capacities={"a": contract}, ledger=ledger, max_turns=1
+        )
+        await asyncio.wait_for(team.run(task="go"), TIMEOUT)
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == ("", "")
+        await held.release()
+
+    async def test_deferral_is_a_key_value_log_event(self, caplog: pytest.LogCaptureFixture) -> None:
+        """With the ``autogen_capacity`` logger at INFO, a deferral is logged with its team, reasons and speaker."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1)
+        held = await ledger.try_acquire("a", contract)
+        assert held is not None
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a"), WorkerAgent("b")], name="crew", capacities={"a": contract}, ledger=ledger, max_turns=1
+        )
+        with caplog.at_level(logging.INFO, logger="autogen_capacity"):
+            await asyncio.wait_for(team.run(task="go"), TIMEOUT)
+        assert "autogen_capacity.deferred team='crew' deferred={'a': 'slots'} speaker='b'" in caplog.messages
+        await held.release()

@@ -28,7 +28,7 @@ def _render(_logger: Any, _method: str, event_dict: structlog.types.EventDict) -
 logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
     _stdlib_logger,
     # filter_by_level first: an event below the stdlib logger's level costs one isEnabledFor() call.
-    processors=[structlog.stdlib.filter_by_level, structlog.processors.add_log_level, _render],
+    processors=[structlog.stdlib.filter_by_level, _render],  # the stdlib record carries the level
     wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
 )
 """Log ``autogen_capacity.*`` events with key/value fields through the standard ``autogen_capacity`` logger."""
