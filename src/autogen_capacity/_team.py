@@ -27,7 +27,7 @@ from ._logging import logger
 from ._manager import CapacityAwareGroupChatManager, TeamPolicy
 from ._members import MemberPlan, RunLeases
 from .admission import acquire
-from .contracts import AgentCapacity, AggregateMode, RetryBudget
+from .contracts import AgentCapacity, AggregateMode, RetryBudget, declared_contract, ledger_key
 from .events import CAPACITY_EVENT_TYPES
 from .exceptions import CapacityExhausted, ContractError
 from .ledger import CapacityLedger, KeyStatus, default_ledger
@@ -200,14 +200,13 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                 self_leasing = participant.declared_capacity is not None or entry is None
                 plan = MemberPlan(
                     participant.name,
-                    _key_of(entry, participant.name),
+                    ledger_key(entry, participant.name),
                     entry or participant.capacity,
                     participant if self_leasing else None,
                 )
             else:
-                own = getattr(participant, "capacity", None)
-                contract = entry or (own if isinstance(own, AgentCapacity) else None)
-                plan = MemberPlan(participant.name, _key_of(contract, participant.name), contract)
+                contract = entry or declared_contract(participant)
+                plan = MemberPlan(participant.name, ledger_key(contract, participant.name), contract)
             plans[participant.name] = plan
         return plans
 
@@ -219,7 +218,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
     @property
     def key(self) -> str:
         """The ledger key of the team's own contract: ``capacity.key`` or the team's name."""
-        return _key_of(self._declared_capacity, self._name)
+        return ledger_key(self._declared_capacity, self._name)
 
     @property
     def capacity(self) -> AgentCapacity | None:
@@ -368,7 +367,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             on_exhausted=self._on_exhausted,
             retry_budget=self._retry_budget,
             selector_capacity=self._selector_capacity,
-            selector_key=_key_of(self._selector_capacity, f"{self._name}.selector"),
+            selector_key=ledger_key(self._selector_capacity, f"{self._name}.selector"),
             exhausted_ttl_s=self._exhausted_ttl_s,
         )
 
@@ -428,10 +427,6 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         team = cls(**load_team_config(config, DEFAULT_SELECTOR_PROMPT))
         team._ledger_config = config.ledger
         return team
-
-
-def _key_of(contract: AgentCapacity | None, name: str) -> str:
-    return contract.key if contract is not None and contract.key else name
 
 
 def _warn_about_client_retries(participants: Sequence[ChatAgent | Team]) -> None:

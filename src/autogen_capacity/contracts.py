@@ -137,6 +137,17 @@ class AgentCapacity(BaseModel):
         return cls.model_validate({**limits, **backoff, "key": cap.key if cap is not None else None})
 
 
+def ledger_key(contract: AgentCapacity | None, name: str) -> str:
+    """The key a provider is tracked under: its contract's ``key``, else its name."""
+    return contract.key if contract is not None and contract.key else name
+
+
+def declared_contract(provider: object) -> AgentCapacity | None:
+    """The contract an agent or team declares on itself (a ``capacity`` attribute holding one), if any."""
+    own = getattr(provider, "capacity", None)
+    return own if isinstance(own, AgentCapacity) else None
+
+
 _BACKOFF_FIELDS = (
     "backoff_strategy",
     "backoff_initial_ms",

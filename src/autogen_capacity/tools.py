@@ -29,7 +29,7 @@ from ._logging import logger
 from ._members import UNBOUNDED
 from ._team import DEFAULT_EXHAUSTED_TTL_S, CapacityAwareGroupChat, _warn_about_client_retries
 from .admission import acquire
-from .contracts import AgentCapacity
+from .contracts import AgentCapacity, declared_contract, ledger_key
 from .exceptions import CapacityExhausted
 from .ledger import CapacityLedger, Lease, default_ledger
 from .overload import OverloadClassifier, classify_overload
@@ -83,11 +83,10 @@ class _Caller:
         exhausted_ttl_s: float,
         rng: random.Random | None,
     ) -> None:
-        own = getattr(target, "capacity", None)
         self.capacity = capacity
-        self.contract = capacity or (own if isinstance(own, AgentCapacity) else None) or UNBOUNDED
+        self.contract = capacity or declared_contract(target) or UNBOUNDED
         self.name = target.name
-        self.key = self.contract.key or target.name
+        self.key = ledger_key(self.contract, target.name)
         # A capacity-aware team that declares a contract leases its own key on every run: a second lease on
         # the same key here would deadlock at max_concurrent=1 (design I4), so the team enforces it alone.
         self.leases = not (
