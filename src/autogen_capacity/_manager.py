@@ -215,9 +215,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
     async def handle_agent_response(  # type: ignore[override]
         self, message: GroupChatAgentResponse | GroupChatTeamResponse, ctx: MessageContext
     ) -> None:
-        """Release the speaker's lease and debit its tokens, then continue as AutoGen does."""
+        """Debit the speaker's tokens (its container released its lease already), then continue as AutoGen does."""
         plan = self._plans[message.name]
-        await self._policy.leases.release(message.name)
         if plan.contract is not None and plan.contract.tpm is not None:
             await self._ledger.record_tokens(plan.key, _tokens_used(message))
         self._overloads.pop(message.name, None)
@@ -228,8 +227,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
     async def handle_member_overloaded(self, message: GroupChatMemberOverloaded, ctx: MessageContext) -> None:
         """A member's turn failed with overload: cool it down (or route around it) and reroute the turn."""
         try:
-            self._active_speakers.remove(message.name)
-            await self._policy.leases.release(message.name)
+            self._active_speakers.remove(message.name)  # its container released its lease already
             plan = self._plans[message.name]
             if message.kind == "exhausted":
                 out_for = self._policy.exhausted_ttl_s
