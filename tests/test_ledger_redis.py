@@ -336,6 +336,66 @@ class TestWaiting:
         assert await b.wait_for_change({"k": cap}, timeout=0.1) is False
 
 
+class TestPipelining:
+    async def test_concurrent_callers_share_round_trips(self, redis_server: RedisServer) -> None:
+        """64 concurrent acquires go to Redis in a couple of pipelines, not 64 round trips, and all succeed."""
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(redis_server.url)
+        pipelines = 0
+        make_pipeline = client.pipeline
+
+        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+            nonlocal pipelines
+            pipelines += 1
+            return make_pipeline(*args, **kwargs)
+
+        client.pipeline = counting_pipeline  # type: ignore[method-assign]
+        ledger = RedisLedger("redis://ignored", client=client, namespace=f"p-{uuid.uuid4().hex[:8]}")
+        try:
+            cap = AgentCapacity(max_concurrent=64)
+            leases = await asyncio.gather(*(ledger.try_acquire("k", cap) for _ in range(64)))
+            assert all(lease is not None for lease in leases)
+            assert 1 <= pipelines <= 2
+            assert (await ledger.snapshot())["k"].in_flight == 64
+        finally:
+            await ledger.aclose()
+            await client.aclose()
+
+    async def test_one_failing_script_fails_only_its_caller(self, redis_ledger: RedisLedger) -> None:
+        """A script error (here a Redis key of the wrong type) is its caller's; the rest of the batch succeeds."""
+        from redis.exceptions import ResponseError
+
+        await redis_ledger._client.set(redis_ledger._name("broken", "slots"), "not a sorted set")
+        cap = AgentCapacity(max_concurrent=1)
+        broken, fine = await asyncio.gather(
+            redis_ledger.try_acquire("broken", cap), redis_ledger.try_acquire("fine", cap), return_exceptions=True
+        )
+        assert isinstance(broken, ResponseError)
+        assert isinstance(fine, Lease)
+
+    async def test_scripts_flushed_from_redis_are_loaded_again(self, redis_ledger: RedisLedger) -> None:
+        """After ``SCRIPT FLUSH`` (as after a restart) the next calls load the scripts and succeed."""
+        cap = AgentCapacity(max_concurrent=2)
+        assert await redis_ledger.try_acquire("k", cap) is not None
+        await redis_ledger._client.script_flush()
+        assert await redis_ledger.try_acquire("k", cap) is not None
+        assert await redis_ledger.try_acquire("k", cap) is None
+
+    async def test_cancelled_acquire_gives_back_its_slot(self, make_ledger: MakeLedger) -> None:
+        """An acquire cancelled while its script is on the way does not leave a slot nobody holds."""
+        ledger, other = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=1)
+        acquiring = asyncio.ensure_future(ledger.try_acquire("k", cap))
+        await asyncio.sleep(0)  # the script is queued for the next batch
+        acquiring.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await acquiring
+        await ledger.aclose()  # waits for the batch and the give-back
+        assert (await other.snapshot())["k"].in_flight == 0
+        assert await other.try_acquire("k", cap) is not None
+
+
 class TestLifecycle:
     async def test_closed_ledger_refuses_work(self, make_ledger: MakeLedger) -> None:
         """After aclose the ledger raises LedgerClosedError; held leases were given back."""

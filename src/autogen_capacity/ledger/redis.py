@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .._logging import logger
 from ..contracts import AgentCapacity
 from ..exceptions import LedgerClosedError, LedgerUnavailable, QueueFull
+from ._redis_pipeline import OnOrphan, ScriptPipeline
 from ._redis_scripts import register as register_scripts
 from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot
 
@@ -48,8 +50,11 @@ class RedisLedger:
     An unreachable Redis raises :class:`~autogen_capacity.LedgerUnavailable`: nothing is admitted blindly.
     The client's connection pool and the wake-up listener reconnect on their own when Redis is back. A
     release that cannot reach Redis is logged (``autogen_capacity.release_failed``), not raised: the lease
-    is no longer renewed, so it expires within ``lease_ttl_s``. Likewise a ``try_acquire`` cancelled while
-    its script is in flight may leave a lease nobody holds; it expires within ``lease_ttl_s``.
+    is no longer renewed, so it expires within ``lease_ttl_s``. A ``try_acquire`` cancelled while its script
+    is on the way gives back whatever the script granted.
+
+    Scripts are pipelined: those called while a batch is on its way to Redis go together in the next one,
+    so concurrent callers share round trips.
 
     Needs Redis 5 or later (scripts that read ``TIME`` and then write rely on effect replication). Every
     Redis key of one ledger key carries the same hash tag, ``{key}``, so each script touches one Redis
@@ -80,6 +85,7 @@ class RedisLedger:
         "_listening",
         "_ns",
         "_owns_client",
+        "_pipeline",
         "_ready",
         "_ready_chain",
         "_scripts",
@@ -116,6 +122,7 @@ class RedisLedger:
         )
         self._unreachable: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
         self._scripts = register_scripts(self._client)
+        self._pipeline = ScriptPipeline(self._client)
         self._held: dict[str, str] = {}  # lease id -> key, renewed by the heartbeat
         self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}  # this process' waiters per key, oldest first
@@ -151,11 +158,19 @@ class RedisLedger:
         logger.warning("autogen_capacity.ledger_unavailable", url=self._url, error=_describe(exc))
         return LedgerUnavailable(f"Redis ledger unreachable at {self._url}: {exc}")
 
-    async def _run(self, script: AsyncScript, key: str, parts: Sequence[str], args: Sequence[str | float]) -> Any:
+    async def _run(
+        self,
+        script: AsyncScript,
+        key: str,
+        parts: Sequence[str],
+        args: Sequence[str | float],
+        *,
+        on_orphan: OnOrphan | None = None,
+    ) -> Any:
         if self._closed:
             raise LedgerClosedError("the ledger is closed")
         try:
-            return await script(keys=[self._name(key, p) for p in parts], args=args)
+            return await self._pipeline.run(script, [self._name(key, p) for p in parts], args, on_orphan=on_orphan)
         except self._unreachable as exc:
             raise self._unavailable(exc) from exc
 
@@ -164,7 +179,13 @@ class RedisLedger:
     async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
         """Admit one unit of work on ``key`` now (one atomic script), or return ``None``. Never blocks."""
         lease_id = uuid.uuid4().hex
-        reply = await self._run(self._scripts.acquire, key, _STATE, [lease_id, self._ttl, *_limits(capacity)])
+        reply = await self._run(
+            self._scripts.acquire,
+            key,
+            _STATE,
+            [lease_id, self._ttl, *_limits(capacity)],
+            on_orphan=functools.partial(self._give_back_orphan, key, lease_id),
+        )
         if int(reply[0]) != 1:
             self._ready_chain.discard(key)  # the refill is used up
             return None
@@ -180,12 +201,18 @@ class RedisLedger:
 
     async def _give_back(self, key: str, lease_id: str) -> None:
         try:
-            await self._scripts.release(
-                keys=[self._name(key, "slots"), self._name(key, "released")],
-                args=[lease_id, self._ttl, self._channel, key],
+            await self._pipeline.run(
+                self._scripts.release,
+                [self._name(key, "slots"), self._name(key, "released")],
+                [lease_id, self._ttl, self._channel, key],
             )
         except self._unreachable as exc:  # no longer renewed: it expires within the ttl
             logger.warning("autogen_capacity.release_failed", key=key, url=self._url, error=_describe(exc))
+
+    async def _give_back_orphan(self, key: str, lease_id: str, reply: Sequence[Any]) -> None:
+        """A ``try_acquire`` was cancelled while its script was on the way: give back what it was granted."""
+        if int(reply[0]) == 1:
+            await self._give_back(key, lease_id)
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
         """Whether ``key`` would admit now, its headroom, and why not."""
@@ -298,6 +325,7 @@ class RedisLedger:
             await self._give_back(key, lease_id)
         for waiter_id, keys in waiting.items():
             await self._leave_queues(waiter_id, keys)
+        await self._pipeline.drain()  # releases of cancelled acquires, still on their way
         if self._owns_client:
             await self._client.aclose()
 
