@@ -78,6 +78,18 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
         for r in report["ledger"]["results"]:
             table.add_row(r["ledger"], str(r["tasks"]), _f(r["ops_s"], 0), _f(r["p50_ms"], 3), _f(r["p99_ms"], 3))
         console.print(table)
+        if report["ledger"].get("open_loop"):
+            table = Table(title="4. Ledger: RedisLedger, open loop (pairs started at a fixed rate, <= 64 in flight)")
+            for column in ("offered/s", "gc.freeze()", "pairs/s", "p50 ms", "p99 ms", "max ms"):
+                table.add_column(column, justify="right")
+            for r in report["ledger"]["open_loop"]:
+                table.add_row(
+                    _f(r["offered_s"], 0), "yes" if r["gc_frozen"] else "no", _f(r["ops_s"], 0), _f(r["p50_ms"], 3),
+                    _f(r["p99_ms"], 3), _f(r["max_ms"], 1),
+                )  # fmt: skip
+            console.print(table)
+        console.print(f"targets met: in-memory {_f(report['ledger']['memory_meets_target'])}, "
+                      f"Redis {_f(report['ledger']['redis_meets_target'])}")  # fmt: skip
         if report["ledger"]["note"]:
             console.print(report["ledger"]["note"])
 
@@ -124,9 +136,15 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
         paths.append(_save(fig, out / "cascade.png"))
     if "ledger" in report:
         rows = report["ledger"]["results"]
-        fig, ax = plt.subplots(figsize=(5, 3))
+        open_rows = [r for r in report["ledger"].get("open_loop", []) if not r["gc_frozen"]]
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
         labels = [f"{r['ledger']}\n{r['tasks']} task(s)" for r in rows]
-        ax.bar(labels, [r["ops_s"] for r in rows], color="tab:blue")
-        ax.set(yscale="log", ylabel="acquire + release pairs / s")
+        axes[0].bar(labels, [r["ops_s"] for r in rows], color="tab:blue")
+        axes[0].set(yscale="log", ylabel="acquire + release pairs / s (closed loop)")
+        axes[1].plot([r["offered_s"] for r in open_rows], [r["p99_ms"] for r in open_rows], marker="o", label="p99")
+        axes[1].plot([r["offered_s"] for r in open_rows], [r["p50_ms"] for r in open_rows], marker="o", label="p50")
+        axes[1].axhline(report["ledger"]["targets"]["redis_p99_ms_max"], color="red", linestyle="--", linewidth=1)
+        axes[1].set(xlabel="RedisLedger, offered pairs / s (open loop)", ylabel="latency ms", yscale="log")
+        axes[1].legend(fontsize=7)
         paths.append(_save(fig, out / "ledger.png"))
     return paths
