@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import pytest
-from autogen_agentchat.base import TaskResult, Team
+from autogen_agentchat.base import Response, TaskResult, Team
 from autogen_agentchat.conditions import ExternalTermination, MaxMessageTermination
-from autogen_agentchat.messages import TextMessage
+from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, TextMessage
 from autogen_agentchat.teams import RoundRobinGroupChat
 from autogen_core import CancellationToken
 
@@ -171,6 +172,31 @@ class TestLeases:
         assert [m.source for m in result.messages if isinstance(m, TextMessage)] == ["user", "a"]
         assert await in_flight(ledger) == {}
 
+    async def test_slot_is_free_once_the_response_is_produced(self) -> None:
+        """The member's lease is released when its response arrives, while its stream is still finishing."""
+        ledger = InMemoryLedger()
+        finishing, release = asyncio.Event(), asyncio.Event()
+        in_flight_after_response: list[dict[str, int]] = []
+
+        class LingeringAgent(WorkerAgent):
+            async def on_messages_stream(
+                self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
+            ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
+                yield await self.on_messages(messages, cancellation_token)
+                in_flight_after_response.append(await in_flight(ledger))
+                finishing.set()
+                await release.wait()
+
+        team = CapacityAwareGroupChat(
+            [LingeringAgent("a")], capacities={"a": AgentCapacity(max_concurrent=1)}, ledger=ledger, max_turns=1
+        )
+        run = asyncio.ensure_future(team.run(task="go"))
+        await asyncio.wait_for(finishing.wait(), TIMEOUT)
+        assert in_flight_after_response == [{}]
+        release.set()
+        result = await asyncio.wait_for(run, TIMEOUT)
+        assert result.stop_reason == "Maximum number of turns 1 reached."
+
 
 class TestExhaustion:
     async def test_exhaustion_ends_the_run_with_a_stop_reason(self) -> None:
@@ -252,6 +278,26 @@ class TestExhaustion:
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(run, TIMEOUT)
         assert await in_flight(ledger) == {}
+        result = await asyncio.wait_for(team.run(task="again"), TIMEOUT)
+        assert result.stop_reason is not None
+        assert await in_flight(ledger) == {}
+
+    async def test_cancelling_a_run_that_waits_for_a_member_ends_the_wait(self) -> None:
+        """A run waiting for a member's slot ends with CancelledError as soon as its token is cancelled (not when
+        the wait's deadline passes), leaves no waiter behind, and the team runs again."""
+        ledger = InMemoryLedger()
+        cap = AgentCapacity(max_concurrent=1, backoff_initial_ms=600_000, backoff_ceiling_ms=600_000)
+        held = await ledger.try_acquire("a", cap)
+        assert held is not None
+        team = CapacityAwareGroupChat([WorkerAgent("a")], capacities={"a": cap}, ledger=ledger, max_turns=1)
+        token = CancellationToken()
+        run = asyncio.ensure_future(team.run(task="go", cancellation_token=token))
+        await asyncio.wait_for(until_waiting(ledger, "a"), TIMEOUT)
+        token.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(run, TIMEOUT)
+        assert (await ledger.snapshot())["a"].waiting == 0
+        await held.release()
         result = await asyncio.wait_for(team.run(task="again"), TIMEOUT)
         assert result.stop_reason is not None
         assert await in_flight(ledger) == {}

@@ -75,7 +75,8 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
             try:
                 response = await self._run_turn(ctx)
             finally:
-                # The slot is free as soon as the member's work is done, not when the manager hears of it.
+                # The slot is free as soon as the member's work is done (its final item: released already), not
+                # when the manager hears of it; an error frees it here.
                 await self._release_lease(self._agent.name)
         except Exception as e:
             overload = self._classify(e)
@@ -115,7 +116,8 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
             await ChatAgentContainer.handle_resume(self, message, ctx)
 
     async def _run_turn(self, ctx: MessageContext) -> GroupChatAgentResponse | GroupChatTeamResponse:
-        """The member's turn, as AutoGen 0.7.5's ``ChatAgentContainer.handle_request`` runs it."""
+        """The member's turn, as AutoGen 0.7.5's ``ChatAgentContainer.handle_request`` runs it, with the lease
+        released as soon as the final item (the response or the result) arrives."""
         if isinstance(self._agent, Team):
             result: TaskResult | None = None
             # A nested team picked again before anything new reached it (a repeat, or a turn rerouted after an
@@ -126,6 +128,7 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
                 output_task_messages=False,
             ):
                 if isinstance(item, TaskResult):
+                    await self._release_lease(self._agent.name)
                     result = item
                 else:
                     await self._log_message(item)
@@ -138,6 +141,7 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
             response: Response | None = None
             async for msg in self._agent.on_messages_stream(self._message_buffer, ctx.cancellation_token):
                 if isinstance(msg, Response):
+                    await self._release_lease(self._agent.name)
                     await self._log_message(msg.chat_message)
                     response = msg
                 else:

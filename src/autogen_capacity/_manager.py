@@ -100,6 +100,19 @@ class TeamPolicy:
         self.exhausted_ttl_s = exhausted_ttl_s
 
 
+class _WhileSelecting:
+    """Cancels the task that selects a speaker, while it does (a token's callbacks cannot be removed)."""
+
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = asyncio.current_task()
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 class _Exhausted(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
@@ -273,14 +286,19 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
     # ----------------------------------------------------------------- selection
 
     async def _transition_to_next_speakers(self, cancellation_token: CancellationToken) -> None:
-        # As in AutoGen, selection is a future linked to the run's token: a cancelled run selects nobody.
-        admission = asyncio.ensure_future(self._admit_next_speaker())
-        cancellation_token.link_future(admission)
+        # As in AutoGen, a cancelled run selects nobody: the token cancels this handler while it selects (in this
+        # task rather than a new one, so that a woken wait goes on at once).
+        if cancellation_token.is_cancelled():
+            raise asyncio.CancelledError
+        selecting = _WhileSelecting()
+        cancellation_token.add_callback(selecting.cancel)
         try:
-            speaker = await admission
+            speaker = await self._admit_next_speaker()
         except _Exhausted as exhausted:
             await self._stop_exhausted(exhausted)
             return
+        finally:
+            selecting.task = None
         if speaker is None:  # the termination condition fired while waiting; already signalled
             return
         await self._log_speaker_selection([speaker])
