@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["LOGGER_NAME", "logger"]
+__all__ = ["LOGGER_NAME", "info_enabled", "logger"]
 
 LOGGER_NAME = "autogen_capacity"
 _stdlib_logger = logging.getLogger(LOGGER_NAME)
@@ -32,3 +32,8 @@ logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
     wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
 )
 """Log ``autogen_capacity.*`` events with key/value fields through the standard ``autogen_capacity`` logger."""
+
+
+def info_enabled() -> bool:
+    """Whether ``logger.info`` events go anywhere: callers skip building costly fields when they do not."""
+    return _stdlib_logger.isEnabledFor(logging.INFO)

@@ -34,7 +34,7 @@ from autogen_core.models import ChatCompletionClient
 from pydantic import Field
 
 from ._container import GroupChatMemberOverloaded
-from ._logging import logger
+from ._logging import info_enabled, logger
 from ._members import IDLE, MemberPlan, RunLeases
 from .admission import acquire
 from .contracts import AgentCapacity, RetryBudget
@@ -485,9 +485,16 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             )
             await self._output_message_queue.put(message)
 
+    def _reporting(self) -> bool:
+        """Whether deferrals and waits are seen (team events or info logs): they are frequent under load, and
+        not worth building for nobody."""
+        return self._emit_team_events or info_enabled()
+
     async def _report_deferrals(
         self, candidates: Sequence[str], statuses: Mapping[str, KeyStatus], speaker: str | None
     ) -> None:
+        if not self._reporting():
+            return
         deferred = {
             name: _reason(statuses[name], self._plans[name])
             for name in candidates
@@ -512,6 +519,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         max_retries: int,
         delay: float,
     ) -> None:
+        if not self._reporting():
+            return
         logger.info(
             "autogen_capacity.no_headroom",
             team=self._team_name,
