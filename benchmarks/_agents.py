@@ -11,7 +11,29 @@ from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
 
-__all__ = ["Backend", "BackendAgent", "RateLimitError", "TrivialAgent"]
+__all__ = ["Backend", "BackendAgent", "RateLimitError", "SlotClock", "TrivialAgent"]
+
+
+class SlotClock:
+    """How many slots are in use over time: integrates a count that changes at given instants."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[float, int]] = []
+
+    def change(self, at: float, delta: int) -> None:
+        self.changes.append((at, delta))
+
+    def slot_seconds(self, start: float, end: float) -> float:
+        """The integral of the count over ``[start, end]``."""
+        total, level, last = 0.0, 0, start
+        for at, delta in sorted(self.changes):
+            if at > end:
+                break
+            if at > start:
+                total += level * (at - last)
+                last = at
+            level += delta
+        return total + level * (end - last)
 
 
 class TrivialAgent(BaseChatAgent):
@@ -65,6 +87,8 @@ class Backend:
         self.served = dict.fromkeys(limits, 0)
         self.busy_s = 0.0
         """Seconds spent serving admitted requests (the real service time, loop latency included)."""
+        self.serving = SlotClock()
+        """Requests in service over time (for the slot-time accounting)."""
 
     async def call(self, member: str) -> None:
         """Serve one request for ``member`` in ``service_s`` seconds, or raise a 429 at once."""
@@ -77,11 +101,14 @@ class Backend:
         self.in_flight[member] = now
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self.serving.change(started, +1)
         try:
             await asyncio.sleep(self.service_s)
         finally:
             self.in_flight[member] -= 1
-            self.busy_s += loop.time() - started
+            ended = loop.time()
+            self.serving.change(ended, -1)
+            self.busy_s += ended - started
         self.served[member] += 1
 
 

@@ -145,7 +145,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
         labels = [f"{r['ledger']}\n{r['tasks']} task(s)" for r in rows]
         axes[0].bar(labels, [r["ops_s"] for r in rows], color="tab:blue")
-        axes[0].set(yscale="log", ylabel="acquire + release pairs / s (closed loop)")
+        axes[0].set(yscale="log", ylabel="pairs / s, closed loop")
         axes[1].plot([r["offered_s"] for r in open_rows], [r["p99_ms"] for r in open_rows], marker="o", label="p99")
         axes[1].plot([r["offered_s"] for r in open_rows], [r["p50_ms"] for r in open_rows], marker="o", label="p50")
         axes[1].axhline(report["ledger"]["targets"]["redis_p99_ms_max"], color="red", linestyle="--", linewidth=1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -31,9 +32,9 @@ from autogen_agentchat.base import TaskResult, Team
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from autogen_capacity import AgentCapacity, InMemoryLedger
+from autogen_capacity import AgentCapacity, InMemoryLedger, Lease
 
-from ._agents import Backend, BackendAgent
+from ._agents import Backend, BackendAgent, SlotClock
 from ._stats import jain, median, percentile
 from ._teams import build_team
 
@@ -62,6 +63,27 @@ def _contracts(factor: int) -> dict[str, AgentCapacity]:
     }
 
 
+class _TimedLedger(InMemoryLedger):
+    """An InMemoryLedger that also records how many leases are held over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leased = SlotClock()
+
+    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
+        lease = await super().try_acquire(key, capacity)
+        if lease is None:
+            return None
+        loop = asyncio.get_running_loop()
+        self.leased.change(loop.time(), +1)
+
+        async def release(_: Lease) -> None:
+            self.leased.change(loop.time(), -1)
+            await lease.release()
+
+        return Lease(lease.key, lease.lease_id, lease.acquired_at, release)
+
+
 def _random_selector(rng: random.Random) -> Any:
     names = list(LIMITS)
 
@@ -79,7 +101,7 @@ class _Cell:
         self.k = k
         self.turns = turns
         self.backend = Backend(dict(LIMITS), SERVICE_S)
-        self.ledger = InMemoryLedger()
+        self.ledger = _TimedLedger()
         self.rng = random.Random(seed)
         self.good: list[tuple[str, float]] = []  # (member, time) of every turn of a successful run
         self.latencies: list[tuple[float, float]] = []  # (start, seconds) of every successful run
@@ -168,6 +190,9 @@ async def _measure(kind: str, k: int, turns: int, warmup_s: float, window_s: flo
     await asyncio.gather(*workers, return_exceptions=True)
     await cell.ledger.aclose()
 
+    slot_s = sum(LIMITS.values()) * window_s
+    serving_s = backend.serving.slot_seconds(*window)
+    leased_s = cell.ledger.leased.slot_seconds(*window) if kind.startswith("ours") else math.nan
     in_window = [name for name, at in cell.good if window[0] <= at < window[1]]
     per_member = {name: in_window.count(name) for name in LIMITS}
     done = len(in_window)
@@ -201,6 +226,14 @@ async def _measure(kind: str, k: int, turns: int, warmup_s: float, window_s: flo
         "capacity_share": capacity_share,
         "jain": jain([shares[name] / capacity_share[name] for name in LIMITS]),
         "cancelled_after_window": len(pending),
+        # Where the slots' time went, in ms per completed turn: serving at the backend, leased but not at the
+        # backend (the request on its way to the member, the reply on its way back), and not leased at all
+        # (a freed slot on its way to the next team, or nobody waiting).
+        "slot_ms_per_turn": {
+            "serving": 1e3 * serving_s / done if done else math.nan,
+            "leased_not_serving": 1e3 * (leased_s - serving_s) / done if done else math.nan,
+            "not_leased": 1e3 * (slot_s - leased_s) / done if done else math.nan,
+        },
         "cpu_busy": cpu,
     }
 
@@ -226,8 +259,8 @@ def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key, value in runs[0].items():
         if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("k", "turns_per_run"):
             row[key] = median([r[key] for r in runs])
-    for name in ("turn_share", "peak_in_flight"):
-        row[name] = {m: median([r[name][m] for r in runs]) for m in LIMITS}
+    for name in ("turn_share", "peak_in_flight", "slot_ms_per_turn"):
+        row[name] = {part: median([r[name][part] for r in runs]) for part in runs[0][name]}
     for key in _WORST:
         row[f"{key}_max"] = max(r[key] for r in runs)
     row["repeats"] = len(runs)
