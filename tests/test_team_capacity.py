@@ -282,26 +282,6 @@ class TestExhaustion:
         assert result.stop_reason is not None
         assert await in_flight(ledger) == {}
 
-    async def test_cancelling_a_run_that_waits_for_a_member_ends_the_wait(self) -> None:
-        """A run waiting for a member's slot ends with CancelledError as soon as its token is cancelled (not when
-        the wait's deadline passes), leaves no waiter behind, and the team runs again."""
-        ledger = InMemoryLedger()
-        cap = AgentCapacity(max_concurrent=1, backoff_initial_ms=600_000, backoff_ceiling_ms=600_000)
-        held = await ledger.try_acquire("a", cap)
-        assert held is not None
-        team = CapacityAwareGroupChat([WorkerAgent("a")], capacities={"a": cap}, ledger=ledger, max_turns=1)
-        token = CancellationToken()
-        run = asyncio.ensure_future(team.run(task="go", cancellation_token=token))
-        await asyncio.wait_for(until_waiting(ledger, "a"), TIMEOUT)
-        token.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(run, TIMEOUT)
-        assert (await ledger.snapshot())["a"].waiting == 0
-        await held.release()
-        result = await asyncio.wait_for(team.run(task="again"), TIMEOUT)
-        assert result.stop_reason is not None
-        assert await in_flight(ledger) == {}
-
 
 class TestNesting:
     async def test_nested_team_with_one_slot_runs_without_self_deadlock(self) -> None:
@@ -448,19 +428,26 @@ async def _collect(team: CapacityAwareGroupChat) -> list[object]:
     return [item async for item in team.run_stream(task="go")]
 
 
-async def test_cancelling_a_wait_for_the_team_contract_takes_nothing() -> None:
-    """A run cancelled while it waits for its team's own contract ends with CancelledError and holds nothing."""
+@pytest.mark.parametrize("waits_for", ["member", "team"])
+async def test_cancelling_a_wait_takes_nothing(waits_for: str) -> None:
+    """A run cancelled while it waits for a member's slot or its team's own contract ends with CancelledError at
+    once (not when the wait's deadline passes), leaves no waiter and holds nothing; the team runs again."""
     ledger = InMemoryLedger()
     contract = AgentCapacity(max_concurrent=1, **SLOW)
-    held = await ledger.try_acquire("solo", contract)
+    key = "a" if waits_for == "member" else "solo"
+    held = await ledger.try_acquire(key, contract)
     assert held is not None
-    team = CapacityAwareGroupChat([WorkerAgent("a")], name="solo", capacity=contract, ledger=ledger, max_turns=1)
+    if waits_for == "member":
+        team = CapacityAwareGroupChat([WorkerAgent("a")], capacities={"a": contract}, ledger=ledger, max_turns=1)
+    else:
+        team = CapacityAwareGroupChat([WorkerAgent("a")], name="solo", capacity=contract, ledger=ledger, max_turns=1)
     token = CancellationToken()
     run = asyncio.ensure_future(team.run(task="go", cancellation_token=token))
-    await asyncio.wait_for(until_waiting(ledger, "solo"), TIMEOUT)
+    await asyncio.wait_for(until_waiting(ledger, key), TIMEOUT)
     token.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(run, TIMEOUT)
+    assert (await ledger.snapshot())[key].waiting == 0
     await held.release()
     assert await in_flight(ledger) == {}
     result = await asyncio.wait_for(team.run(task="again"), TIMEOUT)
