@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from autogen_capacity import (
     AgentCapacity,
     CapacityLedger,
     InMemoryLedger,
+    KeyStatus,
     Lease,
     LedgerClosedError,
     LedgerUnavailable,
@@ -336,31 +338,54 @@ class TestWaiting:
         assert await b.wait_for_change({"k": cap}, timeout=0.1) is False
 
 
-class TestPipelining:
-    async def test_concurrent_callers_share_round_trips(self, redis_server: RedisServer) -> None:
-        """64 concurrent acquires go to Redis in a couple of pipelines, not 64 round trips, and all succeed."""
+class _ObservedClient:
+    """A redis-py client whose pipelines are counted and can run a hook just before and after they execute."""
+
+    def __init__(self, url: str) -> None:
         from redis.asyncio import Redis
 
-        client = Redis.from_url(redis_server.url)
-        pipelines = 0
-        make_pipeline = client.pipeline
+        self.client = Redis.from_url(url)
+        self.pipelines = 0
+        self.before: Callable[[], None] = lambda: None
+        self.after: Callable[[], None] = lambda: None
+        make_pipeline = self.client.pipeline
 
-        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-            nonlocal pipelines
-            pipelines += 1
-            return make_pipeline(*args, **kwargs)
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            self.pipelines += 1
+            pipe = make_pipeline(*args, **kwargs)
+            execute = pipe.execute
 
-        client.pipeline = counting_pipeline  # type: ignore[method-assign]
-        ledger = RedisLedger("redis://ignored", client=client, namespace=f"p-{uuid.uuid4().hex[:8]}")
-        try:
-            cap = AgentCapacity(max_concurrent=64)
-            leases = await asyncio.gather(*(ledger.try_acquire("k", cap) for _ in range(64)))
-            assert all(lease is not None for lease in leases)
-            assert 1 <= pipelines <= 2
-            assert (await ledger.snapshot())["k"].in_flight == 64
-        finally:
-            await ledger.aclose()
-            await client.aclose()
+            async def hooked_execute(**options: Any) -> Any:
+                self.before()
+                replies = await execute(**options)
+                self.after()
+                return replies
+
+            pipe.execute = hooked_execute  # type: ignore[method-assign]
+            return pipe
+
+        self.client.pipeline = pipeline  # type: ignore[method-assign]
+
+
+@pytest.fixture(name="observed")
+async def _observed(redis_server: RedisServer) -> AsyncIterator[tuple[_ObservedClient, RedisLedger]]:
+    """A ledger over an observed client, on a fresh namespace."""
+    observed = _ObservedClient(redis_server.url)
+    ledger = RedisLedger("redis://ignored", client=observed.client, namespace=f"p-{uuid.uuid4().hex[:8]}")
+    yield observed, ledger
+    await ledger.aclose()
+    await observed.client.aclose()
+
+
+class TestPipelining:
+    async def test_concurrent_callers_share_round_trips(self, observed: tuple[_ObservedClient, RedisLedger]) -> None:
+        """64 concurrent acquires go to Redis in a couple of pipelines, not 64 round trips, and all succeed."""
+        client, ledger = observed
+        cap = AgentCapacity(max_concurrent=64)
+        leases = await asyncio.gather(*(ledger.try_acquire("k", cap) for _ in range(64)))
+        assert all(lease is not None for lease in leases)
+        assert 1 <= client.pipelines <= 2
+        assert (await ledger.snapshot())["k"].in_flight == 64
 
     async def test_one_failing_script_fails_only_its_caller(self, redis_ledger: RedisLedger) -> None:
         """A script error (here a Redis key of the wrong type) is its caller's; the rest of the batch succeeds."""
@@ -382,18 +407,140 @@ class TestPipelining:
         assert await redis_ledger.try_acquire("k", cap) is not None
         assert await redis_ledger.try_acquire("k", cap) is None
 
-    async def test_cancelled_acquire_gives_back_its_slot(self, make_ledger: MakeLedger) -> None:
-        """An acquire cancelled while its script is on the way does not leave a slot nobody holds."""
-        ledger, other = make_ledger(), make_ledger()
-        cap = AgentCapacity(max_concurrent=1)
-        acquiring = asyncio.ensure_future(ledger.try_acquire("k", cap))
-        await asyncio.sleep(0)  # the script is queued for the next batch
+    async def test_acquire_cancelled_before_its_batch_leaves_never_reaches_redis(
+        self, observed: tuple[_ObservedClient, RedisLedger]
+    ) -> None:
+        """A caller cancelled before the sender runs is dropped from the batch: nothing is sent for it."""
+        client, ledger = observed
+        acquiring = asyncio.ensure_future(ledger.try_acquire("k", AgentCapacity(max_concurrent=1)))
+        await asyncio.sleep(0)  # queued for the next batch, which has not left
         acquiring.cancel()
         with pytest.raises(asyncio.CancelledError):
             await acquiring
+        assert await ledger.try_acquire("other", AgentCapacity(max_concurrent=1)) is not None
+        assert client.pipelines == 1  # the second acquire's batch only
+        assert "k" not in await ledger.snapshot()
+
+    @pytest.mark.parametrize("cancelled", ["with its script on the way", "with its reply in hand"])
+    async def test_cancelled_acquire_gives_back_its_slot(
+        self, observed: tuple[_ObservedClient, RedisLedger], make_ledger: MakeLedger, cancelled: str
+    ) -> None:
+        """An acquire cancelled once its script has left (before or after the reply arrives) does not leave
+        a slot nobody holds: what the script granted is given back."""
+        client, ledger = observed
+        cap = AgentCapacity(max_concurrent=1)
+        acquiring = asyncio.ensure_future(ledger.try_acquire("k", cap))
+        if cancelled == "with its script on the way":
+            client.before = acquiring.cancel
+        else:  # the caller is cancelled in the same turn of the loop as its reply is handed to it
+            client.after = lambda: asyncio.get_running_loop().call_soon(acquiring.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await acquiring
+        client.before = client.after = lambda: None
         await ledger.aclose()  # waits for the batch and the give-back
+        other = make_ledger(namespace=ledger._ns)
         assert (await other.snapshot())["k"].in_flight == 0
         assert await other.try_acquire("k", cap) is not None
+
+    async def test_cancelled_wait_leaves_the_queue_it_entered(
+        self, observed: tuple[_ObservedClient, RedisLedger], make_ledger: MakeLedger
+    ) -> None:
+        """A wait cancelled while its queue entry was on the way leaves that queue (no one stays counted
+        against ``max_queue``)."""
+        client, ledger = observed
+        cap = AgentCapacity(max_concurrent=1, max_queue=1)
+        holder = make_ledger(namespace=ledger._ns)
+        assert await holder.try_acquire("k", cap) is not None
+        waits: list[asyncio.Future[bool]] = []
+        client.before = lambda: waits[0].cancel()  # the next batch is the wait's queue entry
+        waiting = asyncio.ensure_future(ledger.wait_for_change({"k": cap}, timeout=5))
+        waits.append(waiting)
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        client.before = lambda: None
+        await ledger.aclose()
+        assert (await holder.snapshot())["k"].waiting == 0
+
+    async def test_acquire_on_its_way_when_the_ledger_closes_is_given_back(
+        self, observed: tuple[_ObservedClient, RedisLedger], make_ledger: MakeLedger
+    ) -> None:
+        """Closing the ledger while an acquire is on its way refuses it with LedgerClosedError and gives back
+        whatever it was granted."""
+        client, ledger = observed
+        cap = AgentCapacity(max_concurrent=1)
+        closing: list[asyncio.Task[None]] = []
+        client.before = lambda: closing.append(asyncio.ensure_future(ledger.aclose()))
+        with pytest.raises(LedgerClosedError):
+            await ledger.try_acquire("k", cap)
+        client.before = lambda: None
+        await asyncio.gather(*closing)
+        other = make_ledger(namespace=ledger._ns)
+        assert (await other.snapshot())["k"].in_flight == 0
+
+    async def test_cancelling_aclose_does_not_cancel_other_callers(
+        self, observed: tuple[_ObservedClient, RedisLedger]
+    ) -> None:
+        """``aclose()`` cancelled while it waits for a batch leaves that batch (and its callers) alone."""
+        client, ledger = observed
+        cap = AgentCapacity(max_concurrent=2)
+        tasks: list[asyncio.Future[Any]] = []
+
+        def first_batch() -> None:  # a second caller joins the next batch, then the ledger starts closing
+            tasks.append(asyncio.ensure_future(ledger.try_acquire("k", cap)))
+            tasks.append(asyncio.ensure_future(ledger.aclose()))
+            client.before = second_batch
+
+        def second_batch() -> None:
+            client.before = lambda: None
+            tasks[1].cancel()  # aclose() is waiting for this batch
+
+        client.before = first_batch
+        with pytest.raises(LedgerClosedError):
+            await ledger.try_acquire("k", cap)
+        second, closing = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(closing, asyncio.CancelledError)
+        assert isinstance(second, LedgerClosedError)  # refused by the closing ledger, not cancelled
+
+    async def test_failed_orphan_handler_is_logged(
+        self, observed: tuple[_ObservedClient, RedisLedger], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An orphan handler that fails is logged, not left as a never-retrieved task exception."""
+        client, ledger = observed
+
+        async def failing(reply: Any) -> None:
+            raise RuntimeError("cannot undo")
+
+        calls: list[asyncio.Future[Any]] = []
+        client.before = lambda: calls[0].cancel()
+        keys, args = [ledger._name("k", part) for part in ("slots", "meta", "tokens")], ["", "", ""]
+        calls.append(asyncio.ensure_future(ledger._pipeline.run(ledger._scripts.status, keys, args, on_orphan=failing)))
+        with caplog.at_level(logging.WARNING, logger="autogen_capacity"), pytest.raises(asyncio.CancelledError):
+            await calls[0]
+        await ledger._pipeline.drain()
+        assert "autogen_capacity.orphan_failed" in caplog.text
+        assert "cannot undo" in caplog.text
+
+    async def test_failed_reload_fails_only_the_calls_that_needed_it(
+        self, observed: tuple[_ObservedClient, RedisLedger]
+    ) -> None:
+        """When reloading a flushed script fails, only the calls of that script fail; the others in the batch
+        keep their replies."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        client, ledger = observed
+        cap = AgentCapacity(max_concurrent=1)
+        await client.client.script_flush()
+        await client.client.script_load(ledger._scripts.status.script)  # only the status script is known
+
+        async def unreachable(*args: Any) -> Any:
+            raise RedisConnectionError("gone")
+
+        client.client.script_load = unreachable  # type: ignore[method-assign]
+        status, acquired = await asyncio.gather(
+            ledger.status("a", cap), ledger.try_acquire("b", cap), return_exceptions=True
+        )
+        assert status == KeyStatus(1.0)
+        assert isinstance(acquired, LedgerUnavailable)
 
 
 class TestLifecycle:

@@ -454,6 +454,30 @@ async def test_cancelling_a_wait_takes_nothing(waits_for: str) -> None:
     assert [m.source for m in result.messages] == ["user", "a"]
 
 
+async def test_a_selector_func_that_cancels_the_run_selects_nobody() -> None:
+    """A run whose token is cancelled during selection (here by the selector_func itself) ends with
+    CancelledError: the speaker it named never runs and its lease is given back."""
+    ledger = InMemoryLedger()
+    token = CancellationToken()
+    named = WorkerAgent("b")
+
+    def cancel_and_name(thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str:
+        token.cancel()
+        return "b"
+
+    team = CapacityAwareGroupChat(
+        [WorkerAgent("a"), named],
+        capacities={"b": AgentCapacity(max_concurrent=1)},
+        selector_func=cancel_and_name,
+        ledger=ledger,
+        max_turns=2,
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(team.run(task="go", cancellation_token=token), TIMEOUT)
+    assert named.calls == 0
+    assert await in_flight(ledger) == {}
+
+
 async def test_reset_of_a_running_team_keeps_its_leases() -> None:
     """reset() on a running team is refused, as in AutoGen, and releases none of the run's leases."""
     ledger = InMemoryLedger()

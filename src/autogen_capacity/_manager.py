@@ -293,12 +293,19 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         selecting = _WhileSelecting()
         cancellation_token.add_callback(selecting.cancel)
         try:
-            speaker = await self._admit_next_speaker()
+            try:
+                speaker = await self._admit_next_speaker()
+            finally:
+                selecting.task = None
         except _Exhausted as exhausted:
+            if cancellation_token.is_cancelled():
+                raise asyncio.CancelledError from None
             await self._stop_exhausted(exhausted)
             return
-        finally:
-            selecting.task = None
+        if cancellation_token.is_cancelled():  # by the selection itself (a selector_func), with no wait after it
+            if speaker is not None:
+                await self._policy.leases.release(speaker)
+            raise asyncio.CancelledError
         if speaker is None:  # the termination condition fired while waiting; already signalled
             return
         await self._log_speaker_selection([speaker])

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._logging import logger
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
@@ -62,25 +64,44 @@ class ScriptPipeline:
     ) -> Any:
         """Run ``script`` in the next batch and return its reply.
 
-        A caller cancelled while its script is on the way does not stop the script: the reply goes to
-        ``on_orphan`` instead (awaited by :meth:`drain`).
+        A caller cancelled before its batch leaves is dropped from it. One cancelled once its script is on the
+        way does not stop the script: the reply goes to ``on_orphan`` instead (awaited by :meth:`drain`).
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Call(script, keys, args, future, on_orphan))
         if self._sender is None:
-            self._sender = asyncio.ensure_future(self._send_all())
-        return await future
+            self._sender = loop.create_task(self._send_all())
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled in the same turn of the loop as its reply arrived: the reply is the orphan's.
+            if on_orphan is not None and future.done() and not future.cancelled() and future.exception() is None:
+                self._adopt(on_orphan(future.result()))
+            raise
 
     async def drain(self) -> None:
-        """Wait until every batch on its way, and every orphan handler, has finished."""
-        while self._sender is not None or self._orphans:
-            await asyncio.gather(*filter(None, (self._sender, *self._orphans)), return_exceptions=True)
+        """Wait until every batch on its way, and every orphan handler, has finished (being cancelled does not
+        cancel them)."""
+        while running := {task for task in (self._sender, *self._orphans) if task is not None}:
+            await asyncio.wait(running)
+
+    def _adopt(self, handler: Awaitable[None]) -> None:
+        orphan = asyncio.ensure_future(handler)
+        self._orphans.add(orphan)
+        orphan.add_done_callback(self._orphan_done)
+
+    def _orphan_done(self, orphan: asyncio.Task[None]) -> None:
+        self._orphans.discard(orphan)
+        if not orphan.cancelled() and (error := orphan.exception()) is not None:
+            logger.warning("autogen_capacity.orphan_failed", error=f"{type(error).__name__}: {error}")
 
     async def _send_all(self) -> None:
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
-                await self._send(batch)
+                batch, self._pending = [c for c in self._pending if not c.future.cancelled()], []
+                if batch:
+                    await self._send(batch)
         finally:
             self._sender = None
             for call in self._pending:  # only when the sender itself was cancelled
@@ -108,17 +129,19 @@ class ScriptPipeline:
                 else:
                     call.future.set_result(reply)
             elif call.on_orphan is not None and not isinstance(reply, Exception):
-                orphan = asyncio.ensure_future(call.on_orphan(reply))
-                self._orphans.add(orphan)
-                orphan.add_done_callback(self._orphans.discard)
+                self._adopt(call.on_orphan(reply))
 
     async def _execute(self, batch: Sequence[_Call]) -> list[Any]:
         replies = await self._pipeline(batch)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, self._no_script)]
-        if missing:
-            for script in {batch[i].script.sha: batch[i].script for i in missing}.values():
-                await self._client.script_load(script.script)
-            for i, reply in zip(missing, await self._pipeline([batch[i] for i in missing]), strict=True):
+        if missing:  # only these calls depend on the reload; the others keep their replies
+            try:
+                for script in {batch[i].script.sha: batch[i].script for i in missing}.values():
+                    await self._client.script_load(script.script)
+                again = await self._pipeline([batch[i] for i in missing])
+            except Exception as exc:
+                again = [exc] * len(missing)
+            for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
 

@@ -76,6 +76,7 @@ class RedisLedger:
     """
 
     __slots__ = (
+        "_admitting",
         "_client",
         "_closed",
         "_config",
@@ -124,6 +125,7 @@ class RedisLedger:
         self._scripts = register_scripts(self._client)
         self._pipeline = ScriptPipeline(self._client)
         self._held: dict[str, str] = {}  # lease id -> key, renewed by the heartbeat
+        self._admitting: dict[str, str] = {}  # lease id -> key of every acquire on its way
         self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}  # this process' waiters per key, oldest first
         self._ready: dict[str, asyncio.TimerHandle] = {}  # per key: its refill or cooldown's end
@@ -177,15 +179,28 @@ class RedisLedger:
     # -- the protocol ---------------------------------------------------------------------------------
 
     async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-        """Admit one unit of work on ``key`` now (one atomic script), or return ``None``. Never blocks."""
+        """Admit one unit of work on ``key`` now (one atomic script), or return ``None``. Never blocks.
+
+        Raises:
+            LedgerClosedError: the ledger is (or was closed while admitting; what it granted is given back).
+        """
+        if self._closed:
+            raise LedgerClosedError("the ledger is closed")
         lease_id = uuid.uuid4().hex
-        reply = await self._run(
-            self._scripts.acquire,
-            key,
-            _STATE,
-            [lease_id, self._ttl, *_limits(capacity)],
-            on_orphan=functools.partial(self._give_back_orphan, key, lease_id),
-        )
+        self._admitting[lease_id] = key
+        try:
+            reply = await self._run(
+                self._scripts.acquire,
+                key,
+                _STATE,
+                [lease_id, self._ttl, *_limits(capacity)],
+                on_orphan=functools.partial(self._give_back_granted, key, lease_id),
+            )
+        finally:
+            if not self._closed:  # else aclose() gives it back, granted or not
+                del self._admitting[lease_id]
+        if self._closed:
+            raise LedgerClosedError("the ledger was closed while admitting")
         if int(reply[0]) != 1:
             self._ready_chain.discard(key)  # the refill is used up
             return None
@@ -209,10 +224,15 @@ class RedisLedger:
         except self._unreachable as exc:  # no longer renewed: it expires within the ttl
             logger.warning("autogen_capacity.release_failed", key=key, url=self._url, error=_describe(exc))
 
-    async def _give_back_orphan(self, key: str, lease_id: str, reply: Sequence[Any]) -> None:
+    async def _give_back_granted(self, key: str, lease_id: str, reply: Sequence[Any]) -> None:
         """A ``try_acquire`` was cancelled while its script was on the way: give back what it was granted."""
         if int(reply[0]) == 1:
             await self._give_back(key, lease_id)
+
+    async def _leave_entered_queue(self, key: str, waiter_id: str, reply: Sequence[Any]) -> None:
+        """A wait was cancelled while its ``enter_queue`` script was on the way: leave the queue it entered."""
+        if int(reply[0]) == 1:
+            await self._leave_queues(waiter_id, [key])
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
         """Whether ``key`` would admit now, its headroom, and why not."""
@@ -245,7 +265,8 @@ class RedisLedger:
             wake_in = timeout
             for key, capacity in waits.items():
                 args: list[str | float] = [waiter_id, self._ttl, *_limits(capacity), _opt(capacity.max_queue)]
-                reply = await self._run(self._scripts.enter_queue, key, _QUEUE, args)
+                on_orphan = functools.partial(self._leave_entered_queue, key, waiter_id)
+                reply = await self._run(self._scripts.enter_queue, key, _QUEUE, args, on_orphan=on_orphan)
                 if int(reply[0]) == 1:
                     queued.append(key)
                 status = _key_status(reply[1:])
@@ -313,7 +334,6 @@ class RedisLedger:
         for timer in self._ready.values():
             timer.cancel()
         self._ready.clear()
-        held, self._held, waiting, self._waiting = self._held, {}, self._waiting, {}
         for waiters in self._waiters.values():
             for waiter in waiters:
                 _resolve(waiter)
@@ -321,11 +341,14 @@ class RedisLedger:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._pipeline.drain()  # the scripts on their way land first, so that what they granted is known
+        held = {**self._held, **self._admitting}  # an acquire still on its way when closing: granted or not
+        self._held, self._admitting, waiting, self._waiting = {}, {}, self._waiting, {}
         for lease_id, key in held.items():
             await self._give_back(key, lease_id)
         for waiter_id, keys in waiting.items():
             await self._leave_queues(waiter_id, keys)
-        await self._pipeline.drain()  # releases of cancelled acquires, still on their way
+        await self._pipeline.drain()  # what cancelled callers were granted, given back
         if self._owns_client:
             await self._client.aclose()
 
