@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import uuid
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -16,6 +15,7 @@ from ..contracts import AgentCapacity
 from ..exceptions import LedgerClosedError, LedgerUnavailable, QueueFull
 from ._redis_pipeline import OnOrphan, ScriptPipeline
 from ._redis_scripts import register as register_scripts
+from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, resolve, text
 from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisLedger"]
 
 INSTALL_HINT = "RedisLedger needs redis-py: pip install autogen-capacity[redis]"
-_RECONNECT_MAX_S = 2.0
-_PUBSUB_IDLE_S = 15.0
 _MAX_CONNECTIONS = 64
 _STATE = ("slots", "meta", "tokens")
 _QUEUE = ("slots", "meta", "tokens", "waiters")
@@ -82,19 +80,15 @@ class RedisLedger:
         "_config",
         "_heartbeat",
         "_held",
-        "_listener",
-        "_listening",
         "_ns",
         "_owns_client",
         "_pipeline",
-        "_ready",
-        "_ready_chain",
         "_scripts",
         "_ttl",
         "_unreachable",
         "_url",
-        "_waiters",
         "_waiting",
+        "_wakeups",
     )
 
     def __init__(
@@ -118,7 +112,7 @@ class RedisLedger:
                 max_connections=_MAX_CONNECTIONS,
                 socket_connect_timeout=5.0,
                 socket_timeout=5.0,
-                health_check_interval=_PUBSUB_IDLE_S,
+                health_check_interval=PUBSUB_IDLE_S,
             )
         )
         self._unreachable: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
@@ -127,12 +121,8 @@ class RedisLedger:
         self._held: dict[str, str] = {}  # lease id -> key, renewed by the heartbeat
         self._admitting: dict[str, str] = {}  # lease id -> key of every acquire on its way
         self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
-        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}  # this process' waiters per key, oldest first
-        self._ready: dict[str, asyncio.TimerHandle] = {}  # per key: its refill or cooldown's end
-        self._ready_chain: set[str] = set()  # keys whose refill woke a waiter: each admission wakes the next
-        self._listener: asyncio.Task[None] | None = None
+        self._wakeups = WakeUps(self._client, self._channel, self._url)
         self._heartbeat: asyncio.Task[None] | None = None
-        self._listening = asyncio.Event()  # set once the listener made its first subscription attempt
         self._closed = False
         self._config: LedgerConfig | None = None  # set by ledger_from_config
 
@@ -153,11 +143,15 @@ class RedisLedger:
 
     # -- Redis plumbing -------------------------------------------------------------------------------
 
+    @property
+    def _channel(self) -> str:
+        return f"{self._ns}:wake"
+
     def _name(self, key: str, part: str) -> str:
         return f"{self._ns}:{{{key}}}:{part}"
 
     def _unavailable(self, exc: Exception) -> LedgerUnavailable:
-        logger.warning("autogen_capacity.ledger_unavailable", url=self._url, error=_describe(exc))
+        logger.warning("autogen_capacity.ledger_unavailable", url=self._url, error=describe(exc))
         return LedgerUnavailable(f"Redis ledger unreachable at {self._url}: {exc}")
 
     async def _run(
@@ -202,10 +196,9 @@ class RedisLedger:
         if self._closed:
             raise LedgerClosedError("the ledger was closed while admitting")
         if int(reply[0]) != 1:
-            self._ready_chain.discard(key)  # the refill is used up
+            self._wakeups.refused(key)
             return None
-        if key in self._ready_chain:  # a refill may admit more than one: pass it on to the next waiter
-            self._wake_oldest(key)
+        self._wakeups.admitted(key)
         self._held[lease_id] = key
         self._ensure_heartbeat()
         return Lease(key, lease_id, asyncio.get_running_loop().time(), self._release)
@@ -222,7 +215,7 @@ class RedisLedger:
                 [lease_id, self._ttl, self._channel, key],
             )
         except self._unreachable as exc:  # no longer renewed: it expires within the ttl
-            logger.warning("autogen_capacity.release_failed", key=key, url=self._url, error=_describe(exc))
+            logger.warning("autogen_capacity.release_failed", key=key, url=self._url, error=describe(exc))
 
     async def _give_back_granted(self, key: str, lease_id: str, reply: Sequence[Any]) -> None:
         """A ``try_acquire`` was cancelled while its script was on the way: give back what it was granted."""
@@ -254,11 +247,10 @@ class RedisLedger:
             raise LedgerClosedError("the ledger is closed")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        await self._ensure_listener(timeout)  # subscribed before looking, so no release slips through
+        await self._wakeups.listen(timeout)  # subscribed before looking, so no release slips through
         waiter: asyncio.Future[None] = loop.create_future()
         waiter_id = uuid.uuid4().hex
-        for key in waits:
-            self._waiters.setdefault(key, deque()).append(waiter)
+        self._wakeups.add(waiter, waits)
         queued: list[str] = []
         timer: asyncio.TimerHandle | None = None
         try:
@@ -274,21 +266,21 @@ class RedisLedger:
                     return True
                 if status.ready_in is not None:
                     if int(reply[0]) == 1:  # one timer per key wakes this process' oldest waiter, not all of them
-                        self._schedule_ready(key, loop.time() + status.ready_in + _READY_MARGIN_S)
+                        self._wakeups.ready_at(key, loop.time() + status.ready_in + _READY_MARGIN_S)
                     else:
                         wake_in = min(wake_in, status.ready_in)
             if waits and not queued:
                 logger.warning("autogen_capacity.queue_full", keys=list(waits))
                 raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
-            self._forget(waiter, [key for key in waits if key not in queued])
+            self._wakeups.forget(waiter, [key for key in waits if key not in queued])
             self._waiting[waiter_id] = tuple(queued)
             self._ensure_heartbeat()
-            timer = loop.call_at(now + max(wake_in, 0.0), _resolve, waiter)
+            timer = loop.call_at(now + max(wake_in, 0.0), resolve, waiter)
             await waiter
         finally:
             if timer is not None:
                 timer.cancel()
-            self._forget(waiter, waits)
+            self._wakeups.forget(waiter, waits)
             if not self._closed:  # else aclose() leaves the queues
                 self._waiting.pop(waiter_id, None)
                 await self._leave_queues(waiter_id, queued)
@@ -314,7 +306,7 @@ class RedisLedger:
         prefix, keys = f"{self._ns}:{{", set()
         try:
             async for name in self._client.scan_iter(match=f"{_glob_escape(self._ns)}:{{*}}:*", count=1000):
-                key, _, part = _text(name)[len(prefix) :].rpartition("}:")
+                key, _, part = text(name)[len(prefix) :].rpartition("}:")
                 if part in _PARTS:
                     keys.add(key)
         except self._unreachable as exc:
@@ -331,16 +323,10 @@ class RedisLedger:
         if self._closed:
             return
         self._closed = True
-        for timer in self._ready.values():
-            timer.cancel()
-        self._ready.clear()
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                _resolve(waiter)
-        tasks = [task for task in (self._listener, self._heartbeat) if task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._wakeups.aclose()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
         await self._pipeline.drain()  # the scripts on their way land first, so that what they granted is known
         held = {**self._held, **self._admitting}  # an acquire still on its way when closing: granted or not
         self._held, self._admitting, waiting, self._waiting = {}, {}, self._waiting, {}
@@ -352,85 +338,12 @@ class RedisLedger:
         if self._owns_client:
             await self._client.aclose()
 
-    # -- waking -----------------------------------------------------------------------------------------
-
-    @property
-    def _channel(self) -> str:
-        return f"{self._ns}:wake"
-
-    def _forget(self, waiter: asyncio.Future[None], keys: Sequence[str] | Mapping[str, object]) -> None:
-        for key in keys:
-            queue = self._waiters.get(key)
-            if queue is not None and waiter in queue:
-                queue.remove(waiter)
-                if not queue:
-                    del self._waiters[key]
+    # -- queues -----------------------------------------------------------------------------------------
 
     async def _leave_queues(self, waiter_id: str, keys: Sequence[str]) -> None:
         for key in keys:
             with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
                 await self._client.zrem(self._name(key, "waiters"), waiter_id)
-
-    def _schedule_ready(self, key: str, when: float) -> None:
-        timer = self._ready.get(key)
-        if timer is not None and timer.when() <= when:
-            return
-        if timer is not None:
-            timer.cancel()
-        self._ready[key] = asyncio.get_running_loop().call_at(when, self._on_ready, key)
-
-    def _on_ready(self, key: str) -> None:
-        """A refill or a cooldown's end: wake this process' oldest waiter; each admission it leads to wakes the
-        next (``try_acquire``), until one is refused."""
-        del self._ready[key]
-        self._ready_chain.add(key)
-        self._wake_oldest(key)
-
-    def _wake_oldest(self, key: str) -> None:
-        for waiter in self._waiters.get(key, ()):
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    async def _ensure_listener(self, timeout: float) -> None:
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
-        if not self._listening.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._listening.wait(), max(timeout, 0.0))
-
-    async def _listen(self) -> None:
-        """Wake this process' oldest waiter for each released key; resubscribe whenever Redis comes back."""
-        delay, failures = 0.05, 0
-        while True:
-            pubsub = self._client.pubsub()
-            try:
-                await pubsub.subscribe(self._channel)
-                while True:
-                    message = await pubsub.get_message(timeout=_PUBSUB_IDLE_S)
-                    if message is None:
-                        continue
-                    kind = _text(message["type"])
-                    if kind == "message":
-                        self._wake_oldest(_text(message["data"]))
-                    elif kind == "subscribe":
-                        if failures:
-                            logger.info("autogen_capacity.ledger_reconnected", url=self._url)
-                        delay, failures = 0.05, 0
-                        self._listening.set()
-                        for waiters in self._waiters.values():  # a release may have been missed meanwhile
-                            for waiter in waiters:
-                                _resolve(waiter)
-            except Exception as exc:  # a background task: log, back off, resubscribe
-                failures += 1
-                log = logger.warning if failures == 1 else logger.debug
-                log("autogen_capacity.listener_disconnected", url=self._url, error=_describe(exc), retry_in=delay)
-            finally:
-                self._listening.set()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RECONNECT_MAX_S)
 
     # -- renewal ---------------------------------------------------------------------------------------
 
@@ -460,10 +373,10 @@ class RedisLedger:
                 args=[self._ttl, len(lease_ids), *lease_ids, *waiter_ids],
             )
         except Exception as exc:  # a background task: the next round tries again
-            logger.warning("autogen_capacity.renew_failed", key=key, url=self._url, error=_describe(exc))
+            logger.warning("autogen_capacity.renew_failed", key=key, url=self._url, error=describe(exc))
             return
         for lease_id in restored:
-            logger.warning("autogen_capacity.lease_restored", key=key, lease_id=_text(lease_id))
+            logger.warning("autogen_capacity.lease_restored", key=key, lease_id=text(lease_id))
 
 
 _READY_MARGIN_S = 0.001
@@ -478,18 +391,9 @@ def _opt(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _key_status(reply: Sequence[object]) -> KeyStatus:
-    headroom, reason, ready_in = (_text(v) for v in reply)
+    headroom, reason, ready_in = (text(v) for v in reply)
     return KeyStatus(float(headroom), _REASONS.get(reason), float(ready_in) if ready_in else None)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _redact(url: str) -> str:
@@ -500,8 +404,3 @@ def _redact(url: str) -> str:
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def _describe(exc: BaseException) -> str:
-    # redis-py's exceptions have a terse repr ("network:ConnectionError"); keep the message.
-    return f"{type(exc).__name__}: {exc}"

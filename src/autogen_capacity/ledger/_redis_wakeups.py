@@ -1,0 +1,154 @@
+"""This process' side of waking the Redis ledger's waiters: per key, oldest first, by a release published on the
+namespace's channel (one listener per ledger) or by the key's refill or cooldown's end (one timer per key)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .._logging import logger
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["PUBSUB_IDLE_S", "WakeUps", "describe", "resolve", "text"]
+
+PUBSUB_IDLE_S = 15.0
+"""How long the listener waits for a message before checking its connection again."""
+_RECONNECT_MAX_S = 2.0
+
+
+class WakeUps:
+    """The waiters of one ledger in this process, per key and oldest first, and what wakes them.
+
+    A release wakes the oldest waiter on its key (the listener hears it on the namespace's channel). A refill or
+    a cooldown's end wakes the oldest one too, from one timer per key; each admission it leads to wakes the next
+    (:meth:`admitted`), until one is refused (:meth:`refused`), so a refill that admits several wakes several.
+    """
+
+    def __init__(self, client: Redis, channel: str, url: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._url = url
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self._ready: dict[str, asyncio.TimerHandle] = {}
+        self._chain: set[str] = set()  # keys whose refill woke a waiter
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()  # set once the listener made its first subscription attempt
+
+    async def listen(self, timeout: float) -> None:
+        """Start the listener if needed and wait (at most ``timeout``) for its first subscription attempt, so that
+        no release slips through between a caller's look at Redis and its wait."""
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        if not self._listening.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), max(timeout, 0.0))
+
+    def add(self, waiter: asyncio.Future[None], keys: Iterable[str]) -> None:
+        """Queue ``waiter`` (last) on each of ``keys``."""
+        for key in keys:
+            self._waiters.setdefault(key, deque()).append(waiter)
+
+    def forget(self, waiter: asyncio.Future[None], keys: Iterable[str]) -> None:
+        """Take ``waiter`` off the queues of ``keys``."""
+        for key in keys:
+            queue = self._waiters.get(key)
+            if queue is not None and waiter in queue:
+                queue.remove(waiter)
+                if not queue:
+                    del self._waiters[key]
+
+    def ready_at(self, key: str, when: float) -> None:
+        """Wake the oldest waiter on ``key`` at loop time ``when`` (its refill or cooldown's end), unless its
+        timer already fires sooner."""
+        timer = self._ready.get(key)
+        if timer is not None and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._ready[key] = asyncio.get_running_loop().call_at(when, self._on_ready, key)
+
+    def admitted(self, key: str) -> None:
+        """An admission on ``key``: when a refill woke it, the refill may admit more, so wake the next waiter."""
+        if key in self._chain:
+            self._wake_oldest(key)
+
+    def refused(self, key: str) -> None:
+        """A refusal on ``key``: the refill is used up."""
+        self._chain.discard(key)
+
+    async def aclose(self) -> None:
+        """Cancel the timers and the listener, and wake every waiter."""
+        for timer in self._ready.values():
+            timer.cancel()
+        self._ready.clear()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                resolve(waiter)
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+
+    def _on_ready(self, key: str) -> None:
+        del self._ready[key]
+        self._chain.add(key)
+        self._wake_oldest(key)
+
+    def _wake_oldest(self, key: str) -> None:
+        for waiter in self._waiters.get(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _listen(self) -> None:
+        """Wake the oldest waiter for each released key; resubscribe whenever Redis comes back."""
+        delay, failures = 0.05, 0
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                while True:
+                    message = await pubsub.get_message(timeout=PUBSUB_IDLE_S)
+                    if message is None:
+                        continue
+                    kind = text(message["type"])
+                    if kind == "message":
+                        self._wake_oldest(text(message["data"]))
+                    elif kind == "subscribe":
+                        if failures:
+                            logger.info("autogen_capacity.ledger_reconnected", url=self._url)
+                        delay, failures = 0.05, 0
+                        self._listening.set()
+                        for waiters in self._waiters.values():  # a release may have been missed meanwhile
+                            for waiter in waiters:
+                                resolve(waiter)
+            except Exception as exc:  # a background task: log, back off, resubscribe
+                failures += 1
+                log = logger.warning if failures == 1 else logger.debug
+                log("autogen_capacity.listener_disconnected", url=self._url, error=describe(exc), retry_in=delay)
+            finally:
+                self._listening.set()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX_S)
+
+
+def text(value: object) -> str:
+    """A Redis reply as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def resolve(future: asyncio.Future[None]) -> None:
+    """Wake a waiter unless it is done already."""
+    if not future.done():
+        future.set_result(None)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception for a log line: redis-py's have a terse repr ("network:ConnectionError"); keep the message."""
+    return f"{type(exc).__name__}: {exc}"
