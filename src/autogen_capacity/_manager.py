@@ -6,7 +6,7 @@ import asyncio
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from autogen_agentchat.base import TerminationCondition
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory, StopMessage
@@ -34,16 +34,17 @@ from autogen_core.models import ChatCompletionClient
 from pydantic import Field
 
 from ._container import GroupChatMemberOverloaded
-from ._logging import info_enabled, logger
-from ._members import IDLE, MemberPlan, RunLeases
+from ._logging import logger
+from ._members import IDLE, TeamPolicy
+from ._turn_reports import TurnReports, describe
 from .admission import acquire
-from .contracts import AgentCapacity, RetryBudget
-from .events import CapacityDeferredEvent, CapacityExhaustedEvent, CapacityWaitEvent, Deferral, MemberOverloadedEvent
+from .contracts import AgentCapacity
+from .events import CapacityExhaustedEvent, MemberOverloadedEvent
 from .exceptions import CapacityExhausted, QueueFull
-from .ledger import CapacityLedger, KeyStatus
-from .routing import Routing, rank_by_headroom, rotation
+from .ledger import KeyStatus
+from .routing import rank_by_headroom, rotation
 
-__all__ = ["CapacityAwareGroupChatManager", "CapacityAwareManagerState", "TeamPolicy"]
+__all__ = ["CapacityAwareGroupChatManager", "CapacityAwareManagerState"]
 
 TERMINATION_POLL_S = 0.25
 """Longest a wait goes without re-checking the termination condition (ExternalTermination sends no signal)."""
@@ -56,48 +57,6 @@ class CapacityAwareManagerState(SelectorManagerState):
 
     next_speaker_index: int = Field(default=0)
     type: str = Field(default="CapacityAwareManagerState")
-
-
-class TeamPolicy:
-    """Everything capacity-related that a team hands its manager."""
-
-    __slots__ = (
-        "exhausted_ttl_s",
-        "leases",
-        "ledger",
-        "on_exhausted",
-        "plans",
-        "retry_budget",
-        "routing",
-        "selector_capacity",
-        "selector_key",
-        "team_name",
-    )
-
-    def __init__(
-        self,
-        *,
-        team_name: str,
-        plans: Mapping[str, MemberPlan],
-        routing: Routing,
-        ledger: CapacityLedger,
-        leases: RunLeases,
-        on_exhausted: Literal["stop", "raise"],
-        retry_budget: RetryBudget | None,
-        selector_capacity: AgentCapacity | None,
-        selector_key: str,
-        exhausted_ttl_s: float,
-    ) -> None:
-        self.team_name = team_name
-        self.plans = plans
-        self.routing = routing
-        self.ledger = ledger
-        self.leases = leases
-        self.on_exhausted = on_exhausted
-        self.retry_budget = retry_budget
-        self.selector_capacity = selector_capacity
-        self.selector_key = selector_key
-        self.exhausted_ttl_s = exhausted_ttl_s
 
 
 class _WhileSelecting:
@@ -175,6 +134,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         )
         self._sequential_message_types = [*self._sequential_message_types, GroupChatMemberOverloaded]
         self._policy = policy
+        self._reports = TurnReports(policy.team_name, policy.plans, self._emit, emit_team_events)
         self._team_name = policy.team_name
         self._plans = policy.plans
         self._ledger = policy.ledger
@@ -337,7 +297,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             for name in ordered:
                 if await self._lease(name):
                     self._admitted(name, explicit is not None)
-                    await self._report_deferrals(candidates, statuses, name)
+                    await self._reports.deferrals(candidates, statuses, name)
                     return name
                 statuses[name] = await self._status(name)  # lost the race: report why
             preferred = self._preferred(candidates, statuses)
@@ -348,15 +308,15 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
                 if attempt > schedule.max_caller_retries:
                     raise _Exhausted(
                         f"nobody could take the turn after {schedule.max_caller_retries} retries "
-                        f"({_describe(candidates, statuses)})",
+                        f"({describe(candidates, statuses)})",
                         _soonest(statuses),
                     )
                 if attempt > 1 and not self._spend_retry():
                     raise _Exhausted(f"the team's retry budget is spent ({self._retries} retries)")
                 delay = schedule.jittered_delay(attempt, _rng)
                 deadline = now + delay
-                await self._report_deferrals(candidates, statuses, None)
-                await self._report_wait(candidates, statuses, attempt, schedule.max_caller_retries, delay)
+                await self._reports.deferrals(candidates, statuses, None)
+                await self._reports.wait(candidates, statuses, attempt, schedule.max_caller_retries, delay)
             if await self._wait(candidates, deadline - now):
                 return None
 
@@ -364,7 +324,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         """The candidate whose schedule the team follows: the first one whose entitlement is not gone."""
         usable = [n for n in candidates if statuses[n].blocked_by != "exhausted" and n not in self._routed_around]
         if not usable:
-            raise _Exhausted(f"every candidate is exhausted or out of retries ({_describe(candidates, statuses)})")
+            raise _Exhausted(f"every candidate is exhausted or out of retries ({describe(candidates, statuses)})")
         return usable[0]
 
     async def _wait(self, candidates: Sequence[str], timeout: float) -> bool:
@@ -492,60 +452,6 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             )
             await self._output_message_queue.put(message)
 
-    def _reporting(self) -> bool:
-        """Whether deferrals and waits are seen (team events or info logs): they are frequent under load, and
-        not worth building for nobody."""
-        return self._emit_team_events or info_enabled()
-
-    async def _report_deferrals(
-        self, candidates: Sequence[str], statuses: Mapping[str, KeyStatus], speaker: str | None
-    ) -> None:
-        if not self._reporting():
-            return
-        deferred = {
-            name: _reason(statuses[name], self._plans[name])
-            for name in candidates
-            if statuses[name].blocked_by is not None and name != speaker
-        }
-        if not deferred:
-            return
-        logger.info("autogen_capacity.deferred", team=self._team_name, deferred=deferred, speaker=speaker)
-        await self._emit(
-            lambda: CapacityDeferredEvent(
-                content=[Deferral(name=n, key=self._plans[n].key, reason=r) for n, r in deferred.items()],
-                speaker=speaker,
-                source=self._team_name,
-            )
-        )
-
-    async def _report_wait(
-        self,
-        candidates: Sequence[str],
-        statuses: Mapping[str, KeyStatus],
-        attempt: int,
-        max_retries: int,
-        delay: float,
-    ) -> None:
-        if not self._reporting():
-            return
-        logger.info(
-            "autogen_capacity.no_headroom",
-            team=self._team_name,
-            candidates=_describe(candidates, statuses),
-            attempt=attempt,
-            max_retries=max_retries,
-            delay=round(delay, 3),
-        )
-        await self._emit(
-            lambda: CapacityWaitEvent(
-                content=list(candidates),
-                attempt=attempt,
-                max_retries=max_retries,
-                delay_s=delay,
-                source=self._team_name,
-            )
-        )
-
     async def _stop_exhausted(self, exhausted: _Exhausted) -> None:
         reason = f"Capacity exhausted: {exhausted.reason}"
         logger.warning("autogen_capacity.exhausted", team=self._team_name, reason=reason)
@@ -558,16 +464,6 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             await self._termination_condition.reset()
         self._current_turn = 0
         await self._signal_termination(StopMessage(content=reason, source=self._team_name))
-
-
-def _reason(status: KeyStatus, plan: MemberPlan) -> str:
-    if plan.team is not None and status.blocked_by is not None:
-        return "team"
-    return status.blocked_by or "ok"
-
-
-def _describe(candidates: Sequence[str], statuses: Mapping[str, KeyStatus]) -> str:
-    return ", ".join(f"{name}: {statuses[name].blocked_by or 'lost the race'}" for name in candidates)
 
 
 def _soonest(statuses: Mapping[str, KeyStatus]) -> float | None:

@@ -1,17 +1,19 @@
-"""What a team knows about each participant's contract, and the leases a run holds."""
+"""What a team knows about each participant's contract, the leases a run holds, and the policy it hands its
+manager."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
-from .contracts import AgentCapacity
+from .contracts import AgentCapacity, RetryBudget
 from .exceptions import CapacityExhausted
-from .ledger import KeyStatus, Lease
+from .ledger import CapacityLedger, KeyStatus, Lease
+from .routing import Routing
 
-__all__ = ["IDLE", "UNBOUNDED", "CapacityAwareTeam", "MemberPlan", "RunLeases"]
+__all__ = ["IDLE", "UNBOUNDED", "CapacityAwareTeam", "MemberPlan", "RunLeases", "TeamPolicy"]
 
 UNBOUNDED = AgentCapacity()
 """The contract of a member that declares none: no limits, the default backoff schedule."""
@@ -68,3 +70,45 @@ class RunLeases:
     async def release_all(self) -> None:
         leases, self.held = list(self.held.values()), {}
         await asyncio.gather(*(lease.release() for lease in leases))
+
+
+class TeamPolicy:
+    """Everything capacity-related that a team hands its manager."""
+
+    __slots__ = (
+        "exhausted_ttl_s",
+        "leases",
+        "ledger",
+        "on_exhausted",
+        "plans",
+        "retry_budget",
+        "routing",
+        "selector_capacity",
+        "selector_key",
+        "team_name",
+    )
+
+    def __init__(
+        self,
+        *,
+        team_name: str,
+        plans: Mapping[str, MemberPlan],
+        routing: Routing,
+        ledger: CapacityLedger,
+        leases: RunLeases,
+        on_exhausted: Literal["stop", "raise"],
+        retry_budget: RetryBudget | None,
+        selector_capacity: AgentCapacity | None,
+        selector_key: str,
+        exhausted_ttl_s: float,
+    ) -> None:
+        self.team_name = team_name
+        self.plans = plans
+        self.routing = routing
+        self.ledger = ledger
+        self.leases = leases
+        self.on_exhausted = on_exhausted
+        self.retry_budget = retry_budget
+        self.selector_capacity = selector_capacity
+        self.selector_key = selector_key
+        self.exhausted_ttl_s = exhausted_ttl_s

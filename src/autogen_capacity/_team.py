@@ -24,8 +24,8 @@ from typing_extensions import Self
 from ._config import CapacityAwareGroupChatConfig, load_team_config
 from ._container import CapacityAwareAgentContainer
 from ._logging import logger
-from ._manager import CapacityAwareGroupChatManager, TeamPolicy
-from ._members import MemberPlan, RunLeases
+from ._manager import CapacityAwareGroupChatManager
+from ._members import MemberPlan, RunLeases, TeamPolicy
 from .admission import acquire
 from .contracts import AgentCapacity, AggregateMode, RetryBudget, declared_contract, ledger_key
 from .events import CAPACITY_EVENT_TYPES

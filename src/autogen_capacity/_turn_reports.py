@@ -1,0 +1,96 @@
+"""What a team says when it defers members or waits for capacity: a typed event in the run stream (with
+``emit_team_events=True``) and a structlog event, both built only when someone sees them (they are frequent under
+load)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from autogen_agentchat.messages import BaseAgentEvent
+
+from ._logging import info_enabled, logger
+from ._members import MemberPlan
+from .events import CapacityDeferredEvent, CapacityWaitEvent, Deferral
+from .ledger import KeyStatus
+
+__all__ = ["Emit", "TurnReports", "describe"]
+
+Emit = Callable[[Callable[[], BaseAgentEvent]], Awaitable[None]]
+"""Puts the event a factory builds in the run stream (building it only when team events are emitted)."""
+
+
+class TurnReports:
+    """Deferral and wait reports of one team."""
+
+    __slots__ = ("_emit", "_events_on", "_plans", "_team_name")
+
+    def __init__(self, team_name: str, plans: Mapping[str, MemberPlan], emit: Emit, events_on: bool) -> None:
+        self._team_name = team_name
+        self._plans = plans
+        self._emit = emit
+        self._events_on = events_on
+
+    def _seen(self) -> bool:
+        return self._events_on or info_enabled()
+
+    async def deferrals(
+        self, candidates: Sequence[str], statuses: Mapping[str, KeyStatus], speaker: str | None
+    ) -> None:
+        """The candidates without headroom, and why, next to the ``speaker`` chosen (``None``: the team waits)."""
+        if not self._seen():
+            return
+        deferred = {
+            name: _reason(statuses[name], self._plans[name])
+            for name in candidates
+            if statuses[name].blocked_by is not None and name != speaker
+        }
+        if not deferred:
+            return
+        logger.info("autogen_capacity.deferred", team=self._team_name, deferred=deferred, speaker=speaker)
+        await self._emit(
+            lambda: CapacityDeferredEvent(
+                content=[Deferral(name=n, key=self._plans[n].key, reason=r) for n, r in deferred.items()],
+                speaker=speaker,
+                source=self._team_name,
+            )
+        )
+
+    async def wait(
+        self,
+        candidates: Sequence[str],
+        statuses: Mapping[str, KeyStatus],
+        attempt: int,
+        max_retries: int,
+        delay: float,
+    ) -> None:
+        """Nobody has headroom: the team waits ``delay`` seconds at most, retry ``attempt`` of ``max_retries``."""
+        if not self._seen():
+            return
+        logger.info(
+            "autogen_capacity.no_headroom",
+            team=self._team_name,
+            candidates=describe(candidates, statuses),
+            attempt=attempt,
+            max_retries=max_retries,
+            delay=round(delay, 3),
+        )
+        await self._emit(
+            lambda: CapacityWaitEvent(
+                content=list(candidates),
+                attempt=attempt,
+                max_retries=max_retries,
+                delay_s=delay,
+                source=self._team_name,
+            )
+        )
+
+
+def describe(candidates: Sequence[str], statuses: Mapping[str, KeyStatus]) -> str:
+    """Each candidate and why it could not take the turn."""
+    return ", ".join(f"{name}: {statuses[name].blocked_by or 'lost the race'}" for name in candidates)
+
+
+def _reason(status: KeyStatus, plan: MemberPlan) -> str:
+    if plan.team is not None and status.blocked_by is not None:
+        return "team"
+    return status.blocked_by or "ok"
