@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 
@@ -131,7 +130,8 @@ class TestAcquire:
         fake_clock.advance(0.001)
         await settle(caller)
 
-        with pytest.raises(CapacityExhausted, match=rf"'k' admitted nothing after {len(schedule)} retries \(slots\)"):
+        expected = rf"nothing was admitted after {len(schedule)} retries \(k: slots\)"
+        with pytest.raises(CapacityExhausted, match=expected):
             caller.result()
 
     async def test_exhausted_error_carries_the_snapshot(
@@ -204,24 +204,92 @@ class TestAcquire:
 
         assert caller.result().key == "k"
 
-    async def test_seeded_jitter_sets_the_deadlines(self, ledger: InMemoryLedger, fake_clock: FakeLoopClock) -> None:
-        """With jitter, the caller waits the draws of its injected generator."""
+    async def test_jitter_never_shortens_a_wait(self, ledger: InMemoryLedger, fake_clock: FakeLoopClock) -> None:
+        """Backoff windows last the schedule's delays exactly, jitter or not: a jittered draw near 0 would spend a
+        retry on a wait that could not succeed (jitter spreads only the cooldowns a caller picks itself)."""
         cap = one_slot(backoff_jitter=True, max_caller_retries=2)
-        rng = random.Random(0)
-        draws = [cap.jittered_delay(1, rng), cap.jittered_delay(2, rng)]
         await hold(ledger, cap)
-        caller = asyncio.create_task(acquire("k", cap, ledger=ledger, rng=random.Random(0)))
+        caller = asyncio.create_task(acquire("k", cap, ledger=ledger))
         await settle(caller)
 
-        fake_clock.advance(draws[0])
+        fake_clock.advance(10)
         await settle(caller)
-        fake_clock.advance(draws[1] - 0.001)
+        fake_clock.advance(10 - 0.001)
         await settle(caller)
         assert not caller.done()
         fake_clock.advance(0.001)
         await settle(caller)
 
         assert isinstance(caller.exception(), CapacityExhausted)
+
+    async def test_a_cooldown_is_waited_out_without_spending_retries(
+        self, ledger: InMemoryLedger, fake_clock: FakeLoopClock
+    ) -> None:
+        """A key cooling down for longer than the whole schedule is waited for until the cooldown ends: the
+        provider's word extends a wait, and a wait for it spends no retry."""
+        cap = one_slot(backoff_initial_ms=100, backoff_ceiling_ms=100, max_caller_retries=2)
+        await ledger.cooldown("k", 30)
+        caller = asyncio.create_task(acquire("k", cap, ledger=ledger))
+        await settle(caller)
+
+        fake_clock.advance(29.999)
+        await settle(caller)
+        assert not caller.done()
+        fake_clock.advance(0.001)
+        await settle(caller)
+
+        assert caller.result().acquired_at == pytest.approx(1030.0)
+
+    async def test_a_cooldown_past_max_retry_after_fails_fast(
+        self, ledger: InMemoryLedger, fake_clock: FakeLoopClock
+    ) -> None:
+        """A cooldown longer than ``max_retry_after_ms`` is not waited out: refused at once with ``retry_after``."""
+        await ledger.cooldown("k", 300)
+
+        with pytest.raises(CapacityExhausted, match=r"wait 300\.0s") as raised:
+            await acquire("k", one_slot(max_retry_after_ms=60_000), ledger=ledger)
+
+        assert raised.value.retry_after == pytest.approx(300)
+
+    async def test_slots_after_a_cooldown_spend_retries_from_there(
+        self, ledger: InMemoryLedger, fake_clock: FakeLoopClock
+    ) -> None:
+        """Once a cooldown ended, a key still saturated is waited for by the whole schedule."""
+        cap = one_slot(max_caller_retries=1)
+        await hold(ledger, cap)
+        await ledger.cooldown("k", 5)
+        caller = asyncio.create_task(acquire("k", cap, ledger=ledger))
+        await settle(caller)
+
+        fake_clock.advance(5)
+        await settle(caller)
+        fake_clock.advance(10 - 0.001)
+        await settle(caller)
+        assert not caller.done()
+        fake_clock.advance(0.001)
+        await settle(caller)
+
+        assert isinstance(caller.exception(), CapacityExhausted)
+
+    async def test_a_timed_out_waiter_keeps_its_place(self, ledger: InMemoryLedger, fake_clock: FakeLoopClock) -> None:
+        """A caller whose backoff window ended is still first in line when a slot frees (FIFO across windows)."""
+        cap = one_slot(backoff_initial_ms=1000, backoff_ceiling_ms=1000, max_caller_retries=10)
+        held = await hold(ledger, cap)
+        oldest = asyncio.create_task(acquire("k", cap, ledger=ledger))
+        await settle(oldest)
+        fake_clock.advance(1.5)  # the oldest caller's first window ended: it waits again
+        await settle(oldest)
+        youngest = asyncio.create_task(acquire("k", cap, ledger=ledger))
+        await settle(youngest)
+
+        await held.release()
+        await settle(oldest, youngest)
+
+        assert oldest.done()
+        assert not youngest.done()
+        await oldest.result().release()
+        await settle(youngest)
+        assert youngest.done()
 
     async def test_uses_the_default_ledger(self, fake_clock: FakeLoopClock) -> None:
         """Without a ledger, acquire() records the lease in the loop's default ledger."""

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from autogen_capacity.backoff import BackoffStrategy, compute_delay, jittered
+from autogen_capacity.backoff import BackoffStrategy, compute_delay, jittered, total_delay
 
 
 class TestComputeDelay:
@@ -87,3 +87,23 @@ class TestJittered:
     def test_without_rng_uses_the_module_generator(self) -> None:
         """Without an injected generator, jitter still stays in range."""
         assert 0.0 <= jittered(2.0) <= 2.0
+
+
+class TestTotalDelay:
+    @pytest.mark.parametrize("strategy", ["exponential", "linear", "constant"])
+    @pytest.mark.parametrize(
+        ("initial", "ceiling", "multiplier"), [(1.0, 30.0, 2.0), (0.1, 0.35, 1.5), (0.0, 5.0, 2.0), (2.0, 2.0, 1.0)]
+    )
+    @pytest.mark.parametrize("retries", [0, 1, 2, 7, 40])
+    def test_equals_the_sum_of_each_delay(
+        self, strategy: BackoffStrategy, initial: float, ceiling: float, multiplier: float, retries: int
+    ) -> None:
+        """The closed form equals the schedule summed delay by delay."""
+        each = sum(
+            compute_delay(k, strategy=strategy, initial=initial, ceiling=ceiling, multiplier=multiplier)
+            for k in range(1, retries + 1)
+        )
+
+        total = total_delay(retries, strategy=strategy, initial=initial, ceiling=ceiling, multiplier=multiplier)
+
+        assert total == pytest.approx(each)

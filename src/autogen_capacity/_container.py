@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any, Literal
 
 from autogen_agentchat.base import ChatAgent, Response, TaskResult, Team
-from autogen_agentchat.messages import MessageFactory
+from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory
 from autogen_agentchat.teams import BaseGroupChat
 from autogen_agentchat.teams._group_chat._chat_agent_container import ChatAgentContainer
 from autogen_agentchat.teams._group_chat._events import (
@@ -21,18 +22,33 @@ from autogen_agentchat.teams._group_chat._events import (
 from autogen_core import DefaultTopicId, MessageContext, event, rpc, trace_invoke_agent_span
 from pydantic import BaseModel
 
+from ._members import TurnKeeper
+from .ledger import Lease
 from .overload import OverloadClassifier
 
-__all__ = ["CapacityAwareAgentContainer", "GroupChatMemberOverloaded"]
+__all__ = ["GRANTED_LEASE", "CapacityAwareAgentContainer", "GroupChatMemberOverloaded", "tokens_used"]
+
+GRANTED_LEASE: ContextVar[Lease | None] = ContextVar("autogen_capacity_granted_lease", default=None)
+"""The lease a parent team took on a nested team's own key for the turn it runs (the nested team runs under it
+instead of taking a second one on the same key)."""
 
 
 class GroupChatMemberOverloaded(BaseModel):
-    """Private message from a container to its manager: the member's turn failed with an overload signal."""
+    """Private message from a container to its manager: the member's turn failed with an overload signal,
+    already recorded in the ledger."""
 
     name: str
     kind: Literal["throttled", "exhausted"]
-    retry_after_s: float | None
+    out_for_s: float
+    """Seconds the member's key is out of routing."""
+    given_up: bool
+    """Overloaded on every retry its contract allows: routed around for the rest of the run."""
     error: SerializableException
+
+
+def tokens_used(messages: Iterable[BaseAgentEvent | BaseChatMessage]) -> int:
+    """Model tokens (prompt and completion) the messages' ``models_usage`` report."""
+    return sum(m.models_usage.prompt_tokens + m.models_usage.completion_tokens for m in messages if m.models_usage)
 
 
 class CapacityAwareAgentContainer(ChatAgentContainer):
@@ -53,12 +69,12 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         agent: ChatAgent | Team,
         message_factory: MessageFactory,
         classify: OverloadClassifier,
-        release_lease: Callable[[str], Awaitable[None]],
+        turns: TurnKeeper,
     ) -> None:
         super().__init__(parent_topic_type, output_topic_type, agent, message_factory)
         self._manager_topic_type = manager_topic_type
         self._classify = classify
-        self._release_lease = release_lease
+        self._turns = turns
 
     # AutoGen types a handler by its class, so mypy sees an override; this one replaces the base handler.
     @event
@@ -68,35 +84,36 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         """Run the member's turn (same name as the base handler, which it replaces)."""
         # An agent adds the buffer to its own context before it calls its model: an overloaded turn is undone
         # so that the retry, which is handed the kept buffer again, does not show the model every message twice.
+        name = self._agent.name
         before: Mapping[str, Any] | None = None
         try:
             if not isinstance(self._agent, Team):
                 before = await self._agent.save_state()
-            try:
-                response = await self._run_turn(ctx)
-            finally:
-                # The slot is free as soon as the member's work is done (its final item: released already), not
-                # when the manager hears of it; an error frees it here.
-                await self._release_lease(self._agent.name)
+            response = await self._run_turn(ctx)
         except Exception as e:
             overload = self._classify(e)
-            if overload is not None:
-                if before is not None:
-                    await self._agent.load_state(before)
-                report = GroupChatMemberOverloaded(
-                    name=self._agent.name,
-                    kind=overload.kind,
-                    retry_after_s=overload.retry_after_s,
-                    error=SerializableException.from_exception(e),
+            if overload is None:
+                await self._turns.release(name)
+                await self.publish_message(
+                    GroupChatError(error=SerializableException.from_exception(e)),
+                    topic_id=DefaultTopicId(type=self._parent_topic_type),
+                    cancellation_token=ctx.cancellation_token,
                 )
-                await self.publish_message(report, topic_id=DefaultTopicId(type=self._manager_topic_type))
-                return
-            await self.publish_message(
-                GroupChatError(error=SerializableException.from_exception(e)),
-                topic_id=DefaultTopicId(type=self._parent_topic_type),
-                cancellation_token=ctx.cancellation_token,
+                raise
+            if before is not None:
+                await self._agent.load_state(before)
+            verdict = await self._turns.overloaded(name, overload)  # recorded, then the slot is freed
+            report = GroupChatMemberOverloaded(
+                name=name,
+                kind=verdict.kind,
+                out_for_s=verdict.out_for,
+                given_up=verdict.given_up,
+                error=SerializableException.from_exception(e),
             )
-            raise
+            await self.publish_message(report, topic_id=DefaultTopicId(type=self._manager_topic_type))
+            return
+        finally:
+            await self._turns.release(name)  # whatever is left (a cancelled turn): nothing to record
         self._message_buffer.clear()
         await self.publish_message(
             response, topic_id=DefaultTopicId(type=self._parent_topic_type), cancellation_token=ctx.cancellation_token
@@ -116,32 +133,37 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
             await ChatAgentContainer.handle_resume(self, message, ctx)
 
     async def _run_turn(self, ctx: MessageContext) -> GroupChatAgentResponse | GroupChatTeamResponse:
-        """The member's turn, as AutoGen 0.7.5's ``ChatAgentContainer.handle_request`` runs it, with the lease
-        released as soon as the final item (the response or the result) arrives."""
+        """The member's turn, as AutoGen 0.7.5's ``ChatAgentContainer.handle_request`` runs it; as soon as the
+        final item (the response or the result) arrives, its tokens are recorded and its lease released."""
+        name = self._agent.name
         if isinstance(self._agent, Team):
             result: TaskResult | None = None
-            # A nested team picked again before anything new reached it (a repeat, or a turn rerouted after an
-            # overload) carries on its own thread: AutoGen refuses an empty task list.
-            async for item in self._agent.run_stream(
-                task=self._message_buffer or None,
-                cancellation_token=ctx.cancellation_token,
-                output_task_messages=False,
-            ):
-                if isinstance(item, TaskResult):
-                    await self._release_lease(self._agent.name)
-                    result = item
-                else:
-                    await self._log_message(item)
+            granted = GRANTED_LEASE.set(self._turns.lease_of(name))
+            try:
+                # A nested team picked again before anything new reached it (a repeat, or a turn rerouted after
+                # an overload) carries on its own thread: AutoGen refuses an empty task list.
+                async for item in self._agent.run_stream(
+                    task=self._message_buffer or None,
+                    cancellation_token=ctx.cancellation_token,
+                    output_task_messages=False,
+                ):
+                    if isinstance(item, TaskResult):
+                        await self._turns.answered(name, tokens_used(item.messages))
+                        result = item
+                    else:
+                        await self._log_message(item)
+            finally:
+                GRANTED_LEASE.reset(granted)
             if result is None:
                 raise RuntimeError("The team did not produce a final TaskResult. Check the team's run_stream method.")
-            return GroupChatTeamResponse(result=result, name=self._agent.name)
+            return GroupChatTeamResponse(result=result, name=name)
         with trace_invoke_agent_span(
             agent_name=self._agent.name, agent_description=self._agent.description, agent_id=str(self.id)
         ):
             response: Response | None = None
             async for msg in self._agent.on_messages_stream(self._message_buffer, ctx.cancellation_token):
                 if isinstance(msg, Response):
-                    await self._release_lease(self._agent.name)
+                    await self._turns.answered(name, tokens_used([*(msg.inner_messages or ()), msg.chat_message]))
                     await self._log_message(msg.chat_message)
                     response = msg
                 else:
@@ -150,7 +172,7 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
                 raise RuntimeError(
                     "The agent did not produce a final response. Check the agent's on_messages_stream method."
                 )
-            return GroupChatAgentResponse(response=response, name=self._agent.name)
+            return GroupChatAgentResponse(response=response, name=name)
 
 
 def _is_idle_team(agent: ChatAgent | Team) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -35,12 +34,11 @@ from pydantic import Field
 
 from ._container import GroupChatMemberOverloaded
 from ._logging import logger
-from ._members import IDLE, TeamPolicy
-from ._turn_reports import TurnReports, describe
-from .admission import acquire
-from .contracts import AgentCapacity
+from ._members import TeamPolicy
+from ._turn_reports import TurnReports
+from .admission import Admission, Candidate, acquire
 from .events import CapacityExhaustedEvent, MemberOverloadedEvent
-from .exceptions import CapacityExhausted, QueueFull
+from .exceptions import CapacityExhausted
 from .ledger import KeyStatus
 from .routing import rank_by_headroom, rotation
 
@@ -48,8 +46,6 @@ __all__ = ["CapacityAwareGroupChatManager", "CapacityAwareManagerState"]
 
 TERMINATION_POLL_S = 0.25
 """Longest a wait goes without re-checking the termination condition (ExternalTermination sends no signal)."""
-
-_rng = random.Random()
 
 
 class CapacityAwareManagerState(SelectorManagerState):
@@ -75,7 +71,7 @@ class _WhileSelecting:
 class _Exhausted(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason = reason if reason.startswith("Capacity exhausted") else f"Capacity exhausted: {reason}"
         self.retry_after = retry_after
 
 
@@ -138,8 +134,15 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         self._team_name = policy.team_name
         self._plans = policy.plans
         self._ledger = policy.ledger
+        self._turns = policy.turns
+        self._admission = Admission(
+            self._ledger,
+            observer=self._reports,
+            spend_retry=self._spend_retry,
+            should_stop=self._should_stop if termination_condition is not None else None,
+            poll_s=TERMINATION_POLL_S,
+        )
         self._next_speaker_index = 0
-        self._overloads: dict[str, int] = {}
         self._cooled: set[str] = set()
         self._routed_around: set[str] = set()
         self._retries = 0
@@ -153,7 +156,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         self._forget_run()
 
     def _forget_run(self) -> None:
-        self._overloads.clear()
+        self._turns.forget_run()
         self._routed_around.clear()
         self._retries = 0
         self._turns_this_run = 0
@@ -188,11 +191,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
     async def handle_agent_response(  # type: ignore[override]
         self, message: GroupChatAgentResponse | GroupChatTeamResponse, ctx: MessageContext
     ) -> None:
-        """Debit the speaker's tokens (its container released its lease already), then continue as AutoGen does."""
-        plan = self._plans[message.name]
-        if plan.contract is not None and plan.contract.tpm is not None:
-            await self._ledger.record_tokens(plan.key, _tokens_used(message))
-        self._overloads.pop(message.name, None)
+        """Count the turn (its container recorded its tokens and released its lease), then continue as AutoGen
+        does."""
         self._turns_this_run += 1
         await SelectorGroupChatManager.handle_agent_response(self, message, ctx)
 
@@ -200,29 +200,21 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
     async def handle_member_overloaded(self, message: GroupChatMemberOverloaded, ctx: MessageContext) -> None:
         """A member's turn failed with overload: cool it down (or route around it) and reroute the turn."""
         try:
-            self._active_speakers.remove(message.name)  # its container released its lease already
+            self._active_speakers.remove(message.name)  # its container recorded the overload and released its lease
             plan = self._plans[message.name]
-            if message.kind == "exhausted":
-                out_for = self._policy.exhausted_ttl_s
+            out_for = message.out_for_s
+            if message.kind == "exhausted" or message.given_up:
                 self._routed_around.add(message.name)
-                await self._ledger.mark_exhausted(plan.key, out_for)
-            else:
-                count = self._overloads[message.name] = self._overloads.get(message.name, 0) + 1
-                hinted = message.retry_after_s
-                out_for = hinted if hinted is not None else plan.schedule.jittered_delay(count, _rng)
+            if message.kind == "throttled":
                 self._cooled.add(message.name)
-                await self._ledger.cooldown(plan.key, out_for)
-                if count > plan.schedule.max_caller_retries:
-                    # Overloaded on every retry its contract allows: give up on it for this run (I5: a storm of
-                    # short Retry-After hints would loop forever), without marking its key exhausted.
-                    self._routed_around.add(message.name)
             logger.warning(
                 "autogen_capacity.member_overloaded",
                 team=self._team_name,
                 member=message.name,
                 key=plan.key,
                 kind=message.kind,
-                cooldown=round(out_for, 3),
+                out_for=round(out_for, 3),
+                given_up=message.given_up,
                 error=message.error.error_message,
             )
             await self._emit(
@@ -264,7 +256,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             return
         if cancellation_token.is_cancelled():  # by the selection itself (a selector_func), with no wait after it
             if speaker is not None:
-                await self._policy.leases.release(speaker)
+                await self._turns.release(speaker)
             raise asyncio.CancelledError
         if speaker is None:  # the termination condition fired while waiting; already signalled
             return
@@ -286,63 +278,29 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         """
         thread = self._message_thread
         explicit = await self._explicit_speaker(thread)
-        candidates = [explicit] if explicit is not None else await self._candidates(thread)
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        deadline = loop.time()
-        while True:
-            statuses = {name: await self._status(name) for name in candidates}
-            open_ = [name for name in candidates if statuses[name].blocked_by is None]
-            ordered = await self._order(open_, statuses) if explicit is None else open_
-            for name in ordered:
-                if await self._lease(name):
-                    self._admitted(name, explicit is not None)
-                    await self._reports.deferrals(candidates, statuses, name)
-                    return name
-                statuses[name] = await self._status(name)  # lost the race: report why
-            preferred = self._preferred(candidates, statuses)
-            now = loop.time()
-            if now >= deadline:
-                attempt += 1
-                schedule = self._plans[preferred].schedule
-                if attempt > schedule.max_caller_retries:
-                    raise _Exhausted(
-                        f"nobody could take the turn after {schedule.max_caller_retries} retries "
-                        f"({describe(candidates, statuses)})",
-                        _soonest(statuses),
-                    )
-                if attempt > 1 and not self._spend_retry():
-                    raise _Exhausted(f"the team's retry budget is spent ({self._retries} retries)")
-                delay = schedule.jittered_delay(attempt, _rng)
-                deadline = now + delay
-                await self._reports.deferrals(candidates, statuses, None)
-                await self._reports.wait(candidates, statuses, attempt, schedule.max_caller_retries, delay)
-            if await self._wait(candidates, deadline - now):
-                return None
-
-    def _preferred(self, candidates: Sequence[str], statuses: Mapping[str, KeyStatus]) -> str:
-        """The candidate whose schedule the team follows: the first one whose entitlement is not gone."""
-        usable = [n for n in candidates if statuses[n].blocked_by != "exhausted" and n not in self._routed_around]
-        if not usable:
-            raise _Exhausted(f"every candidate is exhausted or out of retries ({describe(candidates, statuses)})")
-        return usable[0]
-
-    async def _wait(self, candidates: Sequence[str], timeout: float) -> bool:
-        """Wait for a release, refill or cooldown's end on the candidates' keys. ``True`` when the
-        termination condition fired meanwhile."""
-        waits: dict[str, AgentCapacity] = {}
-        for name in candidates:
-            plan = self._plans[name]
-            if plan.team is not None:
-                waits.update(plan.team.capacity_keys())
-            else:
-                waits[plan.key] = plan.schedule
-        poll = timeout if self._termination_condition is None else min(timeout, TERMINATION_POLL_S)
+        names = [explicit] if explicit is not None else await self._candidates(thread)
+        candidates = [self._plans[name].candidate(cooled=name in self._cooled) for name in names]
         try:
-            await self._ledger.wait_for_change(waits, max(poll, 0.0))
-        except QueueFull as full:
-            raise _Exhausted(str(full)) from full
-        return self._termination_condition is not None and await self._apply_termination_condition([])
+            admitted = await self._admission.admit(
+                candidates,
+                order=self._order if explicit is None else None,
+                routed_around=frozenset(self._routed_around),
+            )
+        except CapacityExhausted as exhausted:
+            raise _Exhausted(str(exhausted), exhausted.retry_after) from exhausted
+        if admitted is None:
+            return None
+        name = admitted.candidate.name
+        if admitted.lease is not None:
+            self._turns.hold(name, admitted.lease)
+        self._next_speaker_index = self._participant_names.index(name) + 1
+        if explicit is None:
+            self._previous_speaker = name
+        return name
+
+    async def _should_stop(self) -> bool:
+        """Whether the termination condition fired while waiting (ExternalTermination sends no signal)."""
+        return await self._apply_termination_condition([])
 
     async def _explicit_speaker(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str | None:
         """The speaker named by ``selector_func``, which is waited for rather than replaced."""
@@ -379,19 +337,20 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             return [name for name in self._participant_names if name != self._previous_speaker]
         return list(self._participant_names)
 
-    async def _order(self, open_: Sequence[str], statuses: Mapping[str, KeyStatus]) -> list[str]:
+    async def _order(self, open_: list[Candidate], statuses: Mapping[str, KeyStatus]) -> list[Candidate]:
         """Candidates with headroom in preference order: rotation, headroom rank, or the selector's pick first."""
-        allowed = set(open_)
+        allowed = {candidate.name: candidate for candidate in open_}
         ordered = [name for name in rotation(self._participant_names, self._next_speaker_index) if name in allowed]
         if self._policy.routing == "headroom":
-            return rank_by_headroom(ordered, {name: statuses[name].headroom for name in ordered if name in statuses})
-        if self._policy.routing == "selector" and len(ordered) > 1:
+            ordered = rank_by_headroom(ordered, {name: statuses[name].headroom for name in ordered})
+        elif self._policy.routing == "selector" and len(ordered) > 1:
             # The prompt lists candidates in participant order, exactly as SelectorGroupChat's does.
             chosen = await self._model_pick([name for name in self._participant_names if name in allowed])
             if chosen is None:
                 return []
-            return [chosen, *(name for name in ordered if name != chosen)]
-        return ordered
+            ordered = [chosen, *(name for name in ordered if name != chosen)]
+        # The selector may fall back to the previous speaker, which need not be a candidate.
+        return [allowed.get(name) or self._plans[name].candidate(cooled=name in self._cooled) for name in ordered]
 
     async def _model_pick(self, candidates: list[str]) -> str | None:
         """Ask the model client to pick among ``candidates`` (SelectorGroupChat's prompt, retries and
@@ -410,32 +369,6 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
         async with lease:
             return await self._select_speaker(roles, candidates, self._max_selector_attempts)
 
-    async def _status(self, name: str) -> KeyStatus:
-        plan = self._plans[name]
-        if name in self._routed_around:
-            return KeyStatus(0.0, "exhausted")
-        if plan.team is not None:
-            return await plan.team.capacity_status()
-        if plan.contract is None and name not in self._cooled:
-            return IDLE
-        return await self._ledger.status(plan.key, plan.schedule)
-
-    async def _lease(self, name: str) -> bool:
-        plan = self._plans[name]
-        if not plan.leased:
-            return True
-        assert plan.contract is not None
-        lease = await self._ledger.try_acquire(plan.key, plan.contract)
-        if lease is None:
-            return False
-        self._policy.leases.hold(name, lease)
-        return True
-
-    def _admitted(self, name: str, explicit: bool) -> None:
-        self._next_speaker_index = self._participant_names.index(name) + 1
-        if not explicit:
-            self._previous_speaker = name
-
     def _spend_retry(self) -> bool:
         self._retries += 1
         budget = self._policy.retry_budget
@@ -453,32 +386,14 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
             await self._output_message_queue.put(message)
 
     async def _stop_exhausted(self, exhausted: _Exhausted) -> None:
-        reason = f"Capacity exhausted: {exhausted.reason}"
+        reason = exhausted.reason
         logger.warning("autogen_capacity.exhausted", team=self._team_name, reason=reason)
         await self._emit(lambda: CapacityExhaustedEvent(content=reason, source=self._team_name))
         if self._policy.on_exhausted == "raise":
-            self._policy.leases.pending_error = CapacityExhausted(
+            self._turns.pending_error = CapacityExhausted(
                 reason, snapshot=await self._ledger.snapshot(), retry_after=exhausted.retry_after
             )
         if self._termination_condition is not None:
             await self._termination_condition.reset()
         self._current_turn = 0
         await self._signal_termination(StopMessage(content=reason, source=self._team_name))
-
-
-def _soonest(statuses: Mapping[str, KeyStatus]) -> float | None:
-    ready = [s.ready_in for s in statuses.values() if s.ready_in is not None]
-    return min(ready) if ready else None
-
-
-def _tokens_used(message: GroupChatAgentResponse | GroupChatTeamResponse) -> int:
-    if isinstance(message, GroupChatAgentResponse):
-        produced: list[BaseAgentEvent | BaseChatMessage] = [
-            *(message.response.inner_messages or []),
-            message.response.chat_message,
-        ]
-    else:
-        produced = list(message.result.messages)
-    return sum(
-        m.models_usage.prompt_tokens + m.models_usage.completion_tokens for m in produced if m.models_usage is not None
-    )

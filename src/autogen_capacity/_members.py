@@ -1,19 +1,22 @@
-"""What a team knows about each participant's contract, the leases a run holds, and the policy it hands its
-manager."""
+"""What a team knows about each participant's contract, the turns a run has in flight, and the policy it hands
+its manager."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from .admission import Candidate, record_overload, settle
 from .contracts import AgentCapacity, RetryBudget
 from .exceptions import CapacityExhausted
 from .ledger import CapacityLedger, KeyStatus, Lease
+from .overload import Overload
 from .routing import Routing
 
-__all__ = ["IDLE", "UNBOUNDED", "CapacityAwareTeam", "MemberPlan", "RunLeases", "TeamPolicy"]
+__all__ = ["IDLE", "UNBOUNDED", "CapacityAwareTeam", "MemberPlan", "TeamPolicy", "TurnKeeper", "Verdict"]
 
 UNBOUNDED = AgentCapacity()
 """The contract of a member that declares none: no limits, the default backoff schedule."""
@@ -22,11 +25,16 @@ IDLE = KeyStatus(1.0)
 
 
 class CapacityAwareTeam(Protocol):
-    """A nested team that enforces its own contract; its parent ranks it by live headroom, never leases it."""
+    """A nested team that enforces its own contract. Its parent ranks it by live headroom and, when it declares
+    a contract, takes the one lease on its key for it (the team runs under that lease instead of its own)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def declared_capacity(self) -> AgentCapacity | None: ...
 
     async def capacity_status(self) -> KeyStatus: ...
-
-    def capacity_keys(self) -> Mapping[str, AgentCapacity]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +46,22 @@ class MemberPlan:
     contract: AgentCapacity | None
     """The effective contract (the ``capacities`` entry, else the participant's ``capacity`` attribute)."""
     team: CapacityAwareTeam | None = None
-    """Set for a nested capacity-aware team that declares its own contract (it leases itself)."""
+    """Set for a nested capacity-aware team that enforces its own contract (and its members')."""
 
-    @property
-    def leased(self) -> bool:
-        """Whether the team takes a lease on this member's key for each of its turns."""
-        return self.contract is not None and self.team is None
+    def candidate(self, *, cooled: bool = False) -> Candidate:
+        """How the admission engine sees this member (``cooled``: it was cooled down during the run).
+
+        A nested team that declares a contract is gated by its own key, whose one lease the parent takes for
+        it; its members only set its headroom (it waits for them itself, by its own contract).
+        """
+        if self.team is not None:
+            own = self.team.declared_capacity
+            if own is not None:
+                return Candidate(self.name, self.team.key, own, probe=self.team.capacity_status)
+            return Candidate(self.name, self.key, UNBOUNDED, leased=False, probe=self.team.capacity_status)
+        if self.contract is None:
+            return Candidate(self.name, self.key, UNBOUNDED, leased=False, checked=cooled)
+        return Candidate(self.name, self.key, self.contract)
 
     @property
     def schedule(self) -> AgentCapacity:
@@ -51,24 +69,83 @@ class MemberPlan:
         return self.contract or UNBOUNDED
 
 
-@dataclass(slots=True)
-class RunLeases:
-    """The leases a team's run holds, owned at team level so that whatever is left is released when the
-    run ends, however it ends (the runtime never cancels a turn's task: a dead turn cannot release)."""
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the team does after a member's turn ended in overload."""
 
-    held: dict[str, Lease] = field(default_factory=dict)
-    pending_error: CapacityExhausted | None = None
+    kind: Literal["throttled", "exhausted"]
+    out_for: float
+    """Seconds the member's key is out of routing (the cooldown, or the exhausted mark's time to live)."""
+    given_up: bool
+    """The member was overloaded on every retry its contract allows: routed around for the rest of the run."""
+
+
+class TurnKeeper:
+    """The one owner of a team's leases: it holds what the manager admitted, records each turn's outcome in
+    the ledger *before* releasing its lease (tokens used, a cooldown, an exhausted mark), and releases
+    whatever is left when a run ends, however it ends (the runtime never cancels a dead turn's task)."""
+
+    __slots__ = ("_held", "_overloads", "exhausted_ttl_s", "ledger", "pending_error", "plans", "rng")
+
+    def __init__(self, plans: Mapping[str, MemberPlan], exhausted_ttl_s: float, rng: random.Random | None) -> None:
+        self.plans = plans
+        self.exhausted_ttl_s = exhausted_ttl_s
+        self.rng = rng
+        self.ledger: CapacityLedger | None = None
+        """The ledger of the running team (set when its runtime is built)."""
+        self.pending_error: CapacityExhausted | None = None
+        """A typed error to raise once the run's stream ends (``on_exhausted="raise"``)."""
+        self._held: dict[str, Lease] = {}
+        self._overloads: dict[str, int] = {}
 
     def hold(self, name: str, lease: Lease) -> None:
-        self.held[name] = lease
+        self._held[name] = lease
+
+    def lease_of(self, name: str) -> Lease | None:
+        return self._held.get(name)
+
+    def forget_run(self) -> None:
+        self._overloads.clear()
+
+    async def answered(self, name: str, tokens: int) -> None:
+        """``name``'s turn answered: debit its tokens from its key, then free its slot."""
+        self._overloads.pop(name, None)
+        plan = self.plans[name]
+        lease = self._held.pop(name, None)
+        if self.ledger is not None and plan.contract is not None and plan.team is None:
+            await settle(lease, self.ledger, plan.key, plan.contract, tokens)
+        elif lease is not None:
+            await lease.release()
+
+    async def overloaded(self, name: str, overload: Overload) -> Verdict:
+        """``name``'s turn ended in overload: cool its key down (or mark it exhausted), then free its slot."""
+        plan = self.plans[name]
+        count = self._overloads[name] = self._overloads.get(name, 0) + 1
+        schedule = plan.schedule
+        assert self.ledger is not None
+        try:
+            out_for = await record_overload(
+                self.ledger,
+                plan.key,
+                overload,
+                overloads=count,
+                schedule=schedule,
+                exhausted_ttl_s=self.exhausted_ttl_s,
+                rng=self.rng,
+            )
+        finally:
+            await self.release(name)
+        # Overloaded on every retry its contract allows: given up on for this run (a storm of short Retry-After
+        # hints would loop forever), without marking its key exhausted.
+        return Verdict(overload.kind, out_for, count > schedule.max_caller_retries)
 
     async def release(self, name: str) -> None:
-        lease = self.held.pop(name, None)
+        lease = self._held.pop(name, None)
         if lease is not None:
             await lease.release()
 
     async def release_all(self) -> None:
-        leases, self.held = list(self.held.values()), {}
+        leases, self._held = list(self._held.values()), {}
         await asyncio.gather(*(lease.release() for lease in leases))
 
 
@@ -76,8 +153,6 @@ class TeamPolicy:
     """Everything capacity-related that a team hands its manager."""
 
     __slots__ = (
-        "exhausted_ttl_s",
-        "leases",
         "ledger",
         "on_exhausted",
         "plans",
@@ -86,6 +161,7 @@ class TeamPolicy:
         "selector_capacity",
         "selector_key",
         "team_name",
+        "turns",
     )
 
     def __init__(
@@ -95,20 +171,18 @@ class TeamPolicy:
         plans: Mapping[str, MemberPlan],
         routing: Routing,
         ledger: CapacityLedger,
-        leases: RunLeases,
+        turns: TurnKeeper,
         on_exhausted: Literal["stop", "raise"],
         retry_budget: RetryBudget | None,
         selector_capacity: AgentCapacity | None,
         selector_key: str,
-        exhausted_ttl_s: float,
     ) -> None:
         self.team_name = team_name
         self.plans = plans
         self.routing = routing
         self.ledger = ledger
-        self.leases = leases
+        self.turns = turns
         self.on_exhausted = on_exhausted
         self.retry_budget = retry_budget
         self.selector_capacity = selector_capacity
         self.selector_key = selector_key
-        self.exhausted_ttl_s = exhausted_ttl_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,15 +23,15 @@ from pydantic import BaseModel
 from typing_extensions import Self
 
 from ._config import CapacityAwareGroupChatConfig, load_team_config
-from ._container import CapacityAwareAgentContainer
+from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
 from ._logging import logger
 from ._manager import CapacityAwareGroupChatManager
-from ._members import MemberPlan, RunLeases, TeamPolicy
-from .admission import acquire
+from ._members import MemberPlan, TeamPolicy, TurnKeeper
+from .admission import acquire, settle
 from .contracts import AgentCapacity, AggregateMode, RetryBudget, declared_contract, ledger_key
 from .events import CAPACITY_EVENT_TYPES
 from .exceptions import CapacityExhausted, ContractError
-from .ledger import CapacityLedger, KeyStatus, default_ledger
+from .ledger import CapacityLedger, KeyStatus, Lease, default_ledger
 from .ledger.config import LedgerConfig, ledger_config_of, ledger_from_config
 from .overload import OverloadClassifier, classify_overload
 from .routing import Routing
@@ -84,6 +85,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             by default. Not serialized.
         exhausted_ttl_s: How long a member whose quota is exhausted is routed around by every team sharing
             the ledger.
+        rng: The random source of the jitter in cooldowns the team picks itself (an overload with no provider
+            hint); for reproducible tests. Not serialized.
         selector_prompt, allow_repeated_speaker, max_selector_attempts, selector_func, candidate_func,
             model_client_streaming, model_context: As in SelectorGroupChat. ``allow_repeated_speaker=None``
             means True for headroom and round-robin routing, False for selector routing.
@@ -123,6 +126,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         selector_capacity: AgentCapacity | None = None,
         overload_classifier: OverloadClassifier | None = None,
         exhausted_ttl_s: float = DEFAULT_EXHAUSTED_TTL_S,
+        rng: random.Random | None = None,
         selector_prompt: str = DEFAULT_SELECTOR_PROMPT,
         allow_repeated_speaker: bool | None = None,
         max_selector_attempts: int = 3,
@@ -178,7 +182,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         self._model_client_streaming = model_client_streaming
         self._model_context = model_context
         self._plans = self._plan_members()
-        self._leases = RunLeases()
+        self._turns = TurnKeeper(self._plans, exhausted_ttl_s, rng)
         _warn_about_client_retries(self._participants)
 
     # ----------------------------------------------------------------- contracts
@@ -245,8 +249,10 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         return ledger_from_config(self._ledger_config) if self._ledger_config is not None else default_ledger()
 
     async def capacity_status(self) -> KeyStatus:
-        """The team's live headroom as a participant of a parent team: its own key's, capped by its
-        members' (the best member for a pool, the worst for a pipeline)."""
+        """The team's live status as a participant of a parent team: its own key's (a parent waits for that key
+        and takes its one lease), with the headroom capped by its members' (the best member for a pool, the
+        worst for a pipeline). Saturated members lower the headroom but do not block: the team waits for them
+        itself, by its own contract."""
         ledger = self.ledger
         declared = self._declared_capacity
         own = await ledger.status(self.key, declared) if declared is not None else KeyStatus(1.0)
@@ -256,15 +262,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         if not members or (len(members) < len(self._plans) and self._routing != "round_robin"):
             return own
         pick = min if self._routing == "round_robin" else max
-        best = pick(members, key=lambda status: status.headroom)
-        return best if best.headroom < own.headroom else own
-
-    def capacity_keys(self) -> dict[str, AgentCapacity]:
-        """Every key whose release or refill may give this team headroom (for a parent's wait)."""
-        keys = {p.key: p.contract for p in self._plans.values() if p.contract is not None}
-        if self._declared_capacity is not None:
-            keys[self.key] = self._declared_capacity
-        return keys
+        headroom = pick(status.headroom for status in members)
+        return KeyStatus(min(headroom, own.headroom))
 
     # ----------------------------------------------------------------- running
 
@@ -279,16 +278,13 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         per run when ``capacity`` is declared). Every lease the run took is released when it ends."""
         if self._is_running:
             raise ValueError("The team is already running, it cannot run again until it is stopped.")
-        self._leases.pending_error = None
+        self._turns.pending_error = None
         own_lease = None
         result: TaskResult | None = None
         try:
             if self._declared_capacity is not None:
-                admission = asyncio.ensure_future(acquire(self.key, self._declared_capacity, ledger=self.ledger))
-                if cancellation_token is not None:
-                    cancellation_token.link_future(admission)
                 try:
-                    own_lease = await admission
+                    own_lease = await self._own_lease(cancellation_token)
                 except CapacityExhausted as exhausted:
                     if self._on_exhausted == "raise":
                         raise
@@ -301,20 +297,34 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                     result = item
                 else:
                     yield item
+            if own_lease is not None and result is not None and self._declared_capacity is not None:
+                await settle(own_lease, self.ledger, self.key, self._declared_capacity, tokens_used(result.messages))
         finally:
-            await self._leases.release_all()
+            await self._turns.release_all()
             if own_lease is not None:
                 await own_lease.release()
-        error, self._leases.pending_error = self._leases.pending_error, None
+        error, self._turns.pending_error = self._turns.pending_error, None
         if error is not None:
             raise error
         if result is not None:
             yield result
 
+    async def _own_lease(self, cancellation_token: CancellationToken | None) -> Lease:
+        """The run's lease on the team's own key: the one its parent took for this turn, else a new one."""
+        assert self._declared_capacity is not None
+        granted = GRANTED_LEASE.get()
+        GRANTED_LEASE.set(None)  # not for this team's own members: its runtime starts from this context
+        if granted is not None and granted.key == self.key and not granted.released:
+            return granted
+        admission = asyncio.ensure_future(acquire(self.key, self._declared_capacity, ledger=self.ledger))
+        if cancellation_token is not None:
+            cancellation_token.link_future(admission)
+        return await admission
+
     async def reset(self) -> None:
         """Reset the team and its participants, releasing any lease a stopped run left behind."""
         await super().reset()  # refuses a running team before anything is released
-        await self._leases.release_all()
+        await self._turns.release_all()
 
     # ----------------------------------------------------------------- wiring into BaseGroupChat
 
@@ -358,17 +368,17 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         return _factory
 
     def _policy(self) -> TeamPolicy:
+        ledger = self._turns.ledger = self.ledger
         return TeamPolicy(
             team_name=self._name,
             plans=self._plans,
             routing=self._routing,
-            ledger=self.ledger,
-            leases=self._leases,
+            ledger=ledger,
+            turns=self._turns,
             on_exhausted=self._on_exhausted,
             retry_budget=self._retry_budget,
             selector_capacity=self._selector_capacity,
             selector_key=ledger_key(self._selector_capacity, f"{self._name}.selector"),
-            exhausted_ttl_s=self._exhausted_ttl_s,
         )
 
     def _create_participant_factory(
@@ -386,7 +396,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                 agent,
                 message_factory,
                 self._classify,
-                self._leases.release,
+                self._turns,
             )
 
         return _factory

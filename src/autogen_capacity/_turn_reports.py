@@ -10,6 +10,7 @@ from autogen_agentchat.messages import BaseAgentEvent
 
 from ._logging import info_enabled, logger
 from ._members import MemberPlan
+from .admission import WaitReport
 from .events import CapacityDeferredEvent, CapacityWaitEvent, Deferral
 from .ledger import KeyStatus
 
@@ -33,16 +34,14 @@ class TurnReports:
     def _seen(self) -> bool:
         return self._events_on or info_enabled()
 
-    async def deferrals(
-        self, candidates: Sequence[str], statuses: Mapping[str, KeyStatus], speaker: str | None
-    ) -> None:
+    async def deferred(self, statuses: Mapping[str, KeyStatus], speaker: str | None) -> None:
         """The candidates without headroom, and why, next to the ``speaker`` chosen (``None``: the team waits)."""
         if not self._seen():
             return
         deferred = {
-            name: _reason(statuses[name], self._plans[name])
-            for name in candidates
-            if statuses[name].blocked_by is not None and name != speaker
+            name: _reason(status, self._plans[name])
+            for name, status in statuses.items()
+            if status.blocked_by is not None and name != speaker
         }
         if not deferred:
             return
@@ -55,31 +54,28 @@ class TurnReports:
             )
         )
 
-    async def wait(
-        self,
-        candidates: Sequence[str],
-        statuses: Mapping[str, KeyStatus],
-        attempt: int,
-        max_retries: int,
-        delay: float,
-    ) -> None:
-        """Nobody has headroom: the team waits ``delay`` seconds at most, retry ``attempt`` of ``max_retries``."""
+    async def waiting(self, report: WaitReport) -> None:
+        """Nobody has headroom: the team waits ``report.delay`` seconds at most, for a cooldown's end (free) or
+        by its backoff schedule (retry ``report.retry`` of ``report.max_retries``)."""
         if not self._seen():
             return
+        candidates = list(report.statuses)
         logger.info(
             "autogen_capacity.no_headroom",
             team=self._team_name,
-            candidates=describe(candidates, statuses),
-            attempt=attempt,
-            max_retries=max_retries,
-            delay=round(delay, 3),
+            candidates=describe(candidates, report.statuses),
+            window=report.window,
+            attempt=report.retry,
+            max_retries=report.max_retries,
+            delay=round(report.delay, 3),
         )
         await self._emit(
             lambda: CapacityWaitEvent(
-                content=list(candidates),
-                attempt=attempt,
-                max_retries=max_retries,
-                delay_s=delay,
+                content=candidates,
+                attempt=report.retry,
+                max_retries=report.max_retries,
+                delay_s=report.delay,
+                window=report.window,
                 source=self._team_name,
             )
         )

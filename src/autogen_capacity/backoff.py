@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-__all__ = ["BackoffStrategy", "compute_delay", "jittered"]
+__all__ = ["BackoffStrategy", "compute_delay", "jittered", "total_delay"]
 
 BackoffStrategy = Literal["exponential", "linear", "constant"]
 """How the un-jittered delay grows with the retry number."""
@@ -48,6 +48,31 @@ def compute_delay(
     else:
         delay = initial
     return min(delay, ceiling)
+
+
+def total_delay(
+    retries: int,
+    *,
+    strategy: BackoffStrategy,
+    initial: float,
+    ceiling: float,
+    multiplier: float = 2.0,
+) -> float:
+    """The sum of the un-jittered delays of retries ``1..retries``, without computing each one (a contract may
+    allow thousands of retries)."""
+    if retries <= 0:
+        return 0.0
+    if strategy == "constant" or initial <= 0 or (strategy == "exponential" and multiplier <= 1):
+        return retries * min(initial, ceiling)
+    if strategy == "linear":
+        growing = min(retries, int(ceiling // initial))  # retries whose delay is still below the ceiling
+        return initial * growing * (growing + 1) / 2 + (retries - growing) * ceiling
+    total, delay, attempt = 0.0, initial, 0
+    while attempt < retries and delay < ceiling:
+        total += delay
+        delay *= multiplier
+        attempt += 1
+    return total + (retries - attempt) * ceiling
 
 
 def jittered(delay: float, rng: random.Random | None = None) -> float:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from typing_extensions import Self
 
-from .backoff import BackoffStrategy, compute_delay, jittered
+from .backoff import BackoffStrategy, compute_delay, jittered, total_delay
 
 __all__ = ["AgentCapacity", "AggregateMode", "RetryBudget"]
 
@@ -70,6 +70,11 @@ class AgentCapacity(BaseModel):
     max_caller_retries: int = Field(default=5, ge=0)
     """Waits a caller may make before giving up with ``Capacity exhausted``."""
 
+    max_retry_after_ms: int = Field(default=60_000, ge=0)
+    """The longest provider hint (Retry-After, ``x-ratelimit-reset-*``) a caller waits out, in milliseconds.
+    A provider's hint extends a wait beyond the schedule up to this; a longer one ends the wait at once with
+    ``Capacity exhausted`` carrying ``retry_after``."""
+
     @model_validator(mode="after")
     def _ceiling_not_below_initial(self) -> Self:
         if self.backoff_ceiling_ms < self.backoff_initial_ms:
@@ -89,6 +94,16 @@ class AgentCapacity(BaseModel):
         """The un-jittered delay in seconds before retry ``attempt`` (1-based)."""
         return compute_delay(
             attempt,
+            strategy=self.backoff_strategy,
+            initial=self.backoff_initial_ms / 1000,
+            ceiling=self.backoff_ceiling_ms / 1000,
+            multiplier=self.backoff_multiplier,
+        )
+
+    def backoff_total(self) -> float:
+        """The sum of :meth:`backoff_schedule` in seconds: how long a caller waits by the schedule at most."""
+        return total_delay(
+            self.max_caller_retries,
             strategy=self.backoff_strategy,
             initial=self.backoff_initial_ms / 1000,
             ceiling=self.backoff_ceiling_ms / 1000,
@@ -155,6 +170,7 @@ _BACKOFF_FIELDS = (
     "backoff_multiplier",
     "backoff_jitter",
     "max_caller_retries",
+    "max_retry_after_ms",
 )
 
 

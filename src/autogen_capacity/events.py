@@ -49,19 +49,25 @@ class CapacityDeferredEvent(BaseAgentEvent):
 
 
 class CapacityWaitEvent(BaseAgentEvent):
-    """Nobody could take the turn: the team waits by the preferred candidate's backoff schedule."""
+    """Nobody could take the turn: the team waits for a cooldown's end, or by the preferred candidate's backoff
+    schedule."""
 
     content: list[str]
     """The candidates waited for."""
     attempt: int
-    """The retry this wait uses if it ends without admission (1-based)."""
+    """Backoff: the retry this wait spends if it ends without admission (1-based). Cooldown: the retries spent
+    so far (a wait for the provider's word spends none)."""
     max_retries: int
     """The contract's ``max_caller_retries``."""
     delay_s: float
     """The longest this wait lasts, in seconds (it ends sooner on a release or refill)."""
+    window: Literal["backoff", "cooldown"] = "backoff"
+    """``cooldown``: until the soonest cooldown a provider asked for ends; ``backoff``: the schedule's delay."""
     type: Literal["CapacityWaitEvent"] = "CapacityWaitEvent"
 
     def to_text(self) -> str:
+        if self.window == "cooldown":
+            return f"Waiting {self.delay_s:.3f}s for the cooldown of {', '.join(self.content)} to end"
         return (
             f"Waiting up to {self.delay_s:.3f}s for {', '.join(self.content)} (retry {self.attempt}/{self.max_retries})"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ def classify_overload(exc: BaseException) -> Overload | None:
 
     Recognised: :class:`~autogen_capacity.Overloaded`; a ``status_code`` or ``status`` of 429 or 503 on the
     exception or on ``exc.response`` (with ``retry-after-ms`` or ``Retry-After`` headers, in seconds or as
-    an HTTP date, on the response or on the exception); a status of 402 or an error code
-    ``insufficient_quota`` (OpenAI's spent quota) as exhausted. The chain of ``__cause__`` /
+    an HTTP date, on the response or on the exception; without them, OpenAI's ``x-ratelimit-reset-requests``
+    / ``-tokens`` durations such as ``"6m0s"``, for the limit whose ``x-ratelimit-remaining-*`` is 0); a status
+    of 402 or an error code ``insufficient_quota`` (OpenAI's spent quota) as exhausted. The chain of ``__cause__`` /
     ``__context__`` is followed (``raise ... from None`` ends it). Anything else is an ordinary error:
     ``None``.
 
@@ -118,7 +120,7 @@ def _retry_after(headers: Any) -> float | None:
             return seconds
     value = _header(headers, "retry-after")
     if value is None:
-        return None
+        return _reset_hint(headers)
     try:
         return _seconds(float(value))
     except ValueError:
@@ -128,6 +130,38 @@ def _retry_after(headers: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def _reset_hint(headers: Any) -> float | None:
+    """Seconds from OpenAI's ``x-ratelimit-reset-requests`` / ``-tokens`` (``"1s"``, ``"6m0s"``, ``"20ms"``):
+    the reset of the limit that ran out (``x-ratelimit-remaining-*: 0``), else the later of the two."""
+    resets: dict[str, float] = {}
+    for limit in ("requests", "tokens"):
+        value = _header(headers, f"x-ratelimit-reset-{limit}")
+        seconds = _duration(value) if value is not None else None
+        if seconds is not None:
+            resets[limit] = seconds
+    if not resets:
+        return None
+    spent = [limit for limit in resets if (_header(headers, f"x-ratelimit-remaining-{limit}") or "").strip() == "0"]
+    return max(resets[limit] for limit in spent or resets)
+
+
+def _duration(text: str) -> float | None:
+    """A Go-style duration (``"1h2m3.5s"``, ``"20ms"``) or plain seconds, as seconds; ``None`` if malformed."""
+    text = text.strip()
+    try:
+        return _seconds(float(text))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return _seconds(sum(float(number) * _UNIT_S[unit] for number, unit in parts))
 
 
 def _seconds(value: float) -> float | None:

@@ -6,11 +6,70 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-__all__ = ["FakeLoopClock", "settle"]
+__all__ = ["AdmissionPasses", "FakeLoopClock", "count_admission_passes", "no_backoff", "settle"]
+
+_BACKOFF_CAP: ContextVar[float | None] = ContextVar("autogen_capacity_backoff_cap", default=None)
+
+
+@contextmanager
+def no_backoff(max_wait_s: float = 0.001) -> Iterator[None]:
+    """Cap every backoff delay, cooldown and provider hint at ``max_wait_s`` inside the block (stamina's
+    testing switch): tests of code that backs off run at once. Retries are counted, limits enforced and
+    overloads recorded as usual; a wait for a release still lasts until the release.
+
+    It is a context variable: tasks started inside the block (a team's run) see it too.
+    """
+    token = _BACKOFF_CAP.set(max_wait_s)
+    try:
+        yield
+    finally:
+        _BACKOFF_CAP.reset(token)
+
+
+def _backoff_cap() -> float | None:
+    return _BACKOFF_CAP.get()
+
+
+@dataclass
+class AdmissionPasses:
+    """What :func:`count_admission_passes` counted."""
+
+    admissions: int = 0
+    """Admissions that ended (admitted, exhausted, stopped or cancelled)."""
+    passes: int = 0
+    """Passes of the admission loop (checks of every candidate) over all of them."""
+    most_in_one_admission: int = 0
+    """The most passes one admission took: a loop that spins shows here."""
+
+
+_PASSES: ContextVar[AdmissionPasses | None] = ContextVar("autogen_capacity_passes", default=None)
+
+
+@contextmanager
+def count_admission_passes() -> Iterator[AdmissionPasses]:
+    """Count the passes of every admission started inside the block (tasks started inside included): a
+    guard against an admission loop that spins instead of waiting."""
+    counts = AdmissionPasses()
+    token = _PASSES.set(counts)
+    try:
+        yield counts
+    finally:
+        _PASSES.reset(token)
+
+
+def _record_pass(passes: int) -> None:
+    counts = _PASSES.get()
+    if counts is not None:
+        counts.admissions += 1
+        counts.passes += passes
+        counts.most_in_one_admission = max(counts.most_in_one_admission, passes)
 
 
 class FakeLoopClock:

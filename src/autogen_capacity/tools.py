@@ -25,13 +25,14 @@ from autogen_agentchat.tools._team import TeamToolConfig
 from autogen_core import CancellationToken
 from typing_extensions import Self
 
+from ._container import tokens_used
 from ._logging import logger
 from ._members import UNBOUNDED
 from ._team import DEFAULT_EXHAUSTED_TTL_S, CapacityAwareGroupChat, _warn_about_client_retries
-from .admission import acquire
+from .admission import Candidate, admit_one, record_overload, settle
 from .contracts import AgentCapacity, declared_contract, ledger_key
 from .exceptions import CapacityExhausted
-from .ledger import CapacityLedger, Lease, default_ledger
+from .ledger import CapacityLedger, default_ledger
 from .overload import OverloadClassifier, classify_overload
 
 __all__ = [
@@ -108,18 +109,25 @@ class _Caller:
     async def stream(
         self, start: Callable[[], AsyncIterator[_Item]], token: CancellationToken
     ) -> AsyncGenerator[_Item, None]:
-        """Run ``start()`` under the contract, yielding what it yields; retried whole after an overload."""
+        """Run ``start()`` under the contract, yielding what it yields; retried whole after an overload.
+
+        Each attempt is admitted by the same engine as a team's turns (a cooldown the provider asked for is
+        waited out before the retry); what an attempt taught (its tokens, a cooldown, an exhausted mark) is
+        recorded before its lease is released."""
         ledger = self.ledger
-        retries = 0
+        candidate = Candidate(self.name, self.key, self.contract, leased=self.leases)
+        overloads = 0
         while True:
-            held: Lease | None = None
-            if self.leases:
-                held = await acquire(self.key, self.contract, ledger=ledger, rng=self._rng)
+            admission = asyncio.ensure_future(admit_one(ledger, candidate))
+            token.link_future(admission)
+            held = await admission
             before: Mapping[str, Any] | None = None
             try:
                 if self._agent is not None:
                     before = await self._agent.save_state()
                 async for item in start():
+                    if isinstance(item, TaskResult) and held is not None:
+                        await settle(held, ledger, self.key, self.contract, tokens_used(item.messages))
                     yield item
                 return
             except Exception as exc:
@@ -131,43 +139,33 @@ class _Caller:
                     # The failed attempt already added the task to the agent's context: without this, the
                     # retry would show the model the task twice.
                     await self._agent.load_state(before)
+                overloads += 1
+                out_for = await record_overload(
+                    ledger,
+                    self.key,
+                    overload,
+                    overloads=overloads,
+                    schedule=self.contract,
+                    exhausted_ttl_s=self._exhausted_ttl_s,
+                    rng=self._rng,
+                )
             finally:
                 if held is not None:
                     await held.release()
+            self._log(error, overload.kind, out_for, overloads)
             if overload.kind == "exhausted":
-                await ledger.mark_exhausted(self.key, self._exhausted_ttl_s)
-                self._log(error, "exhausted", self._exhausted_ttl_s, retries)
                 raise CapacityExhausted(
                     f"Capacity exhausted: {self.name!r} has no entitlement left ({type(error).__name__}: {error})",
                     snapshot=await ledger.snapshot(),
-                    retry_after=self._exhausted_ttl_s,
+                    retry_after=out_for,
                 ) from error
-            retries += 1
-            delay = (
-                overload.retry_after_s
-                if overload.retry_after_s is not None
-                else self.contract.jittered_delay(retries, self._rng)
-            )
-            await ledger.cooldown(self.key, delay)
-            self._log(error, "throttled", delay, retries)
-            if retries > self.contract.max_caller_retries:
+            if overloads > self.contract.max_caller_retries:
                 raise CapacityExhausted(
                     f"Capacity exhausted: {self.name!r} was still overloaded after "
                     f"{self.contract.max_caller_retries} retries ({type(error).__name__}: {error})",
                     snapshot=await ledger.snapshot(),
-                    retry_after=delay,
+                    retry_after=out_for,
                 ) from error
-            await self._sit_out_cooldown(ledger, token)
-
-    async def _sit_out_cooldown(self, ledger: CapacityLedger, token: CancellationToken) -> None:
-        """Wait out the key's cooldown (the hint or the schedule replaces the wait, as the contract says);
-        the lease is then taken as usual. Cancellation is honoured."""
-        status = await ledger.status(self.key, self.contract)
-        if status.blocked_by != "cooldown" or not status.ready_in:
-            return
-        waiting = asyncio.ensure_future(asyncio.sleep(status.ready_in))
-        token.link_future(waiting)
-        await waiting
 
     def _log(self, error: Exception, kind: str, out_for: float, retries: int) -> None:
         logger.warning(
@@ -175,7 +173,7 @@ class _Caller:
             tool=self.name,
             key=self.key,
             kind=kind,
-            cooldown=round(out_for, 3),
+            out_for=round(out_for, 3),
             retries=retries,
             max_retries=self.contract.max_caller_retries,
             error=repr(error),

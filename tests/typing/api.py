@@ -95,7 +95,7 @@ async def use_admission() -> None:
     memory: InMemoryLedger = InMemoryLedger()
     shared: InMemoryLedger = default_ledger()
     ledger: CapacityLedger = memory
-    held: Lease = await acquire("model", proposal, ledger=ledger, rng=random.Random(0))
+    held: Lease = await acquire("model", proposal, ledger=ledger)
     await held.release()
     async with lease("model", proposal, ledger=shared) as inner:
         assert not inner.released

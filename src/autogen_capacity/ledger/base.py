@@ -9,7 +9,16 @@ from typing import Literal, Protocol, runtime_checkable
 
 from ..contracts import AgentCapacity
 
-__all__ = ["BlockReason", "CapacityLedger", "KeyStatus", "KeyUsage", "Lease", "LedgerSnapshot"]
+__all__ = [
+    "BlockReason",
+    "CapacityLedger",
+    "KeyStatus",
+    "KeyUsage",
+    "Lease",
+    "LedgerSnapshot",
+    "PollingQueue",
+    "WaitQueue",
+]
 
 BlockReason = Literal["slots", "rate", "tpm", "cooldown", "exhausted"]
 """Why a key admits nothing now: every slot is taken, the rpm bucket is full, the tpm window is spent,
@@ -93,6 +102,38 @@ class Lease:
         return f"<Lease {self.key!r} {self.lease_id} {state}>"
 
 
+class WaitQueue(Protocol):
+    """A caller's place in the waiting lines of one or more keys, kept from one wait to the next: a wait
+    that times out does not lose it (FIFO). Leave it when done, whatever happens."""
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a release (handed to the oldest waiter first), a refill or a cooldown's end on one of
+        the keys. ``True`` when woken (also by a wake-up that arrived since the last wait), ``False`` when
+        ``timeout`` passed."""
+        ...
+
+    async def leave(self) -> None:
+        """Leave every line, passing on a released slot that was handed to this caller and not taken."""
+        ...
+
+
+class PollingQueue:
+    """A :class:`WaitQueue` for a ledger that only offers ``wait_for_change``: each wait enters and leaves
+    the lines again (its FIFO place is not kept between waits)."""
+
+    __slots__ = ("_ledger", "_waits")
+
+    def __init__(self, ledger: CapacityLedger, waits: Mapping[str, AgentCapacity]) -> None:
+        self._ledger = ledger
+        self._waits = dict(waits)
+
+    async def wait(self, timeout: float) -> bool:
+        return await self._ledger.wait_for_change(self._waits, timeout)
+
+    async def leave(self) -> None:
+        return None
+
+
 @runtime_checkable
 class CapacityLedger(Protocol):
     """The shared record of usage per key. :class:`InMemoryLedger` serves one process;
@@ -114,6 +155,14 @@ class CapacityLedger(Protocol):
     async def wait_for_change(self, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
         """Wait until one of the keys may admit again: a release (handed to the oldest waiter first), a
         refill or a cooldown's end. Returns ``True`` when woken, ``False`` when ``timeout`` passed.
+
+        Raises:
+            QueueFull: every key already has its ``max_queue`` callers waiting.
+        """
+        ...
+
+    async def join_queue(self, waits: Mapping[str, AgentCapacity]) -> WaitQueue:
+        """Take a place in the waiting lines of ``waits``' keys, kept until :meth:`WaitQueue.leave`.
 
         Raises:
             QueueFull: every key already has its ``max_queue`` callers waiting.

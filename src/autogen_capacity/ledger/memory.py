@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import weakref
@@ -15,7 +16,7 @@ from aiolimiter import AsyncLimiter
 from .._logging import logger
 from ..contracts import AgentCapacity
 from ..exceptions import LedgerClosedError, QueueFull
-from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot
+from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, WaitQueue
 
 if TYPE_CHECKING:
     from .config import LedgerConfig
@@ -29,11 +30,74 @@ must admit, not report itself 1e-14 requests short (a fake or frozen clock would
 
 
 class _Waiter:
-    __slots__ = ("future", "task")
+    __slots__ = ("future", "out_of", "task")
 
-    def __init__(self, future: asyncio.Future[None], task: asyncio.Task[Any] | None) -> None:
+    def __init__(self, future: asyncio.Future[bool], task: asyncio.Task[Any] | None) -> None:
         self.future = future
+        """Resolved with ``True`` by a wake-up (a release handed over, a refill, a cooldown's end)."""
         self.task = task
+        self.out_of: list[_KeyState] = []
+        """Lines a wake-up took this waiter out of (as their oldest): it goes back to their head if it waits on."""
+
+
+class _MemoryQueue:
+    """One caller's place in the waiting lines of several keys of an :class:`InMemoryLedger`."""
+
+    __slots__ = ("_ledger", "_own_wake", "_states", "_waiter")
+
+    def __init__(
+        self, ledger: InMemoryLedger, states: list[_KeyState], waiter: _Waiter, own_wake: float | None
+    ) -> None:
+        self._ledger = ledger
+        self._states = states
+        self._waiter = waiter
+        self._own_wake = own_wake
+        """When a key this caller could not queue on (``max_queue``) admits again by itself, if known."""
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a wake-up (one that came since the last wait counts at once) or ``timeout``."""
+        waiter = self._waiter
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for state in waiter.out_of:  # back at the head of the lines it was the oldest in: its place is kept
+            state.waiters.appendleft(waiter)
+        waiter.out_of.clear()
+        if not waiter.future.done():
+            until = now + max(timeout, 0.0)
+            if self._own_wake is not None and self._own_wake < until:
+                until = self._own_wake
+            timer = loop.call_at(until, _resolve, waiter.future, False)
+            try:
+                await waiter.future
+            finally:
+                timer.cancel()
+        woken = waiter.future.result() or (self._own_wake is not None and loop.time() >= self._own_wake)
+        if self._own_wake is not None and loop.time() >= self._own_wake:
+            self._own_wake = None
+        self._rearm()
+        return woken
+
+    def leave_lines(self) -> None:
+        """Leave every line, keeping what was handed over (reserved for this task until it takes it or ends)."""
+        waiter = self._waiter
+        _resolve(waiter.future, False)
+        for state in self._states:
+            if state not in waiter.out_of:
+                with contextlib.suppress(ValueError):
+                    state.waiters.remove(waiter)
+        waiter.out_of.clear()
+
+    def _rearm(self) -> None:
+        """A fresh future for the next wake-up."""
+        self._waiter.future = asyncio.get_running_loop().create_future()
+
+    async def leave(self) -> None:
+        """Leave every line; a released slot handed to this caller's task and not taken passes on."""
+        self.leave_lines()
+        task = self._waiter.task
+        if task is not None:
+            for state in self._states:
+                self._ledger._drop_reservation(state, task)
 
 
 class _KeyState:
@@ -193,9 +257,10 @@ class InMemoryLedger:
         """Wake the oldest live waiter and reserve the freed slot for its task. ``False``: nobody waits."""
         while state.waiters:
             waiter = state.waiters.popleft()
+            waiter.out_of.append(state)
             if waiter.future.done():
                 continue
-            waiter.future.set_result(None)
+            waiter.future.set_result(True)
             task = waiter.task
             if task is not None and not task.done() and task not in state.reserved:
                 state.reserved.add(task)
@@ -218,50 +283,50 @@ class InMemoryLedger:
         return self._status(self._state(key), capacity, self._now()).headroom
 
     async def wait_for_change(self, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
-        """Wait for a release on one of the keys (oldest waiter first), a refill or a cooldown's end.
+        """Wait for a release on one of the keys (oldest waiter first), a refill or a cooldown's end;
+        ``True`` at once when one of them admits now."""
+        now = self._now()
+        if any(self._status(self._state(key), capacity, now).blocked_by is None for key, capacity in waits.items()):
+            return True
+        queue = await self.join_queue(waits)
+        assert isinstance(queue, _MemoryQueue)
+        try:
+            woken = await queue.wait(timeout)
+        except BaseException:
+            await queue.leave()  # woken, then cancelled before using the slot: it passes to the next waiter
+            raise
+        queue.leave_lines()  # a slot handed over stays reserved for this task until it takes it or finishes
+        return woken
+
+    async def join_queue(self, waits: Mapping[str, AgentCapacity]) -> WaitQueue:
+        """Take a place in the waiting lines of ``waits``' keys (kept across waits until ``leave()``).
 
         A refill or a cooldown's end wakes only as many waiters, oldest first, as the key then admits (one
         timer per key, not one per waiter): a hundred teams waiting out a cooldown are not woken at once.
+
+        Raises:
+            QueueFull: every key already has its ``max_queue`` callers waiting.
         """
         now = self._now()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
         queued: list[_KeyState] = []
-        own_wake = timeout
+        own_wake: float | None = None
         for key, capacity in waits.items():
             state = self._state(key)
             status = self._status(state, capacity, now)
-            if status.blocked_by is None:
-                return True
             if capacity.max_queue is None or len(state.waiters) < capacity.max_queue:
                 queued.append(state)
                 state.capacity = capacity
                 if status.ready_in is not None:
                     self._schedule_ready(state, now + status.ready_in)
             elif status.ready_in is not None:  # not queued on this key: only its own timer can tell
-                own_wake = min(own_wake, status.ready_in)
+                own_wake = min(own_wake, now + status.ready_in) if own_wake is not None else now + status.ready_in
         if waits and not queued:
             logger.warning("autogen_capacity.queue_full", keys=list(waits))
             raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
-        task = asyncio.current_task()
-        waiter = _Waiter(future, task)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), asyncio.current_task())
         for state in queued:
             state.waiters.append(waiter)
-        timer = loop.call_at(now + max(own_wake, 0.0), _resolve, future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and task is not None:
-                # Woken, then cancelled before using the slot: pass it to the next waiter, or it is lost.
-                for state in queued:
-                    self._drop_reservation(state, task)
-            raise
-        finally:
-            timer.cancel()
-            for state in queued:
-                if waiter in state.waiters:
-                    state.waiters.remove(waiter)
-        return own_wake < timeout or self._now() < now + timeout
+        return _MemoryQueue(self, queued, waiter, own_wake)
 
     def _schedule_ready(self, state: _KeyState, when: float) -> None:
         timer = state.ready_timer
@@ -343,9 +408,9 @@ class InMemoryLedger:
         self._keys.clear()
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[bool], woken: bool = True) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(woken)
 
 
 _default_ledgers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, InMemoryLedger] = weakref.WeakKeyDictionary()

@@ -16,7 +16,7 @@ from ..exceptions import LedgerClosedError, LedgerUnavailable, QueueFull
 from ._redis_pipeline import OnOrphan, ScriptPipeline
 from ._redis_scripts import register as register_scripts
 from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, resolve, text
-from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot
+from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot, PollingQueue, WaitQueue
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -298,6 +298,10 @@ class RedisLedger:
     async def mark_exhausted(self, key: str, seconds: float) -> None:
         """Refuse ``key`` to every process sharing the namespace for ``seconds``."""
         await self._run(self._scripts.set_until, key, ("meta",), ["ex", float(seconds)])
+
+    async def join_queue(self, waits: Mapping[str, AgentCapacity]) -> WaitQueue:
+        """A place in the waiting lines of ``waits``' keys; each wait enters and leaves them again."""
+        return PollingQueue(self, waits)
 
     async def snapshot(self) -> LedgerSnapshot:
         """Usage per key of the namespace (found with ``SCAN``), across every process."""
