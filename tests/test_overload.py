@@ -209,3 +209,46 @@ class TestOpenAI:
         """An error raised from an openai.RateLimitError is classified by its cause."""
         cause = openai.RateLimitError("slow down", response=self.response(httpx, 429, {"Retry-After": "2"}), body=None)
         assert classify_overload(chained(RuntimeError("model call failed"), cause)) == Overload("throttled", 2.0)
+
+
+def _reset_429(headers: dict[str, str]) -> SDKError:
+    return SDKError(status_code=429, response=Response(429, headers))
+
+
+class TestRateLimitReset:
+    """OpenAI's x-ratelimit-reset-* on a 429 without Retry-After: the wait until the spent limit resets."""
+
+    @pytest.mark.parametrize(
+        ("value", "seconds"),
+        [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("0.5s", 0.5), ("2", 2.0)],
+    )
+    def test_durations(self, value: str, seconds: float) -> None:
+        """Go-style durations and plain seconds are read."""
+        overload = classify_overload(_reset_429({"x-ratelimit-reset-requests": value}))
+        assert overload is not None
+        assert overload.retry_after_s == pytest.approx(seconds)
+
+    @pytest.mark.parametrize("value", ["soon", "1x", "s", "", "1s garbage"])
+    def test_malformed_is_no_hint(self, value: str) -> None:
+        """A malformed reset gives no hint (the caller's schedule applies)."""
+        assert classify_overload(_reset_429({"x-ratelimit-reset-requests": value})) == Overload("throttled", None)
+
+    def test_the_spent_limit_decides(self) -> None:
+        """With remaining tokens at 0 and requests left, the tokens' reset is the wait."""
+        headers = {
+            "x-ratelimit-remaining-requests": "12",
+            "x-ratelimit-reset-requests": "50ms",
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": "6m0s",
+        }
+        assert classify_overload(_reset_429(headers)) == Overload("throttled", 360.0)
+
+    def test_without_remaining_the_later_reset(self) -> None:
+        """Without x-ratelimit-remaining-*, the later of the two resets is waited for."""
+        headers = {"x-ratelimit-reset-requests": "2s", "x-ratelimit-reset-tokens": "500ms"}
+        assert classify_overload(_reset_429(headers)) == Overload("throttled", 2.0)
+
+    def test_retry_after_wins(self) -> None:
+        """Retry-After, when present, is the provider's word; the resets are not read."""
+        headers = {"retry-after": "3", "x-ratelimit-reset-requests": "6m0s"}
+        assert classify_overload(_reset_429(headers)) == Overload("throttled", 3.0)

@@ -6,7 +6,9 @@ pause/resume. Hypothesis picks the operations; after each one the invariants are
 * I3: once every run has ended, nothing is in flight (ledger and probe);
 * I5: every run ends within a generous bound, with a result, a clean stop (cancelled after its token was
   cancelled) or a RuntimeError that carries a member's ordinary error;
-* nothing is lost: every reply a member returned during a run that produced a TaskResult is in it.
+* nothing is lost: every reply a member returned during a run that produced a TaskResult is in it;
+* I9: the loop never stalls (a ticker on it never waits more than ``STALL_BOUND_S`` past its period) and no
+  admission takes more than ``PASSES_BOUND`` passes of the admission loop.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from agents import ConcurrencyProbe
 from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger
+from autogen_capacity.testing import AdmissionPasses, count_admission_passes
 from faults import FAULTS, QUICK, Fault, FaultyMember, RunRecord, contract
 
 RUN_BOUND_S = 20.0
 """Generous: a run that has not ended by then is hung."""
 PAUSE_BOUND_S = 1.0
-TEAMS = 3
+STALL_BOUND_S = 0.1
+PASSES_BOUND = 60
+TEAMS = 5
 LIMITS = {"a": 1, "b": 2, "d": 1, "e": 2, "inner": 1}
 """max_concurrent per key: members a and b of every parent, d and e of every nested team, and the nested
 teams' own key ``inner`` (shared by the nested team of every parent). c is unbounded."""
@@ -82,6 +87,28 @@ class Squad:
         return self.run is not None and not self.run.task.done()
 
 
+class Ticker:
+    """Ticks on the machine's loop and keeps the longest stall between ticks while the loop runs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float = 0.002) -> None:
+        self.loop = loop
+        self.period = period
+        self.longest = 0.0
+        self.last = loop.time()
+        self.task = loop.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            now = self.loop.time()
+            self.longest = max(self.longest, now - self.last - self.period)
+            self.last = now
+
+    def resume(self) -> None:
+        """The loop starts running again: the time it stood still between steps is not a stall."""
+        self.last = self.loop.time()
+
+
 class CapacityMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -89,9 +116,12 @@ class CapacityMachine(RuleBasedStateMachine):
         self.ledger = InMemoryLedger()
         self.probe = ConcurrencyProbe()
         self.pause_hangs = 0
+        self.ticker = Ticker(self.loop)
+        self.passes = AdmissionPasses()
         self.squads = [Squad(i, self.ledger, self.probe, nested=i != PAUSABLE) for i in range(TEAMS)]
 
     def _on_loop(self, awaitable: Any) -> Any:
+        self.ticker.resume()
         return self.loop.run_until_complete(awaitable)
 
     def _settle(self, squad: Squad) -> None:
@@ -113,7 +143,8 @@ class CapacityMachine(RuleBasedStateMachine):
             return
         self._settle(squad)
         token = CancellationToken()
-        task = self.loop.create_task(squad.team.run(task="go", cancellation_token=token))
+        with count_admission_passes(self.passes):  # every task of the run counts into it
+            task = self.loop.create_task(squad.team.run(task="go", cancellation_token=token))
         squad.run = RunRecord.start(task, token, list(squad.members.values()), self.loop.time())
 
     @rule(index=st.integers(0, TEAMS - 1), member=st.integers(0, 4), fault=st.sampled_from(FAULTS))
@@ -172,6 +203,11 @@ class CapacityMachine(RuleBasedStateMachine):
         self._assert_idle()
 
     # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def never_stalls(self) -> None:
+        assert self.ticker.longest <= STALL_BOUND_S, f"the loop stalled for {self.ticker.longest:.3f}s"
+        assert self.passes.most_in_one_admission <= PASSES_BOUND, f"an admission spun: {self.passes}"
 
     @invariant()
     def never_over_admitted(self) -> None:

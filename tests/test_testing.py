@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from autogen_capacity.testing import FakeLoopClock, settle
+from autogen_capacity import AgentCapacity, CapacityExhausted, InMemoryLedger, Overload, acquire
+from autogen_capacity.admission import record_overload
+from autogen_capacity.testing import FakeLoopClock, _backoff_cap, count_admission_passes, no_backoff, settle
 
 
 class TestFakeLoopClock:
@@ -151,3 +153,42 @@ class TestSettle:
         assert not slow.done()
         await settle(slow, rounds=200)
         assert slow.done()
+
+
+class TestNoBackoff:
+    async def test_caps_every_wait_inside_the_block(self) -> None:
+        """Under no_backoff() a 30 s Retry-After and a 10 s schedule last 1 ms at most."""
+        ledger = InMemoryLedger()
+        cap = AgentCapacity(
+            max_concurrent=1, backoff_initial_ms=10_000, backoff_ceiling_ms=10_000, max_caller_retries=2
+        )
+        with no_backoff():
+            hint = Overload("throttled", 30.0)
+            out_for = await record_overload(ledger, "k", hint, overloads=1, schedule=cap, exhausted_ttl_s=60)
+            assert out_for == 0.001
+            held = await asyncio.wait_for(acquire("k", cap, ledger=ledger), 5)
+            with pytest.raises(CapacityExhausted):
+                await asyncio.wait_for(acquire("k", cap, ledger=ledger), 5)
+        await held.release()
+        await ledger.aclose()
+
+    async def test_outside_the_block_waits_are_untouched(self) -> None:
+        """The switch is restored on the way out."""
+        with no_backoff(0.5):
+            assert _backoff_cap() == 0.5
+        assert _backoff_cap() is None
+
+
+class TestCountAdmissionPasses:
+    async def test_counts_each_admission_and_its_passes(self) -> None:
+        """A caller admitted at once takes one pass; one that waited for a release takes two."""
+        ledger = InMemoryLedger()
+        cap = AgentCapacity(max_concurrent=1)
+        with count_admission_passes() as counted:
+            held = await acquire("k", cap, ledger=ledger)
+            waiter = asyncio.ensure_future(acquire("k", cap, ledger=ledger))
+            await settle(waiter)
+            await held.release()
+            await (await waiter).release()
+        assert (counted.admissions, counted.passes, counted.most_in_one_admission) == (2, 3, 2)
+        await ledger.aclose()

@@ -170,7 +170,7 @@ class Admission:
                 now = loop.time()
                 if now >= window_end:
                     if retries == 0 and window_end == bound:  # the first refusal: the whole wait's bound
-                        bound = now + _cap(schedule.backoff_total() + schedule.max_retry_after_ms / 1000)
+                        bound = now + _cap(schedule.backoff_total()) + schedule.max_retry_after_ms / 1000
                     window, delay = self._next_window(candidates, usable, statuses, retries)
                     if window == "backoff":
                         retries += 1
@@ -214,7 +214,7 @@ class Admission:
         """
         schedule = usable[0].contract
         cooling = _soonest_cooldown(usable, statuses)
-        if cooling is not None and cooling > _cap(schedule.max_retry_after_ms / 1000):
+        if cooling is not None and cooling > schedule.max_retry_after_ms / 1000:
             if all(statuses[c.name].blocked_by == "cooldown" for c in usable):
                 raise _exhausted(
                     f"the provider asked to wait {cooling:.1f}s, longer than max_retry_after_ms "

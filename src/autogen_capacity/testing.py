@@ -20,9 +20,10 @@ _BACKOFF_CAP: ContextVar[float | None] = ContextVar("autogen_capacity_backoff_ca
 
 @contextmanager
 def no_backoff(max_wait_s: float = 0.001) -> Iterator[None]:
-    """Cap every backoff delay, cooldown and provider hint at ``max_wait_s`` inside the block (stamina's
-    testing switch): tests of code that backs off run at once. Retries are counted, limits enforced and
-    overloads recorded as usual; a wait for a release still lasts until the release.
+    """Cap every backoff delay and every cooldown recorded from an overload (the provider's hint or the
+    schedule) at ``max_wait_s`` inside the block (stamina's testing switch): tests of code that backs off run at
+    once. Retries are counted, limits enforced and overloads recorded as usual; a wait for a release still
+    lasts until the release, and a cooldown already in the ledger is not shortened.
 
     It is a context variable: tasks started inside the block (a team's run) see it too.
     """
@@ -53,10 +54,11 @@ _PASSES: ContextVar[AdmissionPasses | None] = ContextVar("autogen_capacity_passe
 
 
 @contextmanager
-def count_admission_passes() -> Iterator[AdmissionPasses]:
-    """Count the passes of every admission started inside the block (tasks started inside included): a
-    guard against an admission loop that spins instead of waiting."""
-    counts = AdmissionPasses()
+def count_admission_passes(into: AdmissionPasses | None = None) -> Iterator[AdmissionPasses]:
+    """Count the passes of every admission started inside the block (tasks started inside included) in
+    ``into`` (a new :class:`AdmissionPasses` when ``None``): a guard against an admission loop that spins
+    instead of waiting."""
+    counts = into if into is not None else AdmissionPasses()
     token = _PASSES.set(counts)
     try:
         yield counts
