@@ -73,6 +73,7 @@ class TestInspect:
         assert root["derivation"][0] == {
             "field": "max_concurrent",
             "members": {"alpha": 4, "beta": 2, "gamma": 1},
+            "keys": {"alpha": 4, "beta": 2, "gamma": 1},
             "combined": 7,
             "declared": 5,
             "effective": 5,
@@ -99,6 +100,20 @@ class TestInspect:
         assert "member 'beta'" in line
         assert "capacities.beta.max_concurrent" in line
         assert result.stdout == ""
+
+
+class TestSharedKeys:
+    def test_inspect_counts_a_shared_key_once(self, tmp_path: Path) -> None:
+        """Members sharing a key appear once in the derivation, grouped under the key."""
+        config = team(
+            "t",
+            [agent("a"), agent("b")],
+            capacities={"a": {"max_concurrent": 8, "key": "gpt-4o"}, "b": {"max_concurrent": 8, "key": "gpt-4o"}},
+        )
+        result = run("inspect", write(tmp_path, config))
+        assert result.returncode == 0, result.stderr
+        assert "max_concurrent sum(gpt-4o[a, b]=8) = 8" in result.stdout
+        assert "effective  slots 8" in result.stdout
 
 
 class TestCheck:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -159,7 +160,7 @@ def _derivation_text(team: TeamReport) -> str:
     for d in team.derivation:
         if d.combined is None and d.declared is None:
             continue
-        values = op.join(f"{name}={_limit(v)}" for name, v in d.members.items())
+        values = op.join(f"{_backend_label(key, team.backends[key])}={_limit(v)}" for key, v in d.keys.items())
         combined = f"sum({values})" if team.mode == "pool" else f"min({values})"
         text = f"{d.field} {combined} = {_limit(d.combined)}"
         if d.declared is not None:
@@ -169,21 +170,28 @@ def _derivation_text(team: TeamReport) -> str:
     return f"{head}: " + ("; ".join(parts) if parts else "every member unbounded")
 
 
+def _backend_label(key: str, names: Sequence[str]) -> str:
+    return key if list(names) == [key] else f"{key}[{', '.join(names)}]"
+
+
 def _tree(team: TeamReport, tree: Tree | None = None) -> Tree:
     kind = team.provider.rsplit(".", 1)[-1]
-    label = f"[bold]team {team.name!r}[/]  {kind}"
+    label = f"[bold]team {escape(repr(team.name))}[/]  {escape(kind)}"
     if team.capacity_aware:
-        label += f"  routing {team.routing}  key {team.key!r}"
+        label += f"  routing {escape(str(team.routing))}  key {escape(repr(team.key))}"
     if team.timeout_s is not None:
         label += f"  timeout {team.timeout_s:g}s"
     node = tree.add(label) if tree is not None else Tree(label)
     if team.capacity_aware:
         node.add(f"[cyan]declared[/]   {_contract_text(team.declared) if team.declared else 'none'}")
         node.add(f"[cyan]effective[/]  {_contract_text(team.effective) if team.effective else 'unbounded'}")
-    node.add(f"[cyan]derived[/]    {_derivation_text(team)}")
+    node.add(f"[cyan]derived[/]    {escape(_derivation_text(team))}")
     for member in team.members:
         source = {"capacities": "", "nested team": " (the nested team's aggregate)", "none": ""}[member.source]
-        text = f"[bold]member {member.name!r}[/]  key {member.key!r}  {_contract_text(member.contract)}{source}"
+        text = (
+            f"[bold]member {escape(repr(member.name))}[/]  key {escape(repr(member.key))}  "
+            f"{_contract_text(member.contract)}{source}"
+        )
         if member.team is not None:
             _tree(member.team, node.add(text))
         else:

@@ -29,12 +29,14 @@ def _team_to_dict(team: TeamReport) -> dict[str, Any]:
             {
                 "field": d.field,
                 "members": dict(d.members),
+                "keys": dict(d.keys),
                 "combined": d.combined,
                 "declared": d.declared,
                 "effective": d.effective,
             }
             for d in team.derivation
         ],
+        "backends": {key: list(names) for key, names in team.backends.items()},
         "timeout_s": team.timeout_s,
         "members": [
             {

@@ -47,8 +47,10 @@ class FieldDerivation:
     field: str
     members: Mapping[str, Number]
     """Each member's value (``None``: unbounded)."""
+    keys: Mapping[str, Number]
+    """Each backend's value, counted once however many members share its key (see ``TeamReport.backends``)."""
     combined: Number
-    """The members' values combined (sum for a pool, minimum for a pipeline)."""
+    """The backends' values combined (sum for a pool, minimum for a pipeline)."""
     declared: Number
     """The team's declared value, which caps ``combined``."""
     effective: Number
@@ -85,6 +87,8 @@ class TeamReport:
     declared: AgentCapacity | None
     effective: AgentCapacity | None
     derivation: tuple[FieldDerivation, ...]
+    backends: Mapping[str, tuple[str, ...]]
+    """The members counted as one backend, by the contract ``key`` they share (else by member name)."""
     timeout_s: float | None
     """The shortest ``TimeoutTermination`` bounding this team's runs (its own or an enclosing team's)."""
     members: tuple[MemberReport, ...]

@@ -11,7 +11,7 @@ from autogen_core import ComponentModel
 from pydantic import ValidationError
 
 from .._config import CapacityAwareGroupChatConfig
-from ..contracts import AgentCapacity, AggregateMode
+from ..contracts import AgentCapacity, AggregateMode, backends
 from ._model import (
     CONTRACT_FIELDS,
     LIMITS,
@@ -20,6 +20,7 @@ from ._model import (
     FieldDerivation,
     Finding,
     MemberReport,
+    Number,
     TeamReport,
     UnusableConfig,
 )
@@ -154,21 +155,14 @@ def _team(
     mode: AggregateMode | None = None
     effective: AgentCapacity | None = None
     derivation: tuple[FieldDerivation, ...] = ()
+    groups: dict[str, tuple[str, ...]] = {}
     if capacity_aware:
         mode = "pipeline" if routing == "round_robin" else "pool"
         contracts = [m.contract for m in members]
         effective = AgentCapacity.aggregate(contracts, mode, cap=declared)
         uncapped = AgentCapacity.aggregate(contracts, mode)
-        derivation = tuple(
-            FieldDerivation(
-                limit,
-                {m.name: getattr(m.contract, limit) if m.contract is not None else None for m in members},
-                getattr(uncapped, limit) if uncapped is not None else None,
-                getattr(declared, limit) if declared is not None else None,
-                getattr(effective, limit) if effective is not None else None,
-            )
-            for limit in LIMITS
-        )
+        groups = _backend_groups(members)
+        derivation = tuple(_derivation(limit, members, groups, uncapped, declared, effective) for limit in LIMITS)
         if declared is not None and uncapped is not None:
             out.extend(oversupply(declared, uncapped, where, "capacity", f"its members ({mode})"))
         if declared is not None or entries:
@@ -187,7 +181,51 @@ def _team(
             out.extend(timeout_findings(where, declared, members, timeout))
     key = declared.key if declared is not None and declared.key else name
     return TeamReport(
-        name, provider, capacity_aware, routing, mode, key, declared, effective, derivation, timeout, tuple(members)
+        name,
+        provider,
+        capacity_aware,
+        routing,
+        mode,
+        key,
+        declared,
+        effective,
+        derivation,
+        groups,
+        timeout,
+        tuple(members),
+    )
+
+
+def _backend_groups(members: list[MemberReport]) -> dict[str, tuple[str, ...]]:
+    """Members grouped as :meth:`AgentCapacity.aggregate` counts them: one backend per shared key."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for positions in backends([m.contract for m in members]):
+        first = members[positions[0]]
+        label = first.contract.key if first.contract is not None and first.contract.key else first.name
+        groups[label] = tuple(members[i].name for i in positions)
+    return groups
+
+
+def _derivation(
+    limit: str,
+    members: list[MemberReport],
+    groups: Mapping[str, tuple[str, ...]],
+    uncapped: AgentCapacity | None,
+    declared: AgentCapacity | None,
+    effective: AgentCapacity | None,
+) -> FieldDerivation:
+    values = {m.name: getattr(m.contract, limit) if m.contract is not None else None for m in members}
+    per_key: dict[str, Number] = {}
+    for label, names in groups.items():
+        bounded = [v for v in (values[n] for n in names) if v is not None]
+        per_key[label] = min(bounded) if bounded else None
+    return FieldDerivation(
+        limit,
+        values,
+        per_key,
+        getattr(uncapped, limit) if uncapped is not None else None,
+        getattr(declared, limit) if declared is not None else None,
+        getattr(effective, limit) if effective is not None else None,
     )
 
 
