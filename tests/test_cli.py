@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from configs import ROUND_ROBIN, agent, sound, team
+from configs import ROUND_ROBIN, TEAM, agent, sound, team
 
 
 def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -183,6 +183,28 @@ class TestUserMistakes:
         line = assert_one_clean_line(result)
         assert str(path) in line
         assert "not a team config (component_type 'agent')" in line
+
+    @pytest.mark.parametrize("command", ["inspect", "check"])
+    def test_not_utf8(self, tmp_path: Path, command: str) -> None:
+        """A file that is not UTF-8: one line naming it and the offending byte, exit 2."""
+        path = tmp_path / "latin1.json"
+        path.write_bytes('{"provider": "caf\u00e9"}'.encode("latin-1"))
+        result = run(command, path)
+        assert result.returncode == 2
+        line = assert_one_clean_line(result)
+        assert f"{path}: not UTF-8 text (byte 0xe9 at position" in line
+
+    @pytest.mark.parametrize("command", ["inspect", "check"])
+    @pytest.mark.parametrize("depth", [250, 100_000])
+    def test_deeply_nested_json(self, tmp_path: Path, command: str, depth: int) -> None:
+        """Teams nested deeper than Python can walk: one line, exit 2."""
+        path = tmp_path / "deep.json"
+        opening = f'{{"provider": "{TEAM}", "config": {{"participants": ['
+        path.write_text(opening * depth + json.dumps(agent("leaf")) + "]}}" * depth)
+        result = run(command, path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        line = assert_one_clean_line(result)
+        assert f"{path}: nested too deeply" in line
 
     def test_unknown_command(self) -> None:
         """argparse reports usage errors with exit 2."""

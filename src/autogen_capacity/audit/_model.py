@@ -69,6 +69,9 @@ class MemberReport:
     """Where the contract comes from: the team's ``capacities`` entry, the nested team's aggregate, or nowhere."""
     team: TeamReport | None = None
     """Set when the participant is itself a team."""
+    wrapped: tuple[TeamReport, ...] = ()
+    """Teams inside the participant's own config (a SocietyOfMindAgent's team): audited, never leased by
+    this team."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,4 +118,6 @@ class Audit:
         while stack:
             team = stack.pop(0)
             yield team
-            stack.extend(m.team for m in team.members if m.team is not None)
+            for m in team.members:
+                stack.extend([m.team] if m.team is not None else [])
+                stack.extend(m.wrapped)

@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
-import importlib.util
+import os
 
-from autogen_core._component_config import WELL_KNOWN_PROVIDERS
+from pydantic import ValidationError
 
 from ..contracts import AgentCapacity
+from ..ledger.config import LedgerConfig
 from ._model import Finding, MemberReport, TeamReport
+from ._providers import provider_problem
 
 
-def provider_findings(provider: object, where: str) -> list[Finding]:
-    """An error when ``provider`` names no importable module: the config could never load.
+def provider_findings(provider: object, where: str, field: str = "provider") -> list[Finding]:
+    """An error when ``provider`` names no class that exists: the config could never load.
 
-    Only the module is looked up (its parent packages are imported, nothing of its own runs).
+    No provider code runs: see :mod:`._providers`.
     """
-    if not isinstance(provider, str) or not provider:
-        return [Finding("error", where, "provider", "a component needs a provider (a dotted class path)")]
-    path = WELL_KNOWN_PROVIDERS.get(provider, provider)
-    module = path.rpartition(".")[0]
+    problem = provider_problem(provider)
+    return [] if problem is None else [Finding("error", where, field, problem)]
+
+
+def ledger_findings(raw: object, where: str) -> list[Finding]:
+    """A warning when a Redis ledger's URL variable is unset here: the team would not load without it."""
     try:
-        found = bool(module) and importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if found:
+        config = LedgerConfig.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        return []  # reported by the team's schema check
+    if config is None or config.provider != "redis" or config.url_env is None:
         return []
-    return [Finding("error", where, "provider", f"{provider!r} cannot be imported (no module {module or path!r})")]
+    if os.environ.get(config.url_env, "").strip():
+        return []
+    return [
+        Finding(
+            "warning",
+            where,
+            "ledger.url_env",
+            f"the environment variable {config.url_env} is not set here: Team.load_component fails "
+            "wherever it is unset (set it to the Redis URL, e.g. redis://localhost:6379/0)",
+        )
+    ]
 
 
 def oversupply(declared: AgentCapacity, supply: AgentCapacity, where: str, field_name: str, what: str) -> list[Finding]:
