@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,22 @@ class TestDemo:
         assert result.returncode == 0, result.stderr
         assert "3 team runs at once" in result.stdout
         assert "CapacityAwareGroupChat: 3/3 runs completed" in result.stdout
+
+
+class TestInterrupt:
+    def test_ctrl_c_during_demo_is_quiet(self) -> None:
+        """SIGINT while the demo's teams run: no traceback, no log noise, exit 130."""
+        with subprocess.Popen(
+            [sys.executable, "-m", "autogen_capacity", "demo", "--no-live"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as demo:
+            assert demo.stdout is not None
+            while "runs under way" not in (line := demo.stdout.readline()):
+                assert line, "the demo ended before its teams ran"
+            demo.send_signal(signal.SIGINT)
+            out, err = demo.communicate(timeout=60)
+        assert demo.returncode == 130
+        assert "Traceback" not in out + err
+        assert err.strip() == ""

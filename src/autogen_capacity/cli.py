@@ -22,7 +22,7 @@ from rich.tree import Tree
 from . import __version__
 from .audit import Audit, Finding, TeamReport, UnusableConfig, audit_config, audit_to_dict, load_config_file
 from .contracts import AgentCapacity
-from .demo import Backend, DemoResult, PhaseStats, run_demo
+from .demo import Backend, DemoResult, PhaseStats, Refresh, quiet_autogen, run_demo
 from .ledger import LedgerSnapshot
 
 __all__ = ["main"]
@@ -212,17 +212,30 @@ def _demo(args: argparse.Namespace) -> int:
         "alpha serves 4 at once, beta 2, gamma 1; past its limit a backend answers 429, and beta also "
         "answers 429 about once in 25 requests."
     )
-    if live:
-        with Live(console=console, refresh_per_second=10, transient=False) as view:
+    with quiet_autogen():
+        if live:
+            with Live(console=console, refresh_per_second=10, transient=False) as view:
 
-            def refresh(stats: PhaseStats, backends: Sequence[Backend], snapshot: LedgerSnapshot) -> None:
-                view.update(_live_table(stats, backends, snapshot))
+                def refresh(stats: PhaseStats, backends: Sequence[Backend], snapshot: LedgerSnapshot) -> None:
+                    view.update(_live_table(stats, backends, snapshot))
 
-            result = asyncio.run(run_demo(runs=runs, turns=turns, scale=scale, refresh=refresh))
-    else:
-        result = asyncio.run(run_demo(runs=runs, turns=turns, scale=scale))
+                result = asyncio.run(run_demo(runs=runs, turns=turns, scale=scale, refresh=refresh))
+        else:
+            result = asyncio.run(run_demo(runs=runs, turns=turns, scale=scale, refresh=_progress(console)))
     _summary(console, result)
     return EXIT_OK
+
+
+def _progress(console: Console) -> Refresh:
+    """Plain output: one line when each team's burst is under way."""
+    started: set[str] = set()
+
+    def refresh(stats: PhaseStats, backends: Sequence[Backend], snapshot: LedgerSnapshot) -> None:
+        if stats.team not in started:
+            started.add(stats.team)
+            console.print(f"{stats.team}: {stats.runs} runs under way")
+
+    return refresh
 
 
 def _live_table(stats: PhaseStats, backends: Sequence[Backend], snapshot: LedgerSnapshot) -> Group:
