@@ -222,7 +222,7 @@ async def _phase(
     return stats
 
 
-async def _cancel(tasks: list[asyncio.Future[None]]) -> None:
+async def _cancel(tasks: Sequence[asyncio.Future[None]]) -> None:
     """Cancel the runs still going (on Ctrl-C) and wait until they have ended, without raising."""
     for task in tasks:
         task.cancel()
