@@ -20,7 +20,21 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import __version__
-from .audit import Audit, Finding, TeamReport, UnusableConfig, audit_config, audit_to_dict, load_config_file
+from .audit import (
+    EXIT_OK,
+    EXIT_USAGE,
+    STDIN,
+    Audit,
+    CheckResult,
+    Finding,
+    TeamReport,
+    UnusableConfig,
+    audit_config,
+    audit_to_dict,
+    check_report,
+    load_config_file,
+    parse_config,
+)
 from .contracts import AgentCapacity
 from .demo import Backend, DemoResult, PhaseStats, Refresh, quiet_autogen, run_demo
 from .ledger import LedgerSnapshot
@@ -28,7 +42,6 @@ from .ledger import LedgerSnapshot
 __all__ = ["main"]
 
 PROG = "autogen-capacity"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,13 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     inspect = commands.add_parser("inspect", help="print the contract tree of a team's JSON component config")
-    inspect.add_argument("config", metavar="CONFIG.json")
+    inspect.add_argument("config", metavar="CONFIG.json", help="the file to inspect; - reads stdin")
     inspect.add_argument("--json", action="store_true", help="print the tree as JSON")
     inspect.set_defaults(handler=_inspect)
 
-    check = commands.add_parser("check", help="validate and audit a team's JSON component config")
-    check.add_argument("config", metavar="CONFIG.json")
+    check = commands.add_parser("check", help="validate and audit teams' JSON component configs")
+    check.add_argument("configs", metavar="CONFIG.json", nargs="+", help="files to check; - reads stdin")
     check.add_argument("--strict", action="store_true", help="fail on warnings too")
+    check.add_argument("--json", action="store_true", help="print one JSON report for all files (for CI)")
     check.set_defaults(handler=_check)
 
     demo = commands.add_parser("demo", help="an offline burst of team runs: capacity-aware vs round robin")
@@ -93,17 +107,20 @@ _PIPE_WIDTH = 240
 
 def _audit(path: str) -> Audit:
     try:
-        return audit_config(load_config_file(path))
+        data = parse_config(sys.stdin.buffer.read(), STDIN) if path == "-" else load_config_file(path)
+        return audit_config(data)
     except UnusableConfig as e:
+        source = STDIN if path == "-" else path
         message = str(e)
-        raise UnusableConfig(message if message.startswith(path) else f"{path}: {message}") from None
+        raise UnusableConfig(message if message.startswith(source) else f"{source}: {message}") from None
 
 
 def _inspect(args: argparse.Namespace) -> int:
     audit = _audit(args.config)
+    source = STDIN if args.config == "-" else args.config
     if audit.errors:
         for finding in audit.errors:
-            _fail(f"{args.config}: {finding}")
+            _fail(f"{source}: {finding}")
         return EXIT_USAGE
     if args.json:
         print(json.dumps(audit_to_dict(audit), indent=2))
@@ -118,17 +135,39 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    audit = _audit(args.config)
-    console = _console()
+    if args.configs.count("-") > 1:
+        return _fail("stdin (-) can be checked once")
+    results = [_check_one(path, args.strict) for path in args.configs]
+    if args.json:
+        print(json.dumps(check_report(results, strict=args.strict), indent=2))
+    else:
+        console = _console()
+        for result in results:
+            _print_check(console, result)
+    for result in results:
+        if result.error is not None:
+            _fail(result.error)
+    return max(result.status for result in results)
+
+
+def _check_one(path: str, strict: bool) -> CheckResult:
+    source = STDIN if path == "-" else path
+    try:
+        audit = _audit(path)
+    except UnusableConfig as e:
+        return CheckResult(source, None, str(e), strict)
+    return CheckResult(source, audit, None, strict)
+
+
+def _print_check(console: Console, result: CheckResult) -> None:
+    if result.audit is None:
+        return
+    audit = result.audit
     for finding in audit.findings:
         console.print(_finding_line(finding))
-    teams = list(audit.teams())
-    members = sum(len(t.members) for t in teams)
     counts = f"{len(audit.errors)} error(s), {len(audit.warnings)} warning(s)"
-    failed = bool(audit.errors) or (args.strict and bool(audit.warnings))
-    verdict = "FAILED" if failed else "OK"
-    console.print(f"{verdict}: {args.config}: {len(teams)} team(s), {members} member(s); {counts}")
-    return EXIT_FAILED if failed else EXIT_OK
+    verdict = "OK" if result.status == EXIT_OK else "FAILED"
+    console.print(f"{verdict}: {result.path}: {result.teams} team(s), {result.members} member(s); {counts}")
 
 
 def _finding_line(finding: Finding) -> Text:
@@ -192,10 +231,10 @@ def _tree(team: TeamReport, tree: Tree | None = None) -> Tree:
             f"[bold]member {escape(repr(member.name))}[/]  key {escape(repr(member.key))}  "
             f"{_contract_text(member.contract)}{source}"
         )
-        if member.team is not None:
-            _tree(member.team, node.add(text))
-        else:
-            node.add(text)
+        child = node.add(text)
+        for inner in (member.team, *member.wrapped):
+            if inner is not None:
+                _tree(inner, child)
     return node
 
 

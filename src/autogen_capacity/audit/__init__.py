@@ -9,12 +9,19 @@ model clients need API keys can be audited offline. Contracts are validated with
 
 from __future__ import annotations
 
-from ._json import audit_to_dict, contract_to_dict
+from ._check import EXIT_FAILED, EXIT_OK, EXIT_USAGE, STDIN, CheckResult, check_report
+from ._json import audit_to_dict, contract_to_dict, finding_to_dict
 from ._model import Audit, FieldDerivation, Finding, MemberReport, TeamReport, UnusableConfig
-from ._tree import audit_config, load_config_file
+from ._tree import MAX_NESTING, audit_config, load_config_file, parse_config
 
 __all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "MAX_NESTING",
+    "STDIN",
     "Audit",
+    "CheckResult",
     "FieldDerivation",
     "Finding",
     "MemberReport",
@@ -22,6 +29,9 @@ __all__ = [
     "UnusableConfig",
     "audit_config",
     "audit_to_dict",
+    "check_report",
     "contract_to_dict",
+    "finding_to_dict",
     "load_config_file",
+    "parse_config",
 ]
