@@ -1,7 +1,8 @@
-"""``autogen-capacity``: inspect and check a team's contracts before deployment, or watch the offline demo.
+"""``autogen-capacity``: inspect and check teams' contracts before deployment, or watch the offline demo.
 
 Exit status: 0 when all is well, 1 when ``check`` finds errors (or warnings with ``--strict``), 2 for a
-usage mistake (missing file, bad JSON, not a team config, an invalid contract given to ``inspect``).
+user mistake (a missing, unreadable, non-UTF-8 or non-JSON file, not a team config, an invalid contract
+given to ``inspect``), 130 on Ctrl-C. A mistake is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations

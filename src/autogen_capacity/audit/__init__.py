@@ -1,7 +1,8 @@
 """Auditing a team's component config before deployment: the contract tree and what is wrong with it.
 
-Pure functions over the JSON config (``ComponentModel`` dicts): nothing is instantiated, so a config whose
-model clients need API keys can be audited offline. Contracts are validated with
+Pure functions over the JSON config (``ComponentModel`` dicts): nothing is instantiated and no provider
+code runs (providers are located on disk and their source is read), so a config whose model clients need
+API keys can be audited offline. Contracts are validated with
 :meth:`AgentCapacity.model_validate`, and every error names the team, the member and the field.
 
 .. versionadded:: 0.1.0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
-from ..contracts import AgentCapacity
+from ..contracts import AgentCapacity, AggregateMode, backends
 from ..ledger.config import LedgerConfig
-from ._model import Finding, MemberReport, TeamReport
+from ._model import FieldDerivation, Finding, MemberReport, Number, TeamReport
 from ._providers import provider_problem
 
 
@@ -122,3 +124,65 @@ def _comparable(contract: AgentCapacity) -> str:
 
 def _num(value: float) -> str:
     return f"{value:g}"
+
+
+def uncontracted(members: list[MemberReport], where: str, mode: AggregateMode) -> list[Finding]:
+    return [
+        Finding(
+            "warning",
+            f"{where} > member {m.name!r}",
+            f"capacities.{m.name}",
+            "has no contract in a team that declares contracts: it is never deferred, and "
+            f"counts as unbounded in the team's {mode} aggregate",
+        )
+        for m in members
+        if m.contract is None
+    ]
+
+
+def component_type_findings(
+    participant: Mapping[str, Any], is_team: bool, selector: bool, where: str, index: int
+) -> list[Finding]:
+    """AutoGen picks the loader of a participant by its ``component_type``: a wrong one cannot load."""
+    kind = participant.get("component_type")
+    field = f"participants.{index}.component_type"
+    if is_team and kind != "team" and not (selector and kind is None):
+        return [Finding("error", where, field, f"must be 'team' for a nested team (got {kind!r})")]
+    if not is_team and kind not in ("agent", None):
+        return [Finding("error", where, field, f"must be 'agent' for an agent (got {kind!r})")]
+    if not is_team and selector and kind is None:
+        return [Finding("error", where, field, "must be 'agent': SelectorGroupChat loads it as a team without it")]
+    return []
+
+
+def backend_groups(members: list[MemberReport]) -> dict[str, tuple[str, ...]]:
+    """Members grouped as :meth:`AgentCapacity.aggregate` counts them: one backend per shared key."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for positions in backends([m.contract for m in members]):
+        first = members[positions[0]]
+        label = first.contract.key if first.contract is not None and first.contract.key else first.name
+        groups[label] = tuple(members[i].name for i in positions)
+    return groups
+
+
+def derive(
+    limit: str,
+    members: list[MemberReport],
+    groups: Mapping[str, tuple[str, ...]],
+    uncapped: AgentCapacity | None,
+    declared: AgentCapacity | None,
+    effective: AgentCapacity | None,
+) -> FieldDerivation:
+    values = {m.name: getattr(m.contract, limit) if m.contract is not None else None for m in members}
+    per_key: dict[str, Number] = {}
+    for label, names in groups.items():
+        bounded = [v for v in (values[n] for n in names) if v is not None]
+        per_key[label] = min(bounded) if bounded else None
+    return FieldDerivation(
+        limit,
+        values,
+        per_key,
+        getattr(uncapped, limit) if uncapped is not None else None,
+        getattr(declared, limit) if declared is not None else None,
+        getattr(effective, limit) if effective is not None else None,
+    )

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from autogen_core import ComponentModel
 from pydantic import ValidationError
 
-from ..contracts import AgentCapacity, AggregateMode, backends
+from ..contracts import AgentCapacity, AggregateMode
 from ._model import (
     CONTRACT_FIELDS,
     LIMITS,
@@ -19,11 +19,20 @@ from ._model import (
     FieldDerivation,
     Finding,
     MemberReport,
-    Number,
     TeamReport,
     UnusableConfig,
 )
-from ._rules import ledger_findings, oversupply, provider_findings, shared_key_findings, timeout_findings
+from ._rules import (
+    backend_groups,
+    component_type_findings,
+    derive,
+    ledger_findings,
+    oversupply,
+    provider_findings,
+    shared_key_findings,
+    timeout_findings,
+    uncontracted,
+)
 from ._validate import did_you_mean, message, schema_findings, timeout_of, validate_contract
 
 MAX_NESTING = 100
@@ -219,7 +228,7 @@ class _Walk:
     ) -> MemberReport:
         member_where = f"{where} > member {member!r}"
         is_team = _looks_like_team(participant)
-        self.out.extend(_component_type_findings(participant, is_team, selector, member_where, index))
+        self.out.extend(component_type_findings(participant, is_team, selector, member_where, index))
         child = self.team(participant, member, where, timeout, depth + 1) if is_team else None
         wrapped: list[TeamReport] = []
         if child is None:
@@ -287,12 +296,12 @@ class _Walk:
             contracts = [m.contract for m in members]
             effective = AgentCapacity.aggregate(contracts, mode, cap=declared)
             uncapped = AgentCapacity.aggregate(contracts, mode)
-            groups = _backend_groups(members)
-            derivation = tuple(_derivation(limit, members, groups, uncapped, declared, effective) for limit in LIMITS)
+            groups = backend_groups(members)
+            derivation = tuple(derive(limit, members, groups, uncapped, declared, effective) for limit in LIMITS)
             if declared is not None and uncapped is not None:
                 self.out.extend(oversupply(declared, uncapped, where, "capacity", f"its members ({mode})"))
             if declared is not None or entries:
-                self.out.extend(_uncontracted(members, where, mode))
+                self.out.extend(uncontracted(members, where, mode))
             if timeout is not None:
                 self.out.extend(timeout_findings(where, declared, members, timeout))
         key = declared.key if declared is not None and declared.key else name
@@ -310,65 +319,3 @@ class _Walk:
             timeout,
             tuple(members),
         )
-
-
-def _uncontracted(members: list[MemberReport], where: str, mode: AggregateMode) -> list[Finding]:
-    return [
-        Finding(
-            "warning",
-            f"{where} > member {m.name!r}",
-            f"capacities.{m.name}",
-            "has no contract in a team that declares contracts: it is never deferred, and "
-            f"counts as unbounded in the team's {mode} aggregate",
-        )
-        for m in members
-        if m.contract is None
-    ]
-
-
-def _component_type_findings(
-    participant: Mapping[str, Any], is_team: bool, selector: bool, where: str, index: int
-) -> list[Finding]:
-    """AutoGen picks the loader of a participant by its ``component_type``: a wrong one cannot load."""
-    kind = participant.get("component_type")
-    field = f"participants.{index}.component_type"
-    if is_team and kind != "team" and not (selector and kind is None):
-        return [Finding("error", where, field, f"must be 'team' for a nested team (got {kind!r})")]
-    if not is_team and kind not in ("agent", None):
-        return [Finding("error", where, field, f"must be 'agent' for an agent (got {kind!r})")]
-    if not is_team and selector and kind is None:
-        return [Finding("error", where, field, "must be 'agent': SelectorGroupChat loads it as a team without it")]
-    return []
-
-
-def _backend_groups(members: list[MemberReport]) -> dict[str, tuple[str, ...]]:
-    """Members grouped as :meth:`AgentCapacity.aggregate` counts them: one backend per shared key."""
-    groups: dict[str, tuple[str, ...]] = {}
-    for positions in backends([m.contract for m in members]):
-        first = members[positions[0]]
-        label = first.contract.key if first.contract is not None and first.contract.key else first.name
-        groups[label] = tuple(members[i].name for i in positions)
-    return groups
-
-
-def _derivation(
-    limit: str,
-    members: list[MemberReport],
-    groups: Mapping[str, tuple[str, ...]],
-    uncapped: AgentCapacity | None,
-    declared: AgentCapacity | None,
-    effective: AgentCapacity | None,
-) -> FieldDerivation:
-    values = {m.name: getattr(m.contract, limit) if m.contract is not None else None for m in members}
-    per_key: dict[str, Number] = {}
-    for label, names in groups.items():
-        bounded = [v for v in (values[n] for n in names) if v is not None]
-        per_key[label] = min(bounded) if bounded else None
-    return FieldDerivation(
-        limit,
-        values,
-        per_key,
-        getattr(uncapped, limit) if uncapped is not None else None,
-        getattr(declared, limit) if declared is not None else None,
-        getattr(effective, limit) if effective is not None else None,
-    )
