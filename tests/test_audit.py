@@ -124,6 +124,36 @@ class TestTree:
         assert gamma["contract"]["backoff_schedule_s"] == [0.5] * 5
 
 
+class TestSharedKeys:
+    @staticmethod
+    def shared() -> dict[str, Any]:
+        return team(
+            "t",
+            [agent("a"), agent("b"), agent("c")],
+            capacities={
+                "a": {"max_concurrent": 8, "key": "gpt-4o"},
+                "b": {"max_concurrent": 8, "key": "gpt-4o"},
+                "c": {"max_concurrent": 2},
+            },
+        )
+
+    def test_a_shared_key_counts_once(self) -> None:
+        """Two members on one key are one backend: 8 + 2 slots, not 8 + 8 + 2."""
+        audit = audit_config(self.shared())
+        assert audit.team.effective is not None
+        assert audit.team.effective.max_concurrent == 10
+        slots = audit.team.derivation[0]
+        assert (slots.combined, dict(slots.keys)) == (10, {"gpt-4o": 8, "c": 2})
+
+    async def test_the_loaded_team_agrees(self) -> None:
+        """The runtime's ``capacity`` counts the shared key once, as the audit does."""
+        config = self.shared()
+        loaded = CapacityAwareGroupChat.load_component(config)
+        assert loaded.capacity is not None
+        assert loaded.capacity.max_concurrent == 10
+        assert audit_config(config).team.effective == loaded.capacity
+
+
 class TestErrors:
     def test_sound_config_has_no_findings(self) -> None:
         """The reference config is sound."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from configs import ROUND_ROBIN, agent, sound, team
+from configs import ROUND_ROBIN, TEAM, agent, sound, team
 
 
 def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -73,6 +74,7 @@ class TestInspect:
         assert root["derivation"][0] == {
             "field": "max_concurrent",
             "members": {"alpha": 4, "beta": 2, "gamma": 1},
+            "keys": {"alpha": 4, "beta": 2, "gamma": 1},
             "combined": 7,
             "declared": 5,
             "effective": 5,
@@ -99,6 +101,20 @@ class TestInspect:
         assert "member 'beta'" in line
         assert "capacities.beta.max_concurrent" in line
         assert result.stdout == ""
+
+
+class TestSharedKeys:
+    def test_inspect_counts_a_shared_key_once(self, tmp_path: Path) -> None:
+        """Members sharing a key appear once in the derivation, grouped under the key."""
+        config = team(
+            "t",
+            [agent("a"), agent("b")],
+            capacities={"a": {"max_concurrent": 8, "key": "gpt-4o"}, "b": {"max_concurrent": 8, "key": "gpt-4o"}},
+        )
+        result = run("inspect", write(tmp_path, config))
+        assert result.returncode == 0, result.stderr
+        assert "max_concurrent sum(gpt-4o[a, b]=8) = 8" in result.stdout
+        assert "effective  slots 8" in result.stdout
 
 
 class TestCheck:
@@ -169,6 +185,28 @@ class TestUserMistakes:
         assert str(path) in line
         assert "not a team config (component_type 'agent')" in line
 
+    @pytest.mark.parametrize("command", ["inspect", "check"])
+    def test_not_utf8(self, tmp_path: Path, command: str) -> None:
+        """A file that is not UTF-8: one line naming it and the offending byte, exit 2."""
+        path = tmp_path / "latin1.json"
+        path.write_bytes('{"provider": "caf\u00e9"}'.encode("latin-1"))
+        result = run(command, path)
+        assert result.returncode == 2
+        line = assert_one_clean_line(result)
+        assert f"{path}: not UTF-8 text (byte 0xe9 at position" in line
+
+    @pytest.mark.parametrize("command", ["inspect", "check"])
+    @pytest.mark.parametrize("depth", [250, 100_000])
+    def test_deeply_nested_json(self, tmp_path: Path, command: str, depth: int) -> None:
+        """Teams nested deeper than Python can walk: one line, exit 2."""
+        path = tmp_path / "deep.json"
+        opening = f'{{"provider": "{TEAM}", "config": {{"participants": ['
+        path.write_text(opening * depth + json.dumps(agent("leaf")) + "]}}" * depth)
+        result = run(command, path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        line = assert_one_clean_line(result)
+        assert f"{path}: nested too deeply" in line
+
     def test_unknown_command(self) -> None:
         """argparse reports usage errors with exit 2."""
         result = run("frobnicate")
@@ -195,3 +233,22 @@ class TestDemo:
         assert result.returncode == 0, result.stderr
         assert "3 team runs at once" in result.stdout
         assert "CapacityAwareGroupChat: 3/3 runs completed" in result.stdout
+
+
+class TestInterrupt:
+    def test_ctrl_c_during_demo_is_quiet(self) -> None:
+        """SIGINT while the demo's teams run: no traceback, no log noise, exit 130."""
+        with subprocess.Popen(
+            [sys.executable, "-m", "autogen_capacity", "demo", "--no-live"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as demo:
+            assert demo.stdout is not None
+            while "runs under way" not in (line := demo.stdout.readline()):
+                assert line, "the demo ended before its teams ran"
+            demo.send_signal(signal.SIGINT)
+            out, err = demo.communicate(timeout=60)
+        assert demo.returncode == 130
+        assert "Traceback" not in out + err
+        assert err.strip() == ""

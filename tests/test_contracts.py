@@ -353,3 +353,51 @@ class TestAggregate:
 
         assert result is not None
         assert result.max_concurrent == 6
+
+
+class TestSharedKeys:
+    """A key is one backend: members sharing it count once in the aggregate."""
+
+    @pytest.mark.parametrize(("mode", "slots"), [("pool", 8), ("pipeline", 8)])
+    def test_two_members_on_one_key_count_once(self, mode: Any, slots: int) -> None:
+        """Two members declaring 8 slots on the key ``gpt-4o`` give the team 8 slots, not 16."""
+        shared = AgentCapacity(max_concurrent=8, rpm=60, key="gpt-4o")
+
+        result = AgentCapacity.aggregate([shared, shared], mode)
+
+        assert result is not None
+        assert (result.max_concurrent, result.rpm) == (slots, 60)
+
+    def test_shared_key_adds_to_other_keys(self) -> None:
+        """A shared key counts once next to members on keys of their own."""
+        members = [
+            AgentCapacity(max_concurrent=8, key="gpt-4o"),
+            AgentCapacity(max_concurrent=8, key="gpt-4o"),
+            AgentCapacity(max_concurrent=2),
+            AgentCapacity(max_concurrent=3, key="mini"),
+        ]
+
+        result = AgentCapacity.aggregate(members)
+
+        assert result is not None
+        assert result.max_concurrent == 13
+
+    def test_disagreeing_contracts_on_one_key_count_the_tightest(self) -> None:
+        """Members that disagree about a shared key count its smallest declared limit, field by field."""
+        members = [
+            AgentCapacity(max_concurrent=8, key="gpt-4o"),
+            AgentCapacity(max_concurrent=4, rpm=30, key="gpt-4o"),
+            AgentCapacity(max_concurrent=1, rpm=10),
+        ]
+
+        result = AgentCapacity.aggregate(members)
+
+        assert result is not None
+        assert (result.max_concurrent, result.rpm) == (5, 40)
+
+    def test_members_without_a_key_are_separate_backends(self) -> None:
+        """Equal contracts without a key are distinct backends (each member's own name)."""
+        result = AgentCapacity.aggregate([AgentCapacity(max_concurrent=2), AgentCapacity(max_concurrent=2)])
+
+        assert result is not None
+        assert result.max_concurrent == 4

@@ -1,7 +1,8 @@
-"""``autogen-capacity``: inspect and check a team's contracts before deployment, or watch the offline demo.
+"""``autogen-capacity``: inspect and check teams' contracts before deployment, or watch the offline demo.
 
 Exit status: 0 when all is well, 1 when ``check`` finds errors (or warnings with ``--strict``), 2 for a
-usage mistake (missing file, bad JSON, not a team config, an invalid contract given to ``inspect``).
+user mistake (a missing, unreadable, non-UTF-8 or non-JSON file, not a team config, an invalid contract
+given to ``inspect``), 130 on Ctrl-C. A mistake is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,20 +15,34 @@ from collections.abc import Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from . import __version__
-from .audit import Audit, Finding, TeamReport, UnusableConfig, audit_config, audit_to_dict, load_config_file
+from .audit import (
+    EXIT_OK,
+    EXIT_USAGE,
+    STDIN,
+    Audit,
+    CheckResult,
+    Finding,
+    TeamReport,
+    UnusableConfig,
+    audit_config,
+    audit_to_dict,
+    check_report,
+    load_config_file,
+    parse_config,
+)
 from .contracts import AgentCapacity
-from .demo import Backend, DemoResult, PhaseStats, run_demo
+from .demo import Backend, DemoResult, PhaseStats, Refresh, quiet_autogen, run_demo
 from .ledger import LedgerSnapshot
 
 __all__ = ["main"]
 
 PROG = "autogen-capacity"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,13 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     inspect = commands.add_parser("inspect", help="print the contract tree of a team's JSON component config")
-    inspect.add_argument("config", metavar="CONFIG.json")
+    inspect.add_argument("config", metavar="CONFIG.json", help="the file to inspect; - reads stdin")
     inspect.add_argument("--json", action="store_true", help="print the tree as JSON")
     inspect.set_defaults(handler=_inspect)
 
-    check = commands.add_parser("check", help="validate and audit a team's JSON component config")
-    check.add_argument("config", metavar="CONFIG.json")
+    check = commands.add_parser("check", help="validate and audit teams' JSON component configs")
+    check.add_argument("configs", metavar="CONFIG.json", nargs="+", help="files to check; - reads stdin")
     check.add_argument("--strict", action="store_true", help="fail on warnings too")
+    check.add_argument("--json", action="store_true", help="print one JSON report for all files (for CI)")
     check.set_defaults(handler=_check)
 
     demo = commands.add_parser("demo", help="an offline burst of team runs: capacity-aware vs round robin")
@@ -92,17 +108,20 @@ _PIPE_WIDTH = 240
 
 def _audit(path: str) -> Audit:
     try:
-        return audit_config(load_config_file(path))
+        data = parse_config(sys.stdin.buffer.read(), STDIN) if path == "-" else load_config_file(path)
+        return audit_config(data)
     except UnusableConfig as e:
+        source = STDIN if path == "-" else path
         message = str(e)
-        raise UnusableConfig(message if message.startswith(path) else f"{path}: {message}") from None
+        raise UnusableConfig(message if message.startswith(source) else f"{source}: {message}") from None
 
 
 def _inspect(args: argparse.Namespace) -> int:
     audit = _audit(args.config)
+    source = STDIN if args.config == "-" else args.config
     if audit.errors:
         for finding in audit.errors:
-            _fail(f"{args.config}: {finding}")
+            _fail(f"{source}: {finding}")
         return EXIT_USAGE
     if args.json:
         print(json.dumps(audit_to_dict(audit), indent=2))
@@ -117,17 +136,39 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    audit = _audit(args.config)
-    console = _console()
+    if args.configs.count("-") > 1:
+        return _fail("stdin (-) can be checked once")
+    results = [_check_one(path, args.strict) for path in args.configs]
+    if args.json:
+        print(json.dumps(check_report(results, strict=args.strict), indent=2))
+    else:
+        console = _console()
+        for result in results:
+            _print_check(console, result)
+    for result in results:
+        if result.error is not None:
+            _fail(result.error)
+    return max(result.status for result in results)
+
+
+def _check_one(path: str, strict: bool) -> CheckResult:
+    source = STDIN if path == "-" else path
+    try:
+        audit = _audit(path)
+    except UnusableConfig as e:
+        return CheckResult(source, None, str(e), strict)
+    return CheckResult(source, audit, None, strict)
+
+
+def _print_check(console: Console, result: CheckResult) -> None:
+    if result.audit is None:
+        return
+    audit = result.audit
     for finding in audit.findings:
         console.print(_finding_line(finding))
-    teams = list(audit.teams())
-    members = sum(len(t.members) for t in teams)
     counts = f"{len(audit.errors)} error(s), {len(audit.warnings)} warning(s)"
-    failed = bool(audit.errors) or (args.strict and bool(audit.warnings))
-    verdict = "FAILED" if failed else "OK"
-    console.print(f"{verdict}: {args.config}: {len(teams)} team(s), {members} member(s); {counts}")
-    return EXIT_FAILED if failed else EXIT_OK
+    verdict = "OK" if result.status == EXIT_OK else "FAILED"
+    console.print(f"{verdict}: {result.path}: {result.teams} team(s), {result.members} member(s); {counts}")
 
 
 def _finding_line(finding: Finding) -> Text:
@@ -159,7 +200,7 @@ def _derivation_text(team: TeamReport) -> str:
     for d in team.derivation:
         if d.combined is None and d.declared is None:
             continue
-        values = op.join(f"{name}={_limit(v)}" for name, v in d.members.items())
+        values = op.join(f"{_backend_label(key, team.backends[key])}={_limit(v)}" for key, v in d.keys.items())
         combined = f"sum({values})" if team.mode == "pool" else f"min({values})"
         text = f"{d.field} {combined} = {_limit(d.combined)}"
         if d.declared is not None:
@@ -169,25 +210,32 @@ def _derivation_text(team: TeamReport) -> str:
     return f"{head}: " + ("; ".join(parts) if parts else "every member unbounded")
 
 
+def _backend_label(key: str, names: Sequence[str]) -> str:
+    return key if list(names) == [key] else f"{key}[{', '.join(names)}]"
+
+
 def _tree(team: TeamReport, tree: Tree | None = None) -> Tree:
     kind = team.provider.rsplit(".", 1)[-1]
-    label = f"[bold]team {team.name!r}[/]  {kind}"
+    label = f"[bold]team {escape(repr(team.name))}[/]  {escape(kind)}"
     if team.capacity_aware:
-        label += f"  routing {team.routing}  key {team.key!r}"
+        label += f"  routing {escape(str(team.routing))}  key {escape(repr(team.key))}"
     if team.timeout_s is not None:
         label += f"  timeout {team.timeout_s:g}s"
     node = tree.add(label) if tree is not None else Tree(label)
     if team.capacity_aware:
         node.add(f"[cyan]declared[/]   {_contract_text(team.declared) if team.declared else 'none'}")
         node.add(f"[cyan]effective[/]  {_contract_text(team.effective) if team.effective else 'unbounded'}")
-    node.add(f"[cyan]derived[/]    {_derivation_text(team)}")
+    node.add(f"[cyan]derived[/]    {escape(_derivation_text(team))}")
     for member in team.members:
         source = {"capacities": "", "nested team": " (the nested team's aggregate)", "none": ""}[member.source]
-        text = f"[bold]member {member.name!r}[/]  key {member.key!r}  {_contract_text(member.contract)}{source}"
-        if member.team is not None:
-            _tree(member.team, node.add(text))
-        else:
-            node.add(text)
+        text = (
+            f"[bold]member {escape(repr(member.name))}[/]  key {escape(repr(member.key))}  "
+            f"{_contract_text(member.contract)}{source}"
+        )
+        child = node.add(text)
+        for inner in (member.team, *member.wrapped):
+            if inner is not None:
+                _tree(inner, child)
     return node
 
 
@@ -204,17 +252,30 @@ def _demo(args: argparse.Namespace) -> int:
         "alpha serves 4 at once, beta 2, gamma 1; past its limit a backend answers 429, and beta also "
         "answers 429 about once in 25 requests."
     )
-    if live:
-        with Live(console=console, refresh_per_second=10, transient=False) as view:
+    with quiet_autogen():
+        if live:
+            with Live(console=console, refresh_per_second=10, transient=False) as view:
 
-            def refresh(stats: PhaseStats, backends: Sequence[Backend], snapshot: LedgerSnapshot) -> None:
-                view.update(_live_table(stats, backends, snapshot))
+                def refresh(stats: PhaseStats, backends: Sequence[Backend], snapshot: LedgerSnapshot) -> None:
+                    view.update(_live_table(stats, backends, snapshot))
 
-            result = asyncio.run(run_demo(runs=runs, turns=turns, scale=scale, refresh=refresh))
-    else:
-        result = asyncio.run(run_demo(runs=runs, turns=turns, scale=scale))
+                result = asyncio.run(run_demo(runs=runs, turns=turns, scale=scale, refresh=refresh))
+        else:
+            result = asyncio.run(run_demo(runs=runs, turns=turns, scale=scale, refresh=_progress(console)))
     _summary(console, result)
     return EXIT_OK
+
+
+def _progress(console: Console) -> Refresh:
+    """Plain output: one line when each team's burst is under way."""
+    started: set[str] = set()
+
+    def refresh(stats: PhaseStats, backends: Sequence[Backend], snapshot: LedgerSnapshot) -> None:
+        if stats.team not in started:
+            started.add(stats.team)
+            console.print(f"{stats.team}: {stats.runs} runs under way")
+
+    return refresh
 
 
 def _live_table(stats: PhaseStats, backends: Sequence[Backend], snapshot: LedgerSnapshot) -> Group:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -130,9 +130,10 @@ class AgentCapacity(BaseModel):
         """The contract of a group of providers.
 
         ``pool`` sums slots, rpm and tpm (unbounded when any member is unbounded); ``pipeline`` takes the
-        minimum, ignoring unbounded members. Backoff fields come from the most conservative member (the
-        largest delays, the fewest retries). ``cap`` (a team's declared contract) then caps the limits
-        field by field (the smaller wins) and, when given, supplies the backoff fields.
+        minimum, ignoring unbounded members. A ``key`` is one backend: members sharing it count once, with
+        the smallest limit any of them declares (see :func:`backends`). Backoff fields come from the most
+        conservative member (the largest delays, the fewest retries). ``cap`` (a team's declared contract)
+        then caps the limits field by field (the smaller wins) and, when given, supplies the backoff fields.
 
         Returns ``None`` when there are no contracts and no ``cap``. A ``None`` member counts as an
         unbounded member.
@@ -141,15 +142,37 @@ class AgentCapacity(BaseModel):
         declared = [c for c in members if c is not None]
         if not declared:
             return cap
-        limits = {
-            field: _combine([getattr(c, field) if c is not None else None for c in members], mode)
-            for field in ("max_concurrent", "rpm", "tpm", "max_queue")
-        }
+        groups = [[members[i] for i in group] for group in backends(members)]
+        limits = {field: _combine([_backend_limit(g, field) for g in groups], mode) for field in LIMIT_FIELDS}
         backoff = _most_conservative_backoff(declared)
         if cap is not None:
             limits = {field: _smaller(value, getattr(cap, field)) for field, value in limits.items()}
             backoff = _backoff_fields(cap)
         return cls.model_validate({**limits, **backoff, "key": cap.key if cap is not None else None})
+
+
+LIMIT_FIELDS = ("max_concurrent", "rpm", "tpm", "max_queue")
+"""The admission limits :meth:`AgentCapacity.aggregate` combines."""
+
+
+def backends(contracts: Sequence[AgentCapacity | None]) -> list[list[int]]:
+    """The positions of ``contracts`` grouped by backend, in order of first appearance.
+
+    Contracts sharing a ``key`` are one backend; any other contract (or ``None``) is a backend of its own.
+    """
+    groups: dict[object, list[int]] = {}
+    for i, contract in enumerate(contracts):
+        key: object = contract.key if contract is not None and contract.key else i
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _backend_limit(group: list[AgentCapacity | None], field: str) -> int | float | None:
+    """One backend's limit: the smallest its contracts declare (``None`` when none bounds it)."""
+    value: int | float | None = None
+    for contract in group:
+        value = _smaller(value, getattr(contract, field) if contract is not None else None)
+    return value
 
 
 def ledger_key(contract: AgentCapacity | None, name: str) -> str:

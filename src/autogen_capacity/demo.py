@@ -32,7 +32,7 @@ from .events import CapacityDeferredEvent, CapacityExhaustedEvent, CapacityWaitE
 from .exceptions import Overloaded
 from .ledger import LedgerSnapshot, default_ledger
 
-__all__ = ["Backend", "DemoResult", "PhaseStats", "ScriptedMember", "make_backends", "run_demo"]
+__all__ = ["Backend", "DemoResult", "PhaseStats", "ScriptedMember", "make_backends", "quiet_autogen", "run_demo"]
 
 FLAKY_RATE = 0.04
 """How often ``beta`` answers 429 below its limit."""
@@ -207,22 +207,33 @@ async def _phase(
     ledger = default_ledger()
     started = time.perf_counter()
     tasks = [asyncio.ensure_future(run_one(backends, turns, stats)) for _ in range(runs)]
-    while True:
-        done, _ = await asyncio.wait(tasks, timeout=0.1)
-        stats.wall_s = time.perf_counter() - started
-        stats.peaks = {b.name: b.peak for b in backends}
-        stats.backend_429s = sum(b.rejected + b.throttled for b in backends)
-        if refresh is not None:
-            refresh(stats, backends, await ledger.snapshot())
-        if len(done) == len(tasks):
-            break
+    try:
+        while True:
+            done, _ = await asyncio.wait(tasks, timeout=0.1)
+            stats.wall_s = time.perf_counter() - started
+            stats.peaks = {b.name: b.peak for b in backends}
+            stats.backend_429s = sum(b.rejected + b.throttled for b in backends)
+            if refresh is not None:
+                refresh(stats, backends, await ledger.snapshot())
+            if len(done) == len(tasks):
+                break
+    finally:
+        await _cancel(tasks)
     return stats
 
 
+async def _cancel(tasks: Sequence[asyncio.Future[None]]) -> None:
+    """Cancel the runs still going (on Ctrl-C) and wait until they have ended, without raising."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @contextlib.contextmanager
-def _quiet_autogen() -> Iterator[None]:
-    """The plain teams' runs die on purpose: keep AutoGen's error logs of them off the screen."""
-    loggers = [logging.getLogger(name) for name in ("autogen_core", "autogen_agentchat")]
+def quiet_autogen() -> Iterator[None]:
+    """The plain teams' runs die on purpose, and Ctrl-C cancels every run: keep AutoGen's and asyncio's
+    error logs of them off the screen. Wrap ``asyncio.run`` in it, so the loop's shutdown is quiet too."""
+    loggers = [logging.getLogger(name) for name in ("autogen_core", "autogen_agentchat", "asyncio")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
@@ -239,7 +250,7 @@ async def run_demo(*, runs: int = 24, turns: int = 8, scale: float = 1.0, refres
     ``refresh`` is called about ten times a second with the phase's stats, the backends and the
     default ledger's snapshot (the live view).
     """
-    with _quiet_autogen():
+    with quiet_autogen():
         capacity = await _phase("CapacityAwareGroupChat", _capacity_run, runs, turns, scale, refresh)
         round_robin = await _phase("RoundRobinGroupChat", _round_robin_run, runs, turns, scale, refresh)
     return DemoResult(capacity, round_robin)

@@ -47,8 +47,10 @@ class FieldDerivation:
     field: str
     members: Mapping[str, Number]
     """Each member's value (``None``: unbounded)."""
+    keys: Mapping[str, Number]
+    """Each backend's value, counted once however many members share its key (see ``TeamReport.backends``)."""
     combined: Number
-    """The members' values combined (sum for a pool, minimum for a pipeline)."""
+    """The backends' values combined (sum for a pool, minimum for a pipeline)."""
     declared: Number
     """The team's declared value, which caps ``combined``."""
     effective: Number
@@ -67,6 +69,9 @@ class MemberReport:
     """Where the contract comes from: the team's ``capacities`` entry, the nested team's aggregate, or nowhere."""
     team: TeamReport | None = None
     """Set when the participant is itself a team."""
+    wrapped: tuple[TeamReport, ...] = ()
+    """Teams inside the participant's own config (a SocietyOfMindAgent's team): audited, never leased by
+    this team."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,8 @@ class TeamReport:
     declared: AgentCapacity | None
     effective: AgentCapacity | None
     derivation: tuple[FieldDerivation, ...]
+    backends: Mapping[str, tuple[str, ...]]
+    """The members counted as one backend, by the contract ``key`` they share (else by member name)."""
     timeout_s: float | None
     """The shortest ``TimeoutTermination`` bounding this team's runs (its own or an enclosing team's)."""
     members: tuple[MemberReport, ...]
@@ -111,4 +118,6 @@ class Audit:
         while stack:
             team = stack.pop(0)
             yield team
-            stack.extend(m.team for m in team.members if m.team is not None)
+            for m in team.members:
+                stack.extend([m.team] if m.team is not None else [])
+                stack.extend(m.wrapped)

@@ -2,30 +2,46 @@
 
 from __future__ import annotations
 
-import importlib.util
+import os
+from collections.abc import Mapping
+from typing import Any
 
-from autogen_core._component_config import WELL_KNOWN_PROVIDERS
+from pydantic import ValidationError
 
-from ..contracts import AgentCapacity
-from ._model import Finding, MemberReport, TeamReport
+from ..contracts import AgentCapacity, AggregateMode, backends
+from ..ledger.config import LedgerConfig
+from ._model import FieldDerivation, Finding, MemberReport, Number, TeamReport
+from ._providers import provider_problem
 
 
-def provider_findings(provider: object, where: str) -> list[Finding]:
-    """An error when ``provider`` names no importable module: the config could never load.
+def provider_findings(provider: object, where: str, field: str = "provider") -> list[Finding]:
+    """An error when ``provider`` names no class that exists: the config could never load.
 
-    Only the module is looked up (its parent packages are imported, nothing of its own runs).
+    No provider code runs: see :mod:`._providers`.
     """
-    if not isinstance(provider, str) or not provider:
-        return [Finding("error", where, "provider", "a component needs a provider (a dotted class path)")]
-    path = WELL_KNOWN_PROVIDERS.get(provider, provider)
-    module = path.rpartition(".")[0]
+    problem = provider_problem(provider)
+    return [] if problem is None else [Finding("error", where, field, problem)]
+
+
+def ledger_findings(raw: object, where: str) -> list[Finding]:
+    """A warning when a Redis ledger's URL variable is unset here: the team would not load without it."""
     try:
-        found = bool(module) and importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if found:
+        config = LedgerConfig.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        return []  # reported by the team's schema check
+    if config is None or config.provider != "redis" or config.url_env is None:
         return []
-    return [Finding("error", where, "provider", f"{provider!r} cannot be imported (no module {module or path!r})")]
+    if os.environ.get(config.url_env, "").strip():
+        return []
+    return [
+        Finding(
+            "warning",
+            where,
+            "ledger.url_env",
+            f"the environment variable {config.url_env} is not set here: Team.load_component fails "
+            "wherever it is unset (set it to the Redis URL, e.g. redis://localhost:6379/0)",
+        )
+    ]
 
 
 def oversupply(declared: AgentCapacity, supply: AgentCapacity, where: str, field_name: str, what: str) -> list[Finding]:
@@ -108,3 +124,65 @@ def _comparable(contract: AgentCapacity) -> str:
 
 def _num(value: float) -> str:
     return f"{value:g}"
+
+
+def uncontracted(members: list[MemberReport], where: str, mode: AggregateMode) -> list[Finding]:
+    return [
+        Finding(
+            "warning",
+            f"{where} > member {m.name!r}",
+            f"capacities.{m.name}",
+            "has no contract in a team that declares contracts: it is never deferred, and "
+            f"counts as unbounded in the team's {mode} aggregate",
+        )
+        for m in members
+        if m.contract is None
+    ]
+
+
+def component_type_findings(
+    participant: Mapping[str, Any], is_team: bool, selector: bool, where: str, index: int
+) -> list[Finding]:
+    """AutoGen picks the loader of a participant by its ``component_type``: a wrong one cannot load."""
+    kind = participant.get("component_type")
+    field = f"participants.{index}.component_type"
+    if is_team and kind != "team" and not (selector and kind is None):
+        return [Finding("error", where, field, f"must be 'team' for a nested team (got {kind!r})")]
+    if not is_team and kind not in ("agent", None):
+        return [Finding("error", where, field, f"must be 'agent' for an agent (got {kind!r})")]
+    if not is_team and selector and kind is None:
+        return [Finding("error", where, field, "must be 'agent': SelectorGroupChat loads it as a team without it")]
+    return []
+
+
+def backend_groups(members: list[MemberReport]) -> dict[str, tuple[str, ...]]:
+    """Members grouped as :meth:`AgentCapacity.aggregate` counts them: one backend per shared key."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for positions in backends([m.contract for m in members]):
+        first = members[positions[0]]
+        label = first.contract.key if first.contract is not None and first.contract.key else first.name
+        groups[label] = tuple(members[i].name for i in positions)
+    return groups
+
+
+def derive(
+    limit: str,
+    members: list[MemberReport],
+    groups: Mapping[str, tuple[str, ...]],
+    uncapped: AgentCapacity | None,
+    declared: AgentCapacity | None,
+    effective: AgentCapacity | None,
+) -> FieldDerivation:
+    values = {m.name: getattr(m.contract, limit) if m.contract is not None else None for m in members}
+    per_key: dict[str, Number] = {}
+    for label, names in groups.items():
+        bounded = [v for v in (values[n] for n in names) if v is not None]
+        per_key[label] = min(bounded) if bounded else None
+    return FieldDerivation(
+        limit,
+        values,
+        per_key,
+        getattr(uncapped, limit) if uncapped is not None else None,
+        getattr(declared, limit) if declared is not None else None,
+        getattr(effective, limit) if effective is not None else None,
+    )

@@ -10,7 +10,6 @@ from typing import Any, Literal
 from autogen_core import ComponentModel
 from pydantic import ValidationError
 
-from .._config import CapacityAwareGroupChatConfig
 from ..contracts import AgentCapacity, AggregateMode
 from ._model import (
     CONTRACT_FIELDS,
@@ -23,7 +22,21 @@ from ._model import (
     TeamReport,
     UnusableConfig,
 )
-from ._rules import oversupply, provider_findings, shared_key_findings, timeout_findings
+from ._rules import (
+    backend_groups,
+    component_type_findings,
+    derive,
+    ledger_findings,
+    oversupply,
+    provider_findings,
+    shared_key_findings,
+    timeout_findings,
+    uncontracted,
+)
+from ._validate import did_you_mean, message, schema_findings, timeout_of, validate_contract
+
+MAX_NESTING = 100
+"""Teams nested deeper than this cannot be loaded by AutoGen (its loader recurses about 10 frames a level)."""
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -33,17 +46,33 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         UnusableConfig: the file is missing or unreadable, or is not a JSON object.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise UnusableConfig(f"{path}: no such file") from None
     except OSError as e:
         raise UnusableConfig(f"{path}: cannot read it ({e.strerror or e})") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: bytes, source: str) -> dict[str, Any]:
+    """Parse a JSON component config read from ``source`` (a path, or ``-`` for stdin).
+
+    Raises:
+        UnusableConfig: not UTF-8, not JSON, nested too deeply, or not a JSON object.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        byte = raw[e.start : e.start + 1].hex()
+        raise UnusableConfig(f"{source}: not UTF-8 text (byte 0x{byte} at position {e.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UnusableConfig(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        raise UnusableConfig(f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise UnusableConfig(f"{source}: nested too deeply to read as JSON") from None
     if not isinstance(data, dict):
-        raise UnusableConfig(f"{path}: not a component config (a JSON object with 'provider' and 'config')")
+        raise UnusableConfig(f"{source}: not a component config (a JSON object with 'provider' and 'config')")
     return data
 
 
@@ -51,7 +80,7 @@ def audit_config(config: Mapping[str, Any] | ComponentModel) -> Audit:
     """Build the contract tree of a team's component config and audit it.
 
     Raises:
-        UnusableConfig: ``config`` is not a team's component config.
+        UnusableConfig: ``config`` is not a team's component config, or its teams nest too deeply.
     """
     data = config.model_dump(mode="json") if isinstance(config, ComponentModel) else dict(config)
     if not _is_team(data):
@@ -61,18 +90,29 @@ def audit_config(config: Mapping[str, Any] | ComponentModel) -> Audit:
             "with 'provider' and 'config.participants'"
         )
     findings: list[Finding] = []
-    team = _team(data, None, "", None, findings)
+    team = _Walk(findings).team(data, None, "", None, 0)
     findings.extend(shared_key_findings(team))
     return Audit(team, tuple(findings))
 
 
-def _is_team(data: Mapping[str, Any]) -> bool:
+def _looks_like_team(data: object) -> bool:
+    """A component with a participants list, whatever its ``component_type`` says."""
+    if not isinstance(data, Mapping):
+        return False
     inner = data.get("config")
-    if not isinstance(data.get("provider"), str) or not isinstance(inner, Mapping):
-        return False
-    if data.get("component_type") not in (None, "team"):
-        return False
-    return isinstance(inner.get("participants"), list)
+    return (
+        isinstance(data.get("provider"), str)
+        and isinstance(inner, Mapping)
+        and isinstance(inner.get("participants"), list)
+    )
+
+
+def _is_team(data: Mapping[str, Any]) -> bool:
+    return _looks_like_team(data) and data.get("component_type") in (None, "team")
+
+
+def _is_component(data: object) -> bool:
+    return isinstance(data, Mapping) and "provider" in data and isinstance(data.get("config"), Mapping)
 
 
 def _name_of(component: Mapping[str, Any], fallback: str) -> str:
@@ -81,64 +121,128 @@ def _name_of(component: Mapping[str, Any], fallback: str) -> str:
     return name if isinstance(name, str) and name else str(component.get("label") or fallback)
 
 
-def _team(
-    data: Mapping[str, Any], fallback_name: str | None, parent: str, timeout_s: float | None, out: list[Finding]
-) -> TeamReport:
-    provider: str = data["provider"]
-    inner: Mapping[str, Any] = data["config"]
-    capacity_aware = provider == PROVIDER or provider.endswith(".CapacityAwareGroupChat")
-    name = _name_of(data, fallback_name or provider.rsplit(".", 1)[-1])
-    where = f"{parent} > team {name!r}" if parent else f"team {name!r}"
-    out.extend(provider_findings(provider, where))
-    timeouts = [t for t in (timeout_s, _timeout_of(inner.get("termination_condition"))) if t is not None]
-    timeout = min(timeouts) if timeouts else None
-    participants = [p for p in inner["participants"] if isinstance(p, Mapping)]
-    names = [_name_of(p, f"participant {i}") for i, p in enumerate(participants)]
+class _Walk:
+    """One pass over a config, collecting findings in ``out``."""
 
-    declared: AgentCapacity | None = None
-    entries: dict[str, AgentCapacity | None] = {}
-    routing: str | None = None
-    if capacity_aware:
-        out.extend(_schema_findings(inner, where))
-        declared = _contract(inner.get("capacity"), where, "capacity", out)
-        _contract(inner.get("selector_capacity"), where, "selector_capacity", out)
-        raw_entries = inner.get("capacities") or {}
-        if not isinstance(raw_entries, Mapping):
+    def __init__(self, out: list[Finding]) -> None:
+        self.out = out
+
+    def team(
+        self, data: Mapping[str, Any], fallback_name: str | None, parent: str, timeout_s: float | None, depth: int
+    ) -> TeamReport:
+        if depth > MAX_NESTING:
+            raise UnusableConfig(f"nested too deeply: teams more than {MAX_NESTING} levels deep cannot be loaded")
+        provider: str = data["provider"]
+        inner: Mapping[str, Any] = data["config"]
+        capacity_aware = provider == PROVIDER or provider.endswith(".CapacityAwareGroupChat")
+        name = _name_of(data, fallback_name or provider.rsplit(".", 1)[-1])
+        where = f"{parent} > team {name!r}" if parent else f"team {name!r}"
+        self.out.extend(provider_findings(provider, where))
+        skip = {"participants", *CONTRACT_FIELDS}
+        self.components({k: v for k, v in inner.items() if k not in skip}, where, "", depth, timeout_s)
+        timeouts = [t for t in (timeout_s, timeout_of(inner.get("termination_condition"))) if t is not None]
+        timeout = min(timeouts) if timeouts else None
+        participants = self.participants(inner["participants"], where)
+        names = [_name_of(p, f"participant {i}") for i, p in participants]
+
+        declared: AgentCapacity | None = None
+        entries: dict[str, AgentCapacity | None] = {}
+        routing: str | None = None
+        if capacity_aware:
+            declared, entries = self.contracts(inner, names, where)
+            self.out.extend(ledger_findings(inner.get("ledger"), where))
+            raw_routing = inner.get("routing")
+            routing = (
+                raw_routing
+                if isinstance(raw_routing, str)
+                else ("selector" if inner.get("model_client") else "headroom")
+            )
+        for duplicate in sorted({n for n in names if names.count(n) > 1}):
+            self.out.append(
+                Finding("error", where, "participants", f"participant name {duplicate!r} is used more than once")
+            )
+        selector = provider.endswith("SelectorGroupChat")
+        members = [
+            self.member(p, i, n, where, timeout, entries, depth, selector)
+            for (i, p), n in zip(participants, names, strict=True)
+        ]
+        return self.summary(name, provider, capacity_aware, routing, declared, entries, members, where, timeout)
+
+    def participants(self, raw: list[Any], where: str) -> list[tuple[int, Mapping[str, Any]]]:
+        """The participants that are components; an error for each one that is not."""
+        out = []
+        for i, participant in enumerate(raw):
+            try:
+                ComponentModel.model_validate(participant)
+            except ValidationError as e:
+                detail = "; ".join(message(error) for error in e.errors()[:2])
+                self.out.append(Finding("error", where, f"participants.{i}", f"is not a component config ({detail})"))
+                continue
+            out.append((i, participant))
+        return out
+
+    def contracts(
+        self, inner: Mapping[str, Any], names: list[str], where: str
+    ) -> tuple[AgentCapacity | None, dict[str, AgentCapacity | None]]:
+        """The team's declared contract and its members' entries, each validated."""
+        self.out.extend(schema_findings(inner, where))
+        declared = validate_contract(inner.get("capacity"), where, "capacity", self.out)
+        validate_contract(inner.get("selector_capacity"), where, "selector_capacity", self.out)
+        raw_entries = inner.get("capacities")
+        if raw_entries is None:
             raw_entries = {}
+        if not isinstance(raw_entries, Mapping):
+            self.out.append(
+                Finding(
+                    "error",
+                    where,
+                    "capacities",
+                    f"must map participant names to contracts (got {raw_entries!r})",
+                )
+            )
+            raw_entries = {}
+        entries: dict[str, AgentCapacity | None] = {}
         for member, raw in raw_entries.items():
             if member not in names:
-                out.append(
+                out_of = ", ".join(names) or "none"
+                hint = did_you_mean(str(member), names)
+                self.out.append(
                     Finding(
-                        "error",
-                        where,
-                        f"capacities.{member}",
-                        f"names no participant (participants: {', '.join(names) or 'none'})",
+                        "error", where, f"capacities.{member}", f"names no participant (participants: {out_of}){hint}"
                     )
                 )
                 continue
-            entries[member] = _contract(raw, f"{where} > member {member!r}", f"capacities.{member}", out)
-        raw_routing = inner.get("routing")
-        routing = (
-            raw_routing if isinstance(raw_routing, str) else ("selector" if inner.get("model_client") else "headroom")
-        )
-    for duplicate in sorted({n for n in names if names.count(n) > 1}):
-        out.append(Finding("error", where, "participants", f"participant name {duplicate!r} is used more than once"))
+            entries[member] = validate_contract(raw, f"{where} > member {member!r}", f"capacities.{member}", self.out)
+        return declared, entries
 
-    members: list[MemberReport] = []
-    for participant, member in zip(participants, names, strict=True):
+    def member(
+        self,
+        participant: Mapping[str, Any],
+        index: int,
+        member: str,
+        where: str,
+        timeout: float | None,
+        entries: Mapping[str, AgentCapacity | None],
+        depth: int,
+        selector: bool,
+    ) -> MemberReport:
         member_where = f"{where} > member {member!r}"
-        child = _team(participant, member, where, timeout, out) if _is_team(participant) else None
+        is_team = _looks_like_team(participant)
+        self.out.extend(component_type_findings(participant, is_team, selector, member_where, index))
+        child = self.team(participant, member, where, timeout, depth + 1) if is_team else None
+        wrapped: list[TeamReport] = []
         if child is None:
-            out.extend(provider_findings(participant.get("provider"), member_where))
-            if participant.get("component_type") == "team":
-                out.append(Finding("error", member_where, "participants", "a team config needs a participants list"))
+            self.out.extend(provider_findings(participant.get("provider"), member_where))
+            wrapped = self.components(participant["config"], member_where, "", depth, timeout)
         entry = entries.get(member)
         contract: AgentCapacity | None
         source: Literal["capacities", "nested team", "none"]
         if entry is not None:
             contract, source = entry, "capacities"
             if child is not None and child.effective is not None:
-                out.extend(oversupply(entry, child.effective, member_where, f"capacities.{member}", "the nested team"))
+                self.out.extend(
+                    oversupply(entry, child.effective, member_where, f"capacities.{member}", "the nested team")
+                )
         elif child is not None and child.capacity_aware and child.effective is not None:
             contract, source = child.effective, "nested team"
         else:
@@ -149,96 +253,69 @@ def _team(
             key = child.key  # a nested capacity-aware team leases its own key and its members'
         else:
             key = member
-        members.append(MemberReport(member, str(participant.get("provider", "?")), key, contract, source, child))
+        provider = str(participant.get("provider", "?"))
+        return MemberReport(member, provider, key, contract, source, child, tuple(wrapped))
 
-    mode: AggregateMode | None = None
-    effective: AgentCapacity | None = None
-    derivation: tuple[FieldDerivation, ...] = ()
-    if capacity_aware:
-        mode = "pipeline" if routing == "round_robin" else "pool"
-        contracts = [m.contract for m in members]
-        effective = AgentCapacity.aggregate(contracts, mode, cap=declared)
-        uncapped = AgentCapacity.aggregate(contracts, mode)
-        derivation = tuple(
-            FieldDerivation(
-                limit,
-                {m.name: getattr(m.contract, limit) if m.contract is not None else None for m in members},
-                getattr(uncapped, limit) if uncapped is not None else None,
-                getattr(declared, limit) if declared is not None else None,
-                getattr(effective, limit) if effective is not None else None,
-            )
-            for limit in LIMITS
+    def components(self, value: object, where: str, path: str, depth: int, timeout: float | None) -> list[TeamReport]:
+        """Check every component inside ``value`` (model clients, tools, conditions) for a loadable
+        provider; audit the teams found there (a SocietyOfMindAgent's team) and return them."""
+        if _looks_like_team(value):
+            assert isinstance(value, Mapping)
+            return [self.team(value, path.rsplit(".", 1)[-1] or None, where, timeout, depth + 1)]
+        teams: list[TeamReport] = []
+        if isinstance(value, Mapping):
+            if _is_component(value):
+                field = f"{path}.provider" if path else "provider"
+                self.out.extend(provider_findings(value.get("provider"), where, field))
+            for key, item in value.items():
+                teams += self.components(item, where, f"{path}.{key}" if path else str(key), depth, timeout)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                teams += self.components(item, where, f"{path}.{i}", depth, timeout)
+        return teams
+
+    def summary(
+        self,
+        name: str,
+        provider: str,
+        capacity_aware: bool,
+        routing: str | None,
+        declared: AgentCapacity | None,
+        entries: Mapping[str, AgentCapacity | None],
+        members: list[MemberReport],
+        where: str,
+        timeout: float | None,
+    ) -> TeamReport:
+        """The team's aggregate, its derivation and the warnings about it."""
+        mode: AggregateMode | None = None
+        effective: AgentCapacity | None = None
+        derivation: tuple[FieldDerivation, ...] = ()
+        groups: dict[str, tuple[str, ...]] = {}
+        if capacity_aware:
+            mode = "pipeline" if routing == "round_robin" else "pool"
+            contracts = [m.contract for m in members]
+            effective = AgentCapacity.aggregate(contracts, mode, cap=declared)
+            uncapped = AgentCapacity.aggregate(contracts, mode)
+            groups = backend_groups(members)
+            derivation = tuple(derive(limit, members, groups, uncapped, declared, effective) for limit in LIMITS)
+            if declared is not None and uncapped is not None:
+                self.out.extend(oversupply(declared, uncapped, where, "capacity", f"its members ({mode})"))
+            if declared is not None or entries:
+                self.out.extend(uncontracted(members, where, mode))
+            if timeout is not None:
+                self.out.extend(timeout_findings(where, declared, members, timeout))
+        key = declared.key if declared is not None and declared.key else name
+        return TeamReport(
+            name,
+            provider,
+            capacity_aware,
+            routing,
+            mode,
+            key,
+            declared,
+            effective,
+            derivation,
+            groups,
+            timeout,
+            tuple(members),
         )
-        if declared is not None and uncapped is not None:
-            out.extend(oversupply(declared, uncapped, where, "capacity", f"its members ({mode})"))
-        if declared is not None or entries:
-            for m in members:
-                if m.contract is None:
-                    out.append(
-                        Finding(
-                            "warning",
-                            f"{where} > member {m.name!r}",
-                            f"capacities.{m.name}",
-                            "has no contract in a team that declares contracts: it is never deferred, and "
-                            f"counts as unbounded in the team's {mode} aggregate",
-                        )
-                    )
-        if timeout is not None:
-            out.extend(timeout_findings(where, declared, members, timeout))
-    key = declared.key if declared is not None and declared.key else name
-    return TeamReport(
-        name, provider, capacity_aware, routing, mode, key, declared, effective, derivation, timeout, tuple(members)
-    )
-
-
-def _contract(raw: Any, where: str, field_name: str, out: list[Finding]) -> AgentCapacity | None:
-    if raw is None:
-        return None
-    try:
-        return AgentCapacity.model_validate(raw)
-    except ValidationError as e:
-        for error in e.errors():
-            loc = ".".join(str(part) for part in error["loc"])
-            out.append(Finding("error", where, f"{field_name}.{loc}" if loc else field_name, _message(error)))
-        return None
-
-
-def _message(error: Mapping[str, Any]) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error.get("type") == "extra_forbidden":
-        return "is not a contract field"
-    if "input" in error and error.get("type") != "model_type":
-        return f"{message} (got {error['input']!r})"
-    return message
-
-
-def _schema_findings(inner: Mapping[str, Any], where: str) -> list[Finding]:
-    """Fields of the team config other than the contracts (unknown keys, bad routing and the like)."""
-    rest = {k: v for k, v in inner.items() if k not in CONTRACT_FIELDS}
-    try:
-        CapacityAwareGroupChatConfig.model_validate(rest)
-    except ValidationError as e:
-        return [
-            Finding("error", where, ".".join(str(p) for p in error["loc"]) or None, _message(error))
-            for error in e.errors()
-        ]
-    return []
-
-
-def _timeout_of(condition: Any) -> float | None:
-    """The shortest ``TimeoutTermination`` in a termination condition (through And/Or combinations)."""
-    if not isinstance(condition, Mapping):
-        return None
-    inner = condition.get("config")
-    if not isinstance(inner, Mapping):
-        return None
-    found: list[float] = []
-    if str(condition.get("provider", "")).endswith("TimeoutTermination"):
-        seconds = inner.get("timeout_seconds")
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-            found.append(float(seconds))
-    for nested in inner.get("conditions") or []:
-        seconds = _timeout_of(nested)
-        if seconds is not None:
-            found.append(seconds)
-    return min(found) if found else None
