@@ -559,3 +559,14 @@ class TestLogging:
             await asyncio.wait_for(team.run(task="go"), TIMEOUT)
         assert "autogen_capacity.deferred team='crew' deferred={'a': 'slots'} speaker='b'" in caplog.messages
         await held.release()
+
+
+def test_a_key_named_after_a_member_counts_once() -> None:
+    """Member c (no key: tracked as "c") and member d declaring key="c" share one backend: counted once."""
+    team = CapacityAwareGroupChat(
+        [WorkerAgent("c"), WorkerAgent("d")],
+        capacities={"c": AgentCapacity(max_concurrent=4), "d": AgentCapacity(max_concurrent=4, key="c")},
+    )
+
+    assert team.capacity is not None
+    assert team.capacity.max_concurrent == 4

@@ -229,9 +229,13 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         """The team's contract as a provider: its members' contracts aggregated (pool for headroom and
         selector routing, pipeline for round robin), capped field by field by the declared ``capacity``."""
         mode: AggregateMode = "pipeline" if self._routing == "round_robin" else "pool"
-        return AgentCapacity.aggregate(
-            [plan.contract for plan in self._plans.values()], mode, cap=self._declared_capacity
-        )
+        # Each contract under the key it is tracked by, so members on one backend count once even when one of
+        # them names it through its participant name.
+        contracts = [
+            plan.contract.model_copy(update={"key": plan.key}) if plan.contract is not None else None
+            for plan in self._plans.values()
+        ]
+        return AgentCapacity.aggregate(contracts, mode, cap=self._declared_capacity)
 
     def capacity_of(self, name: str) -> AgentCapacity | None:
         """A member's effective contract, or ``None`` when it declares none.
