@@ -74,8 +74,7 @@ def _classify(task: asyncio.Task[TaskResult]) -> str:
         return "ledger unavailable"
     assert isinstance(error, RuntimeError), f"unexpected {type(error).__name__}: {error}"
     text = str(error)
-    if "LedgerUnavailable" in text:
-        return "ledger unavailable"
+    assert "LedgerUnavailable" not in text, f"the ledger's error reached the caller untyped: {text[:500]}"
     assert BOOM in text, f"a RuntimeError that is neither the ledger's nor a member's: {text[:500]}"
     return "member error"
 

@@ -23,6 +23,7 @@ from autogen_core import DefaultTopicId, MessageContext, event, rpc, trace_invok
 from pydantic import BaseModel
 
 from ._members import TurnKeeper
+from .exceptions import LedgerUnavailable
 from .ledger import Lease
 from .overload import OverloadClassifier
 
@@ -93,6 +94,8 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         except Exception as e:
             overload = self._classify(e)
             if overload is None:
+                if isinstance(e, LedgerUnavailable):  # a nested team's ledger: the run ends with it, typed
+                    self._turns.ledger_failed(e)
                 await self._turns.release(name)
                 await self.publish_message(
                     GroupChatError(error=SerializableException.from_exception(e)),

@@ -38,7 +38,7 @@ from ._members import TeamPolicy
 from ._turn_reports import TurnReports
 from .admission import Admission, Candidate, acquire
 from .events import CapacityExhaustedEvent, MemberOverloadedEvent
-from .exceptions import CapacityExhausted
+from .exceptions import CapacityExhausted, LedgerUnavailable
 from .ledger import KeyStatus
 from .routing import rank_by_headroom, rotation
 
@@ -254,6 +254,9 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager):
                 raise asyncio.CancelledError from None
             await self._stop_exhausted(exhausted)
             return
+        except LedgerUnavailable as error:  # the base handler ends the run; the team raises it typed
+            self._turns.ledger_failed(error)
+            raise
         if cancellation_token.is_cancelled():  # by the selection itself (a selector_func), with no wait after it
             if speaker is not None:
                 await self._turns.release(speaker)

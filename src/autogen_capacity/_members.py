@@ -11,7 +11,7 @@ from typing import Literal, Protocol
 
 from .admission import Candidate, record_overload, settle
 from .contracts import AgentCapacity, RetryBudget
-from .exceptions import CapacityExhausted
+from .exceptions import CapacityError, LedgerUnavailable
 from .ledger import CapacityLedger, KeyStatus, Lease
 from .overload import Overload
 from .routing import Routing
@@ -93,8 +93,9 @@ class TurnKeeper:
         self.rng = rng
         self.ledger: CapacityLedger | None = None
         """The ledger of the running team (set when its runtime is built)."""
-        self.pending_error: CapacityExhausted | None = None
-        """A typed error to raise once the run's stream ends (``on_exhausted="raise"``)."""
+        self.pending_error: CapacityError | None = None
+        """A typed error to raise once the run's stream ends: ``CapacityExhausted`` (``on_exhausted="raise"``),
+        or the ``LedgerUnavailable`` that ended the run (AutoGen reports it as a ``RuntimeError``)."""
         self._held: dict[str, Lease] = {}
         self._overloads: dict[str, int] = {}
 
@@ -107,15 +108,24 @@ class TurnKeeper:
     def forget_run(self) -> None:
         self._overloads.clear()
 
+    def ledger_failed(self, error: LedgerUnavailable) -> None:
+        """The ledger failed mid-run: the run ends with this error (the first one), typed."""
+        if self.pending_error is None:
+            self.pending_error = error
+
     async def answered(self, name: str, tokens: int) -> None:
         """``name``'s turn answered: debit its tokens from its key, then free its slot."""
         self._overloads.pop(name, None)
         plan = self.plans[name]
         lease = self._held.pop(name, None)
-        if self.ledger is not None and plan.contract is not None and plan.team is None:
-            await settle(lease, self.ledger, plan.key, plan.contract, tokens)
-        elif lease is not None:
-            await lease.release()
+        try:
+            if self.ledger is not None and plan.contract is not None and plan.team is None:
+                await settle(lease, self.ledger, plan.key, plan.contract, tokens)
+            elif lease is not None:
+                await lease.release()
+        except LedgerUnavailable as error:
+            self.ledger_failed(error)
+            raise
 
     async def overloaded(self, name: str, overload: Overload) -> Verdict:
         """``name``'s turn ended in overload: cool its key down (or mark it exhausted), then free its slot."""
@@ -133,6 +143,9 @@ class TurnKeeper:
                 exhausted_ttl_s=self.exhausted_ttl_s,
                 rng=self.rng,
             )
+        except LedgerUnavailable as error:
+            self.ledger_failed(error)
+            raise
         finally:
             await self.release(name)
         # Overloaded on every retry its contract allows: given up on for this run (a storm of short Retry-After

@@ -30,7 +30,7 @@ from ._members import MemberPlan, TeamPolicy, TurnKeeper
 from .admission import acquire, settle
 from .contracts import AgentCapacity, AggregateMode, RetryBudget, declared_contract, ledger_key
 from .events import CAPACITY_EVENT_TYPES
-from .exceptions import CapacityExhausted, ContractError
+from .exceptions import CapacityExhausted, ContractError, LedgerUnavailable
 from .ledger import CapacityLedger, KeyStatus, Lease, default_ledger
 from .ledger.config import LedgerConfig, ledger_config_of, ledger_from_config
 from .overload import OverloadClassifier, classify_overload
@@ -294,13 +294,19 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                         raise
                     yield TaskResult(messages=[], stop_reason=str(exhausted))
                     return
-            async for item in super().run_stream(
-                task=task, cancellation_token=cancellation_token, output_task_messages=output_task_messages
-            ):
-                if isinstance(item, TaskResult):
-                    result = item
-                else:
-                    yield item
+            try:
+                async for item in super().run_stream(
+                    task=task, cancellation_token=cancellation_token, output_task_messages=output_task_messages
+                ):
+                    if isinstance(item, TaskResult):
+                        result = item
+                    else:
+                        yield item
+            except RuntimeError as reported:  # AutoGen's report of an error in a handler
+                failed, self._turns.pending_error = self._turns.pending_error, None
+                if isinstance(failed, LedgerUnavailable):
+                    raise failed from reported
+                raise
             if own_lease is not None and result is not None and self._declared_capacity is not None:
                 await settle(own_lease, self.ledger, self.key, self._declared_capacity, tokens_used(result.messages))
         finally:

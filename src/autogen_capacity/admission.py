@@ -296,11 +296,14 @@ async def record_overload(
 
 
 async def settle(lease: Lease | None, ledger: CapacityLedger, key: str, contract: AgentCapacity, tokens: int) -> None:
-    """A call answered: debit the ``tokens`` it used (when ``contract`` has a tpm), then release its lease."""
-    if tokens and contract.tpm is not None:
-        await ledger.record_tokens(key, tokens)
-    if lease is not None:
-        await lease.release()
+    """A call answered: debit the ``tokens`` it used (when ``contract`` has a tpm), then release its lease (also
+    when the debit fails)."""
+    try:
+        if tokens and contract.tpm is not None:
+            await ledger.record_tokens(key, tokens)
+    finally:
+        if lease is not None:
+            await lease.release()
 
 
 async def admit_one(ledger: CapacityLedger, candidate: Candidate) -> Lease | None:
