@@ -18,6 +18,7 @@ from autogen_agentchat.teams._group_chat._events import (
     GroupChatTermination,
     SerializableException,
 )
+from autogen_agentchat.teams._group_chat._round_robin_group_chat import RoundRobinGroupChatManager
 from autogen_agentchat.teams._group_chat._selector_group_chat import (
     AsyncCandidateFunc,
     AsyncSelectorFunc,
@@ -75,12 +76,15 @@ class _Exhausted(Exception):
         self.retry_after = retry_after
 
 
-class CapacityAwareGroupChatManager(SelectorGroupChatManager):
+class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupChatManager):
     """Routes each turn to a participant with headroom, defers the others (with an event), waits by the
     preferred candidate's contract when nobody has headroom, and reroutes turns that fail with overload.
 
     With no contracts it makes the same choices as RoundRobinGroupChat (``headroom``/``round_robin``
-    routing) or SelectorGroupChat (``selector`` routing).
+    routing) or SelectorGroupChat (``selector`` routing). It is an instance of both of their managers, so
+    code written for AutoGen's teams that fetches the manager as either one (and reads ``_current_turn``,
+    ``_next_speaker_index``, ``_previous_speaker``, ``_message_thread``) recognises it: an identity only,
+    Selector's methods win in the method order and this class overrides what both define.
     """
 
     def __init__(
