@@ -382,4 +382,5 @@ class TestAutoGenLayout:
         agent = AssistantAgent("a", model_client=ReplayChatCompletionClient([]), memory=[ListMemory()])
         assert isinstance(getattr(agent, "_memory", None), list), "AssistantAgent._memory moved"
         for name in ASSISTANT_TURN_METHODS:
-            assert name in vars(AssistantAgent), f"AssistantAgent.{name} moved"
+            owner = next((k for k in AssistantAgent.__mro__ if name in vars(k)), None)
+            assert owner in (AssistantAgent, BaseChatAgent), f"AssistantAgent.{name} moved"

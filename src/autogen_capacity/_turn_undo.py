@@ -52,18 +52,21 @@ APPEND_ONLY_CONTEXTS: frozenset[type[ChatCompletionContext]] = frozenset(
 (``add_message``), replacing (``clear``, ``load_state``) or reading it; their ``get_messages`` copies."""
 
 ASSISTANT_TURN_METHODS = (
+    "run",
+    "run_stream",
     "on_messages",
     "on_messages_stream",
     "save_state",
     "load_state",
+    "model_context",
     "_add_messages_to_context",
     "_update_model_context_with_memory",
     "_call_llm",
     "_process_model_result",
     "_reflect_on_tool_use_flow",
 )
-"""The ``AssistantAgent`` methods that run a turn or define its state: a subclass that overrides one of them
-may change the agent in ways a cut context does not undo."""
+"""The methods that run an ``AssistantAgent``'s turn (in a team or as a tool) or define its state: a subclass
+that overrides one of them may change the agent in ways a cut context does not undo."""
 
 _MOVED = (
     "The model context of {name!r} was replaced or shortened during its overloaded turn, so the turn cannot "
@@ -144,7 +147,7 @@ def _is_plain_assistant(agent: AssistantAgent) -> bool:
     cls = type(agent)
     plain = _plain_assistant.get(cls)
     if plain is None:
-        plain = all(_defined_by(cls, name) is AssistantAgent for name in ASSISTANT_TURN_METHODS)
+        plain = all(_defined_by(cls, name) is _defined_by(AssistantAgent, name) for name in ASSISTANT_TURN_METHODS)
         _plain_assistant[cls] = plain
     return plain
 
