@@ -103,12 +103,14 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
             title=f"5. Real agents: {real['members']} AssistantAgents, {real['reply_chars']}-character replies "
             "(median of interleaved repeats)"
         )
-        for column in ("turns", "contestant", "s/run", "us/turn", "ratio to RR (median)", "min", "max", "<= 1.05"):
+        columns = ("turns", "contestant", "s/run", "us/turn", "ratio to RR (median)", "min", "max", "CPU ratio")
+        for column in (*columns, "<= 1.05"):
             table.add_column(column, justify="right")
         for r in real["results"]:
             table.add_row(
                 str(r["turns"]), r["contestant"], _f(r["s_per_run"], 3), _f(r["us_per_turn"], 0),
-                _f(r["ratio_to_round_robin"], 3), _f(r["ratio_min"], 3), _f(r["ratio_max"], 3), _f(r["meets_target"]),
+                _f(r["ratio_to_round_robin"], 3), _f(r["ratio_min"], 3), _f(r["ratio_max"], 3),
+                _f(r["cpu_ratio_to_round_robin"], 3), _f(r["meets_target"]),
             )  # fmt: skip
         console.print(table)
 
