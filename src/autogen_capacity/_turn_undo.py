@@ -17,8 +17,8 @@ that, but an ``AssistantAgent``'s state is its whole model context: O(context) p
 
 Written against AutoGen 0.7.5 (``autogen_agentchat.agents._assistant_agent`` and
 ``autogen_core.model_context``): it reads ``AssistantAgent._memory`` and ``ChatCompletionContext._messages``.
-``tests/test_turn_undo.py`` fails loudly, naming what moved, when a later AutoGen changes either; until then
-an agent whose context has no message list falls back to ``save_state()``.
+``tests/test_turn_undo.py`` fails loudly, naming what moved, when a later AutoGen changes either; meanwhile
+an agent whose context or memory is not where 0.7.5 keeps it falls back to ``save_state()``.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ APPEND_ONLY_CONTEXTS: frozenset[type[ChatCompletionContext]] = frozenset(
         TokenLimitedChatCompletionContext,
     }
 )
-"""Model contexts (exact types) that keep every message in ``_messages`` and change it only by appending
-(``add_message``), replacing (``clear``, ``load_state``) or reading it; their ``get_messages`` copies."""
+"""Model contexts (exact types) that keep every message in the list ``_messages`` and change it only by
+appending (``add_message``) or replacing it (``clear``, ``load_state``); ``get_messages`` only reads it."""
 
 ASSISTANT_TURN_METHODS = (
     "run",
