@@ -10,11 +10,17 @@ from typing import Any
 
 from rich.console import Console
 
-from . import cascade, ledger, overhead, scale
+from . import cascade, ledger, overhead, real_agents, scale
 from ._report import plot, print_tables, write_json
 from ._stats import machine
 
-SCENARIOS = {"overhead": overhead.run, "cascade": cascade.run, "scale": scale.run, "ledger": ledger.run}
+SCENARIOS = {
+    "overhead": overhead.run,
+    "cascade": cascade.run,
+    "scale": scale.run,
+    "ledger": ledger.run,
+    "real_agents": real_agents.run,
+}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 

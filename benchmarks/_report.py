@@ -97,6 +97,22 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
                       f"Redis {_f(report['ledger']['redis_meets_target'])}")  # fmt: skip
         if report["ledger"]["note"]:
             console.print(report["ledger"]["note"])
+    if "real_agents" in report:
+        real = report["real_agents"]
+        table = Table(
+            title=f"5. Real agents: {real['members']} AssistantAgents, {real['reply_chars']}-character replies "
+            "(median of interleaved repeats)"
+        )
+        columns = ("turns", "contestant", "s/run", "us/turn", "ratio to RR (median)", "min", "max", "CPU ratio")
+        for column in (*columns, "<= 1.05"):
+            table.add_column(column, justify="right")
+        for r in real["results"]:
+            table.add_row(
+                str(r["turns"]), r["contestant"], _f(r["s_per_run"], 3), _f(r["us_per_turn"], 0),
+                _f(r["ratio_to_round_robin"], 3), _f(r["ratio_min"], 3), _f(r["ratio_max"], 3),
+                _f(r["cpu_ratio_to_round_robin"], 3), _f(r["meets_target"]),
+            )  # fmt: skip
+        console.print(table)
 
 
 def write_json(report: dict[str, Any], out: Path) -> Path:

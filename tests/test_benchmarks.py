@@ -22,7 +22,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     report = json.loads((tmp_path / "results.json").read_text())
-    assert {"machine", "quick", "overhead", "cascade", "scale", "ledger"} <= report.keys()
+    assert {"machine", "quick", "overhead", "cascade", "scale", "ledger", "real_agents"} <= report.keys()
     assert report["quick"] is True
     assert {"platform", "cpu_count", "python", "packages"} <= report["machine"].keys()
     assert {"members", "contestant", "us_per_turn", "ratio_to_round_robin"} <= report["overhead"]["results"][0].keys()
@@ -30,6 +30,8 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     assert cascade_keys <= report["cascade"]["results"][0].keys()
     assert {"growth_100_to_1000", "ledger_bytes_per_key"} <= report["scale"].keys()
     assert {"ledger", "tasks", "ops_s", "p99_ms"} <= report["ledger"]["results"][0].keys()
+    real_keys = {"turns", "contestant", "s_per_run", "ratio_to_round_robin", "meets_target"}
+    assert real_keys <= report["real_agents"]["results"][0].keys()
     if report["ledger"]["open_loop"]:  # with redis-server installed
         assert {"offered_s", "gc_frozen", "ops_s", "p99_ms"} <= report["ledger"]["open_loop"][0].keys()
     for name in ("overhead.png", "cascade.png", "ledger.png"):

@@ -1,0 +1,106 @@
+"""Scenario 5, real agents: runs of AssistantAgents, whose state grows with the conversation.
+
+Three ``AssistantAgent`` members on ``ReplayChatCompletionClient`` (400-character replies), runs of 100 and
+1,000 turns. Contestants: RoundRobinGroupChat, CapacityAwareGroupChat without contracts, and with a contract
+on every member (ample: ``max_concurrent=2``, ``rpm=1e9``). They run interleaved in a shuffled order each
+repeat; each repeat's time is divided by RoundRobinGroupChat's time of the same repeat, and the median of
+those ratios is reported. Any per-turn work that grows with a member's context (such as saving its state
+before every turn) shows here as a ratio that grows with the run's length.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from typing import Any
+
+from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.base import Team
+from autogen_agentchat.teams import RoundRobinGroupChat
+from autogen_ext.models.replay import ReplayChatCompletionClient
+
+from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger
+
+from ._stats import median
+
+__all__ = ["CONTESTANTS", "TARGET_RATIO", "run"]
+
+TARGET_RATIO = 1.05
+"""Ours may take at most this much time per run relative to RoundRobinGroupChat, at every run length."""
+
+CONTESTANTS = ("round_robin", "ours_no_contracts", "ours_contracts")
+MEMBERS = 3
+REPLY = ("lorem ipsum dolor sit amet " * 16)[:400]
+"""A 400-character reply."""
+
+_CONTRACT = AgentCapacity(max_concurrent=2, rpm=1e9)
+
+
+def _team(kind: str, turns: int) -> tuple[Team, list[ReplayChatCompletionClient]]:
+    """One contestant over fresh members, and the members' model clients (rewound before every run)."""
+    clients = [ReplayChatCompletionClient([REPLY] * turns) for _ in range(MEMBERS)]
+    agents = [AssistantAgent(f"agent_{i}", model_client=client) for i, client in enumerate(clients)]
+    if kind == "round_robin":
+        return RoundRobinGroupChat(agents, max_turns=turns), clients
+    capacities = {agent.name: _CONTRACT for agent in agents} if kind == "ours_contracts" else None
+    return CapacityAwareGroupChat(agents, capacities=capacities, ledger=InMemoryLedger(), max_turns=turns), clients
+
+
+async def time_run(team: Team, clients: list[ReplayChatCompletionClient], turns: int) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of one run of ``turns`` turns from a reset team (garbage collection paused, as
+    timeit does). The CPU time leaves out what other processes on a shared machine take."""
+    await team.reset()
+    for client in clients:
+        client.reset()
+        client.create_calls.clear()
+    gc.collect()
+    gc.disable()
+    try:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = await team.run(task="go")
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    finally:
+        gc.enable()
+    if len(result.messages) != turns + 1:
+        raise RuntimeError(f"expected {turns} turns, got {len(result.messages) - 1}: {result.stop_reason}")
+    return elapsed, cpu
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    """Median seconds per run and median ratio to RoundRobinGroupChat, per run length and contestant."""
+    lengths = {100: 15, 1000: 7} if not quick else {20: 1, 60: 1}
+    rng = random.Random(11)
+    results: list[dict[str, Any]] = []
+    for turns, repeats in lengths.items():
+        teams = {kind: _team(kind, turns) for kind in CONTESTANTS}
+        for team, clients in teams.values():  # warm-up: registers the agents and instantiates them in the runtime
+            await time_run(team, clients, turns)
+        per_run: dict[str, list[float]] = {kind: [] for kind in CONTESTANTS}
+        ratios: dict[str, list[float]] = {kind: [] for kind in CONTESTANTS}
+        cpu_ratios: dict[str, list[float]] = {kind: [] for kind in CONTESTANTS}
+        for _ in range(repeats):
+            order = list(CONTESTANTS)
+            rng.shuffle(order)
+            this = {kind: await time_run(*teams[kind], turns) for kind in order}
+            for kind in CONTESTANTS:
+                per_run[kind].append(this[kind][0])
+                ratios[kind].append(this[kind][0] / this["round_robin"][0])
+                cpu_ratios[kind].append(this[kind][1] / this["round_robin"][1])
+        for kind in CONTESTANTS:
+            ratio = median(ratios[kind])
+            results.append(
+                {
+                    "turns": turns,
+                    "contestant": kind,
+                    "repeats": repeats,
+                    "s_per_run": median(per_run[kind]),
+                    "us_per_turn": median(per_run[kind]) / turns * 1e6,
+                    "ratio_to_round_robin": ratio,
+                    "ratio_min": min(ratios[kind]),
+                    "ratio_max": max(ratios[kind]),
+                    "cpu_ratio_to_round_robin": median(cpu_ratios[kind]),
+                    "meets_target": ratio <= TARGET_RATIO if kind.startswith("ours") else None,
+                }
+            )
+    return {"target_ratio": TARGET_RATIO, "members": MEMBERS, "reply_chars": len(REPLY), "results": results}
