@@ -393,13 +393,6 @@ class TestAutoGenLayout:
             assert owner in (AssistantAgent, BaseChatAgent), f"AssistantAgent.{name} moved"
 
 
-WIRING = pytest.mark.xfail(
-    strict=True,
-    reason="issue 14: the container and the tools still save the member's state before every turn; "
-    "remove this marker once they take a checkpoint()",
-)
-
-
 def spy_on_save_state(agent: AssistantAgent, monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
     real = agent.save_state
 
@@ -413,7 +406,6 @@ def spy_on_save_state(agent: AssistantAgent, monkeypatch: pytest.MonkeyPatch, ca
 class TestWiring:
     """The team and the tools take a checkpoint, not the member's state, before each turn."""
 
-    @WIRING
     async def test_team_saves_no_member_state(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A run of CapacityAwareGroupChat over AssistantAgents never calls their save_state."""
         agents = [AssistantAgent(f"a{i}", model_client=ReplayChatCompletionClient(["r"] * 2)) for i in range(2)]
@@ -425,7 +417,6 @@ class TestWiring:
         assert len(result.messages) == 5
         assert calls == []
 
-    @WIRING
     async def test_tool_saves_no_agent_state(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A call through CapacityAwareAgentTool never calls the AssistantAgent's save_state."""
         writer = AssistantAgent("writer", model_client=ReplayChatCompletionClient(["poem"]))

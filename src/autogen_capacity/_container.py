@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Literal
 
 from autogen_agentchat.base import ChatAgent, Response, TaskResult, Team
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory
@@ -23,6 +23,7 @@ from autogen_core import DefaultTopicId, MessageContext, event, rpc, trace_invok
 from pydantic import BaseModel
 
 from ._members import TurnKeeper
+from ._turn_undo import TurnCheckpoint, checkpoint
 from .exceptions import LedgerUnavailable
 from .ledger import Lease
 from .overload import OverloadClassifier
@@ -56,9 +57,9 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
     """A :class:`ChatAgentContainer` whose turns report overload to the manager's own topic.
 
     An overload (as the classifier sees it) is not an error of the run: the container keeps its message
-    buffer (nothing is lost when the member speaks later), loads back the agent's state from before the
-    turn (so the kept messages are not added to its context twice) and tells the manager, which reroutes
-    the turn.
+    buffer (nothing is lost when the member speaks later), undoes the turn from a checkpoint taken before
+    it (so the kept messages are not added to its context twice), records the overload in the ledger, frees
+    the slot and tells the manager, which reroutes the turn.
     Every other exception is published and raised exactly as AutoGen does.
     """
 
@@ -86,10 +87,9 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         # An agent adds the buffer to its own context before it calls its model: an overloaded turn is undone
         # so that the retry, which is handed the kept buffer again, does not show the model every message twice.
         name = self._agent.name
-        before: Mapping[str, Any] | None = None
+        before: TurnCheckpoint | None = None
         try:
-            if not isinstance(self._agent, Team):
-                before = await self._agent.save_state()
+            before = await checkpoint(self._agent)
             response = await self._run_turn(ctx)
         except Exception as e:
             overload = self._classify(e)
@@ -104,7 +104,7 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
                 )
                 raise
             if before is not None:
-                await self._agent.load_state(before)
+                await before.restore()
             verdict = await self._turns.overloaded(name, overload)  # recorded, then the slot is freed
             report = GroupChatMemberOverloaded(
                 name=name,

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from autogen_agentchat.agents import BaseChatAgent
 from autogen_agentchat.base import TaskResult
@@ -29,6 +28,7 @@ from ._container import tokens_used
 from ._logging import logger
 from ._members import UNBOUNDED
 from ._team import DEFAULT_EXHAUSTED_TTL_S, CapacityAwareGroupChat, _warn_about_client_retries
+from ._turn_undo import TurnCheckpoint, checkpoint
 from .admission import Candidate, admit_one, record_overload, settle
 from .contracts import AgentCapacity, declared_contract, ledger_key
 from .exceptions import CapacityExhausted
@@ -121,10 +121,10 @@ class _Caller:
             admission = asyncio.ensure_future(admit_one(ledger, candidate))
             token.link_future(admission)
             held = await admission
-            before: Mapping[str, Any] | None = None
+            before: TurnCheckpoint | None = None
             try:
                 if self._agent is not None:
-                    before = await self._agent.save_state()
+                    before = await checkpoint(self._agent)
                 async for item in start():
                     if isinstance(item, TaskResult) and held is not None:
                         await settle(held, ledger, self.key, self.contract, tokens_used(item.messages))
@@ -135,10 +135,10 @@ class _Caller:
                 if overload is None:
                     raise
                 error = exc
-                if self._agent is not None and before is not None:
+                if before is not None:
                     # The failed attempt already added the task to the agent's context: without this, the
                     # retry would show the model the task twice.
-                    await self._agent.load_state(before)
+                    await before.restore()
                 overloads += 1
                 out_for = await record_overload(
                     ledger,
