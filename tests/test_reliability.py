@@ -170,6 +170,8 @@ class CapacityMachine(RuleBasedStateMachine):
         resume are RPCs to the team's runtime: sent while the run is ending, they hang or raise QueueShutDown,
         with RoundRobinGroupChat as well). Then let the turn finish."""
         squad = self.squads[PAUSABLE]
+        if squad.run is not None and squad.run.token.is_cancelled():
+            return  # a cancelled run ends whether paused or not: nothing to check here
         squad.gate.clear()
         try:
             self._on_loop(_until(lambda: not squad.running or any(m.active for m in squad.members.values())))
