@@ -146,6 +146,9 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
             should_stop=self._should_stop if termination_condition is not None else None,
             poll_s=TERMINATION_POLL_S,
         )
+        self._as_candidates = {
+            name: (plan.candidate(cooled=False), plan.candidate(cooled=True)) for name, plan in self._plans.items()
+        }
         self._next_speaker_index = 0
         self._cooled: set[str] = set()
         self._routed_around: set[str] = set()
@@ -286,7 +289,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         thread = self._message_thread
         explicit = await self._explicit_speaker(thread)
         names = [explicit] if explicit is not None else await self._candidates(thread)
-        candidates = [self._plans[name].candidate(cooled=name in self._cooled) for name in names]
+        candidates = [self._candidate(name) for name in names]
         try:
             admitted = await self._admission.admit(
                 candidates,
@@ -304,6 +307,10 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         if explicit is None:
             self._previous_speaker = name
         return name
+
+    def _candidate(self, name: str) -> Candidate:
+        """How the engine sees ``name`` now (built once per member; a member cooled down is checked from then on)."""
+        return self._as_candidates[name][name in self._cooled]
 
     async def _should_stop(self) -> bool:
         """Whether the termination condition fired while waiting (ExternalTermination sends no signal)."""
@@ -357,7 +364,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
                 return []
             ordered = [chosen, *(name for name in ordered if name != chosen)]
         # The selector may fall back to the previous speaker, which need not be a candidate.
-        return [allowed.get(name) or self._plans[name].candidate(cooled=name in self._cooled) for name in ordered]
+        return [allowed.get(name) or self._candidate(name) for name in ordered]
 
     async def _model_pick(self, candidates: list[str]) -> str | None:
         """Ask the model client to pick among ``candidates`` (SelectorGroupChat's prompt, retries and

@@ -134,6 +134,28 @@ class Admission:
             return IDLE
         return await self._ledger.status(candidate.key, candidate.contract)
 
+    async def _statuses(self, candidates: Sequence[Candidate], routed_around: frozenset[str]) -> dict[str, KeyStatus]:
+        """Every candidate's :meth:`status`, the ledger's read in one call (a key shared under two different
+        contracts is read once per contract)."""
+        asked: dict[str, AgentCapacity] = {}
+        for c in candidates:
+            if c.checked and c.probe is None and c.name not in routed_around:
+                asked.setdefault(c.key, c.contract)
+        found = await self._ledger.statuses(asked) if asked else {}
+        statuses: dict[str, KeyStatus] = {}
+        for c in candidates:
+            if c.name in routed_around:
+                statuses[c.name] = ROUTED_AROUND
+            elif c.probe is not None:
+                statuses[c.name] = await c.probe()
+            elif not c.checked:
+                statuses[c.name] = IDLE
+            elif asked[c.key] == c.contract:
+                statuses[c.name] = found[c.key]
+            else:
+                statuses[c.name] = await self._ledger.status(c.key, c.contract)
+        return statuses
+
     async def admit(
         self,
         candidates: Sequence[Candidate],
@@ -155,9 +177,7 @@ class Admission:
         try:
             while True:
                 passes += 1
-                statuses = {
-                    c.name: ROUTED_AROUND if c.name in routed_around else await self.status(c) for c in candidates
-                }
+                statuses = await self._statuses(candidates, routed_around)
                 admitted = await self._try(candidates, statuses, order)
                 if admitted is not None:
                     if self._observer is not None:

@@ -148,6 +148,10 @@ class CapacityLedger(Protocol):
         """Whether ``key`` would admit now, its headroom, and why not."""
         ...
 
+    async def statuses(self, keys: Mapping[str, AgentCapacity]) -> dict[str, KeyStatus]:
+        """:meth:`status` of several keys at once (one round trip for a remote ledger)."""
+        ...
+
     async def headroom(self, key: str, capacity: AgentCapacity) -> float:
         """How much more ``key`` can take now, from 0 (saturated) to 1 (idle or unbounded)."""
         ...

@@ -278,6 +278,11 @@ class InMemoryLedger:
         """Whether ``key`` would admit now, its headroom, and why not."""
         return self._status(self._state(key), capacity, self._now())
 
+    async def statuses(self, keys: Mapping[str, AgentCapacity]) -> dict[str, KeyStatus]:
+        """:meth:`status` of several keys at once."""
+        now = self._now()
+        return {key: self._status(self._state(key), capacity, now) for key, capacity in keys.items()}
+
     async def headroom(self, key: str, capacity: AgentCapacity) -> float:
         """How much more ``key`` can take now, from 0 to 1."""
         return self._status(self._state(key), capacity, self._now()).headroom
