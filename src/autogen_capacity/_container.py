@@ -9,8 +9,11 @@ from typing import Literal
 from autogen_agentchat.base import ChatAgent, Response, TaskResult, Team
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory
 from autogen_agentchat.teams import BaseGroupChat
-from autogen_agentchat.teams._group_chat._chat_agent_container import ChatAgentContainer
-from autogen_agentchat.teams._group_chat._events import (
+from autogen_core import DefaultTopicId, MessageContext, event, rpc, trace_invoke_agent_span
+from pydantic import BaseModel
+
+from ._compat import (
+    ChatAgentContainer,
     GroupChatAgentResponse,
     GroupChatError,
     GroupChatPause,
@@ -19,9 +22,6 @@ from autogen_agentchat.teams._group_chat._events import (
     GroupChatTeamResponse,
     SerializableException,
 )
-from autogen_core import DefaultTopicId, MessageContext, event, rpc, trace_invoke_agent_span
-from pydantic import BaseModel
-
 from ._members import TurnKeeper
 from ._turn_undo import TurnCheckpoint, checkpoint
 from .exceptions import LedgerUnavailable

@@ -10,29 +10,27 @@ from typing import Any, cast
 from autogen_agentchat.base import TerminationCondition
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory, StopMessage
 from autogen_agentchat.state import SelectorManagerState
-from autogen_agentchat.teams._group_chat._events import (
-    GroupChatAgentResponse,
-    GroupChatMessage,
-    GroupChatRequestPublish,
-    GroupChatTeamResponse,
-    GroupChatTermination,
-    SerializableException,
-)
-from autogen_agentchat.teams._group_chat._round_robin_group_chat import RoundRobinGroupChatManager
-from autogen_agentchat.teams._group_chat._selector_group_chat import (
-    AsyncCandidateFunc,
-    AsyncSelectorFunc,
-    CandidateFuncType,
-    SelectorFuncType,
-    SelectorGroupChatManager,
-    SyncCandidateFunc,
-    SyncSelectorFunc,
-)
 from autogen_core import CancellationToken, DefaultTopicId, MessageContext, event
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from pydantic import Field
 
+from ._compat import (
+    AsyncCandidateFunc,
+    AsyncSelectorFunc,
+    CandidateFuncType,
+    GroupChatAgentResponse,
+    GroupChatMessage,
+    GroupChatRequestPublish,
+    GroupChatTeamResponse,
+    GroupChatTermination,
+    RoundRobinGroupChatManager,
+    SelectorFuncType,
+    SelectorGroupChatManager,
+    SerializableException,
+    SyncCandidateFunc,
+    SyncSelectorFunc,
+)
 from ._container import GroupChatMemberOverloaded
 from ._logging import logger
 from ._members import TeamPolicy

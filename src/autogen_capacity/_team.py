@@ -9,19 +9,14 @@ from typing import Any, Literal
 
 from autogen_agentchat.base import ChatAgent, TaskResult, Team, TerminationCondition
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory
-from autogen_agentchat.teams import BaseGroupChat
-from autogen_agentchat.teams._group_chat._events import GroupChatTermination
-from autogen_agentchat.teams._group_chat._selector_group_chat import (
-    CandidateFuncType,
-    SelectorFuncType,
-    SelectorGroupChat,
-)
+from autogen_agentchat.teams import BaseGroupChat, SelectorGroupChat
 from autogen_core import AgentRuntime, CancellationToken, Component, ComponentBase, ComponentModel
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel
 from typing_extensions import Self
 
+from ._compat import CandidateFuncType, GroupChatTermination, SelectorFuncType
 from ._config import CapacityAwareGroupChatConfig, load_team_config
 from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
 from ._logging import logger

@@ -18,12 +18,10 @@ from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_agentchat.teams import BaseGroupChat
 from autogen_agentchat.tools import AgentTool, TeamTool
-from autogen_agentchat.tools._agent import AgentToolConfig
-from autogen_agentchat.tools._task_runner_tool import TaskRunnerTool, TaskRunnerToolArgs
-from autogen_agentchat.tools._team import TeamToolConfig
 from autogen_core import CancellationToken
 from typing_extensions import Self
 
+from ._compat import AgentToolConfig, TaskRunnerTool, TaskRunnerToolArgs, TeamToolConfig
 from ._container import tokens_used
 from ._logging import logger
 from ._members import UNBOUNDED

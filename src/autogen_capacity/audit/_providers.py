@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 
-from autogen_core._component_config import WELL_KNOWN_PROVIDERS
+from .._compat import WELL_KNOWN_PROVIDERS
 
 _STAR_DEPTH = 8
 """How many ``from x import *`` hops are followed before a name is given the benefit of the doubt."""
