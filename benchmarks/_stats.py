@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 __all__ = ["jain", "machine", "median", "percentile"]
 
-_PACKAGES = ("autogen-agentchat", "autogen-core", "autogen-capacity", "redis", "tenacity", "aiolimiter", "pydantic")
+_PACKAGES = ("autogen-agentchat", "autogen-core", "autogen-capacity", "redis", "tenacity", "pydantic")
 
 
 def median(values: Sequence[float]) -> float:

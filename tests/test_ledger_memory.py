@@ -174,11 +174,13 @@ class TestRate:
             fake_clock.advance(status.ready_in)
             assert await ledger.try_acquire("a", cap) is not None
 
-    async def test_changed_rpm_gets_a_new_bucket(self, ledger: InMemoryLedger, fake_clock: FakeLoopClock) -> None:
-        """A key asked about with a different rpm is measured against the new rate."""
+    async def test_changed_rpm_measures_the_same_bucket(self, ledger: InMemoryLedger, fake_clock: FakeLoopClock) -> None:
+        """A key asked about with a different rpm keeps what it already took, measured against the new rate
+        (as RedisLedger does: one bucket per key)."""
         await take(ledger, "a", AgentCapacity(rpm=1), 1)
 
-        await take(ledger, "a", AgentCapacity(rpm=3), 3)
+        await take(ledger, "a", AgentCapacity(rpm=3), 2)
+        assert await ledger.try_acquire("a", AgentCapacity(rpm=3)) is None
 
 
 class TestTokens:

@@ -75,7 +75,7 @@ def _record_pass(passes: int) -> None:
 
 
 class FakeLoopClock:
-    """Replaces the running loop's clock, which the ledger, aiolimiter and every timer read.
+    """Replaces the running loop's clock, which the ledger and every timer read.
 
     Time stands still until :meth:`advance` moves it; timers due by then fire on the loop's next pass.
     Use it as a context manager inside a coroutine (the aiolimiter ``MockLoopTime`` pattern)::

@@ -64,7 +64,7 @@ local function keep_meta(meta, now, at_least)
   redis.call('PEXPIRE', meta, math.ceil(keep * 1000))
 end
 
--- The rpm bucket's level now: it leaks rpm / 60 a second (aiolimiter's leaky bucket).
+-- The rpm bucket's level now: it leaks rpm / 60 a second (ledger/_limits.py: leaked).
 local function bucket_level(meta, now, rpm)
   local level = opt(redis.call('HGET', meta, 'rl')) or 0
   local at = opt(redis.call('HGET', meta, 'rt')) or now

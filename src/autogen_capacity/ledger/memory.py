@@ -11,23 +11,16 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiolimiter import AsyncLimiter
-
 from .._logging import logger
 from ..contracts import AgentCapacity
 from ..exceptions import LedgerClosedError, QueueFull
+from ._limits import TOKEN_WINDOW_S, bucket_burst, key_status, leaked
 from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, WaitQueue
 
 if TYPE_CHECKING:
     from .config import LedgerConfig
 
 __all__ = ["InMemoryLedger", "default_ledger"]
-
-TOKEN_WINDOW_S = 60.0
-_RATE_SLACK = 1e-6
-"""Bucket level (in requests) forgiven as float rounding: a bucket that leaked for exactly its ``ready_in``
-must admit, not report itself 1e-14 requests short (a fake or frozen clock would spin on that forever)."""
-
 
 class _Waiter:
     __slots__ = ("future", "out_of", "task")
@@ -107,7 +100,8 @@ class _KeyState:
         "cooldown_until",
         "exhausted_until",
         "in_flight",
-        "limiter",
+        "rate_at",
+        "rate_level",
         "ready_timer",
         "reserved",
         "token_sum",
@@ -118,7 +112,9 @@ class _KeyState:
     def __init__(self) -> None:
         self.in_flight = 0
         self.acquired = 0
-        self.limiter: AsyncLimiter | None = None
+        self.rate_level = 0.0
+        """The rpm bucket's level (requests) when it last changed, at ``rate_at``."""
+        self.rate_at = 0.0
         self.tokens: deque[tuple[float, int]] = deque()
         self.token_sum = 0
         self.cooldown_until = 0.0
@@ -131,25 +127,9 @@ class _KeyState:
         self.ready_timer: asyncio.TimerHandle | None = None
         """One timer per key for its refill or cooldown's end, which wakes as many waiters as it admits."""
 
-    def limiter_for(self, rpm: float) -> AsyncLimiter:
-        """The rpm bucket: up to ``max(rpm, 1)`` at once, leaking ``rpm / 60`` a second."""
-        burst = max(rpm, 1.0)
-        period = 60.0 * burst / rpm
-        limiter = self.limiter
-        if limiter is None or limiter.max_rate != burst or limiter.time_period != period:
-            limiter = self.limiter = AsyncLimiter(burst, period)
-        return limiter
-
-    @staticmethod
-    def bucket_level(limiter: AsyncLimiter) -> float:
-        """Leak the rpm bucket up to now and return its level, forgiving float rounding at the boundary."""
-        limiter.has_capacity()  # leaks the bucket
-        # aiolimiter has no public accessor for the bucket level.
-        level: float = limiter._level
-        room = limiter.max_rate - 1.0
-        if room < level <= room + _RATE_SLACK:
-            level = limiter._level = room
-        return level
+    def bucket_level(self, rpm: float, now: float) -> float:
+        """The rpm bucket's level now."""
+        return leaked(self.rate_level, self.rate_at, now, rpm)
 
     def tokens_in_window(self, now: float) -> int:
         while self.tokens and self.tokens[0][0] <= now - TOKEN_WINDOW_S:
@@ -197,40 +177,23 @@ class InMemoryLedger:
         return asyncio.get_running_loop().time()
 
     def _status(self, state: _KeyState, capacity: AgentCapacity, now: float) -> KeyStatus:
-        if state.exhausted_until > now:
-            return KeyStatus(0.0, "exhausted", state.exhausted_until - now)
-        if state.cooldown_until > now:
-            return KeyStatus(0.0, "cooldown", state.cooldown_until - now)
-        headroom = 1.0
+        free: int | None = None
         if capacity.max_concurrent is not None:
             free = capacity.max_concurrent - state.in_flight - len(state.reserved)
             if state.reserved and asyncio.current_task() in state.reserved:
                 free += 1  # the slot handed to this caller
-            if free <= 0:
-                return KeyStatus(0.0, "slots")
-            headroom = free / capacity.max_concurrent
-        if capacity.rpm is not None:
-            limiter = state.limiter_for(capacity.rpm)
-            level = state.bucket_level(limiter)
-            if level + 1 > limiter.max_rate:
-                per_second = limiter.max_rate / limiter.time_period
-                return KeyStatus(0.0, "rate", (level + 1 - limiter.max_rate) / per_second)
-            headroom = min(headroom, 1 - level / limiter.max_rate)
-        if capacity.tpm is not None:
-            used = state.tokens_in_window(now)
-            if used >= capacity.tpm:
-                return KeyStatus(0.0, "tpm", self._tpm_ready_in(state, capacity.tpm, now))
-            headroom = min(headroom, 1 - used / capacity.tpm)
-        return KeyStatus(headroom)
-
-    @staticmethod
-    def _tpm_ready_in(state: _KeyState, tpm: int, now: float) -> float:
-        remaining = state.token_sum
-        for stamp, tokens in state.tokens:
-            remaining -= tokens
-            if remaining < tpm:
-                return stamp + TOKEN_WINDOW_S - now
-        return 0.0
+        return key_status(
+            now=now,
+            exhausted_until=state.exhausted_until,
+            cooldown_until=state.cooldown_until,
+            free_slots=free,
+            max_concurrent=capacity.max_concurrent,
+            rate_level=state.bucket_level(capacity.rpm, now) if capacity.rpm is not None else 0.0,
+            rpm=capacity.rpm,
+            tokens_used=state.tokens_in_window(now) if capacity.tpm is not None else 0,
+            tpm=capacity.tpm,
+            token_entries=state.tokens,
+        )
 
     async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
         """Admit one unit of work on ``key`` now, or return ``None``. Never blocks."""
@@ -239,7 +202,8 @@ class InMemoryLedger:
         if self._status(state, capacity, now).blocked_by is not None:
             return None
         if capacity.rpm is not None:
-            await state.limiter_for(capacity.rpm).acquire()  # has capacity: returns without suspending
+            state.rate_level = state.bucket_level(capacity.rpm, now) + 1
+            state.rate_at = now
         if state.reserved:
             state.reserved.discard(asyncio.current_task())
         state.in_flight += 1
@@ -363,8 +327,7 @@ class InMemoryLedger:
         if capacity.max_concurrent is not None:
             room = min(room, capacity.max_concurrent - state.in_flight - len(state.reserved))
         if capacity.rpm is not None:
-            limiter = state.limiter_for(capacity.rpm)
-            room = min(room, int(limiter.max_rate - state.bucket_level(limiter)))
+            room = min(room, int(bucket_burst(capacity.rpm) - state.bucket_level(capacity.rpm, self._now())))
         return max(room, 1)
 
     async def record_tokens(self, key: str, tokens: int) -> None:
