@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import warnings
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel
 from typing_extensions import Self
 
-from ._config import CapacityAwareGroupChatConfig, load_team_config
+from ._config import CapacityArguments, CapacityAwareGroupChatConfig, load_team_config
 from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
 from ._logging import logger
 from ._manager import CapacityAwareGroupChatManager
@@ -30,7 +31,7 @@ from ._members import MemberPlan, TeamPolicy, TurnKeeper
 from .admission import acquire, settle
 from .contracts import AgentCapacity, AggregateMode, RetryBudget, declared_contract, ledger_key
 from .events import CAPACITY_EVENT_TYPES
-from .exceptions import CapacityExhausted, ContractError, LedgerUnavailable
+from .exceptions import CapacityConfigWarning, CapacityExhausted, ContractError, LedgerUnavailable
 from .ledger import CapacityLedger, KeyStatus, Lease, default_ledger
 from .ledger.config import LedgerConfig, ledger_config_of, ledger_from_config
 from .overload import OverloadClassifier, classify_overload
@@ -94,9 +95,19 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         termination_condition, max_turns, runtime, custom_message_types, emit_team_events: As in
             RoundRobinGroupChat. The capacity events are registered automatically.
 
+    The capacity arguments (``capacity``, ``capacities``, ``routing``, ``on_exhausted``, ``retry_budget``,
+    ``selector_capacity``, ``exhausted_ttl_s``, ``max_selector_attempts``) are validated by the rules the
+    component config uses; a contract may be given as a mapping, validated into an
+    :class:`~autogen_capacity.AgentCapacity` as the config does.
+
     Raises:
+        pydantic.ValidationError: A capacity argument the config would refuse (a ``ValueError``, naming the field).
         ValueError: Routing and model client disagree, or a participant name is duplicated.
         ContractError: ``capacities`` names no participant.
+
+    Warns:
+        CapacityConfigWarning: A member's model client retries by itself, or a participant's ``capacity``
+            attribute is not an :class:`~autogen_capacity.AgentCapacity` (and is ignored).
 
     .. versionadded:: 0.1.0
     """
@@ -140,13 +151,25 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         custom_message_types: list[type[BaseAgentEvent | BaseChatMessage]] | None = None,
         emit_team_events: bool = False,
     ) -> None:
-        resolved: Routing = routing or ("selector" if model_client is not None else "headroom")
+        # One set of rules for both paths: the config's own model validates the arguments (a mapping becomes an
+        # AgentCapacity, a bad value is a ValidationError naming the field), before anything is built.
+        arguments = CapacityArguments.model_validate(
+            {
+                "capacity": capacity,
+                "capacities": capacities if capacities is not None else {},
+                "routing": routing,
+                "on_exhausted": on_exhausted,
+                "retry_budget": retry_budget,
+                "selector_capacity": selector_capacity,
+                "exhausted_ttl_s": exhausted_ttl_s,
+                "max_selector_attempts": max_selector_attempts,
+            }
+        )
+        resolved: Routing = arguments.routing or ("selector" if model_client is not None else "headroom")
         if resolved == "selector" and model_client is None:
             raise ValueError("routing='selector' needs a model_client to pick speakers.")
         if resolved != "selector" and model_client is not None:
             raise ValueError(f"a model_client is only used with routing='selector', not routing={resolved!r}.")
-        if on_exhausted not in ("stop", "raise"):
-            raise ValueError(f"on_exhausted must be 'stop' or 'raise', not {on_exhausted!r}.")
         message_types = list(custom_message_types or [])
         message_types += [t for t in CAPACITY_EVENT_TYPES if t not in message_types]
         super().__init__(
@@ -162,27 +185,27 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             emit_team_events=emit_team_events,
         )
         self._custom_message_types = custom_message_types
-        self._declared_capacity = capacity
-        self._capacities = dict(capacities or {})
+        self._declared_capacity = arguments.capacity
+        self._capacities = arguments.capacities
         self._routing: Routing = resolved
         self._ledger_given = ledger
-        self._on_exhausted: Literal["stop", "raise"] = on_exhausted
-        self._retry_budget = retry_budget
-        self._selector_capacity = selector_capacity
+        self._on_exhausted: Literal["stop", "raise"] = arguments.on_exhausted
+        self._retry_budget = arguments.retry_budget
+        self._selector_capacity = arguments.selector_capacity
         self._classify = overload_classifier or classify_overload
-        self._exhausted_ttl_s = exhausted_ttl_s
+        self._exhausted_ttl_s = arguments.exhausted_ttl_s
         self._model_client = model_client
         self._selector_prompt = selector_prompt
         self._allow_repeated_speaker = (
             allow_repeated_speaker if allow_repeated_speaker is not None else resolved != "selector"
         )
-        self._max_selector_attempts = max_selector_attempts
+        self._max_selector_attempts = arguments.max_selector_attempts
         self._selector_func = selector_func
         self._candidate_func = candidate_func
         self._model_client_streaming = model_client_streaming
         self._model_context = model_context
         self._plans = self._plan_members()
-        self._turns = TurnKeeper(self._plans, exhausted_ttl_s, rng)
+        self._turns = TurnKeeper(self._plans, arguments.exhausted_ttl_s, rng)
         _warn_about_client_retries(self._participants)
 
     # ----------------------------------------------------------------- contracts
@@ -209,6 +232,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                     participant if self_leasing else None,
                 )
             else:
+                if entry is None:
+                    _warn_about_capacity_attribute(participant)
                 contract = entry or declared_contract(participant)
                 plan = MemberPlan(participant.name, ledger_key(contract, participant.name), contract)
             plans[participant.name] = plan
@@ -241,9 +266,15 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         """A member's effective contract, or ``None`` when it declares none.
 
         Raises:
-            KeyError: no participant has that name.
+            KeyError: no participant has that name (the message names the participants).
         """
-        return self._plans[name].contract
+        plan = self._plans.get(name)
+        if plan is None:
+            raise KeyError(
+                f"no participant named {name!r} in team {self._name!r} "
+                f"(participants: {', '.join(map(repr, self._plans))})"
+            )
+        return plan.contract
 
     @property
     def ledger(self) -> CapacityLedger:
@@ -447,6 +478,19 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         team = cls(**load_team_config(config, DEFAULT_SELECTOR_PROMPT))
         team._ledger_config = config.ledger
         return team
+
+
+def _warn_about_capacity_attribute(participant: ChatAgent | Team) -> None:
+    """A ``capacity`` attribute that is no contract would be ignored: say so rather than ignore it silently."""
+    own = getattr(participant, "capacity", None)
+    if own is not None and not isinstance(own, AgentCapacity):
+        warnings.warn(
+            f"participant {participant.name!r} has a capacity attribute of type {type(own).__name__}, not an "
+            f"AgentCapacity: it is ignored. Declare the contract in the team's "
+            f"capacities={{{participant.name!r}: AgentCapacity(...)}} instead.",
+            CapacityConfigWarning,
+            stacklevel=4,  # this function, _plan_members, __init__, the caller
+        )
 
 
 def _warn_about_client_retries(participants: Sequence[ChatAgent | Team]) -> None:
