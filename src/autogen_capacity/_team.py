@@ -25,7 +25,6 @@ from typing_extensions import Self
 
 from ._config import CapacityArguments, CapacityAwareGroupChatConfig, load_team_config
 from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
-from ._logging import logger
 from ._manager import CapacityAwareGroupChatManager
 from ._members import MemberPlan, TeamPolicy, TurnKeeper
 from .admission import acquire, settle
@@ -494,15 +493,19 @@ def _warn_about_capacity_attribute(participant: ChatAgent | Team) -> None:
 
 
 def _warn_about_client_retries(participants: Sequence[ChatAgent | Team]) -> None:
-    """Retries inside an OpenAI-family client multiply load under the team's own retries: say so."""
+    """Retries inside an OpenAI-family client multiply load under the team's own retries: a configuration hazard
+    to fix before deployment, so a :class:`CapacityConfigWarning` (shown once per place, filterable), not a log.
+
+    Called from a constructor: the warning points at the line that called it."""
     for participant in participants:
         client: Any = getattr(participant, "_model_client", None)
         inner: Any = getattr(client, "_client", None)
         retries = getattr(inner, "max_retries", None)
         if isinstance(retries, int) and retries > 0:
-            logger.warning(
-                "autogen_capacity.client_retries",
-                member=participant.name,
-                max_retries=retries,
-                hint="set max_retries=0 on the model client: the team already retries by contract",
+            warnings.warn(
+                f"the model client of member {participant.name!r} retries by itself (max_retries={retries}), which "
+                "multiplies requests under 429s: the team already retries by contract. Build the client with "
+                "max_retries=0.",
+                CapacityConfigWarning,
+                stacklevel=3,  # this function, the constructor, the caller
             )
