@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import warnings
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from ._config import CapacityArguments, CapacityAwareGroupChatConfig, load_team_
 from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
 from ._manager import CapacityAwareGroupChatManager
 from ._members import MemberPlan, TeamPolicy, TurnKeeper
+from ._relay import relaying_factory
 from .admission import acquire, settle
 from .contracts import AgentCapacity, AggregateMode, RetryBudget, declared_contract, ledger_key
 from .events import CAPACITY_EVENT_TYPES
@@ -310,6 +312,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
     ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | TaskResult, None]:
         """Run the team as :meth:`BaseGroupChat.run_stream` does, under the team's own contract (one lease
         per run when ``capacity`` is declared). Every lease the run took is released when it ends."""
+        unrelayed = self._unrelayed_event_types(relaying_factory(sys._getframe(1)))
         if self._is_running:
             raise ValueError("The team is already running, it cannot run again until it is stopped.")
         self._turns.pending_error = None
@@ -330,7 +333,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                 ):
                     if isinstance(item, TaskResult):
                         result = item
-                    else:
+                    elif not isinstance(item, unrelayed):  # the manager has logged those already
                         yield item
             except RuntimeError as reported:  # AutoGen's report of an error in a handler
                 failed, self._turns.pending_error = self._turns.pending_error, None
@@ -348,6 +351,24 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             raise error
         if result is not None:
             yield result
+
+    def _unrelayed_event_types(self, relay: MessageFactory | None) -> tuple[type[BaseAgentEvent], ...]:
+        """The capacity events the parent relaying this run would refuse (``relay``: its message factory, ``None``
+        when nothing checks the stream): they stay out of the stream, so they cannot end the parent's run, and the
+        first run says what the parent needs."""
+        if relay is None or not self._emit_team_events:
+            return ()
+        unrelayed = tuple(t for t in CAPACITY_EVENT_TYPES if not relay.is_registered(t))
+        if unrelayed:
+            warnings.warn(
+                f"team {self._name!r} emits capacity events (emit_team_events=True) but the team it runs in does "
+                "not register them: they are logged, not relayed. Give the parent team "
+                "custom_message_types=list(autogen_capacity.CAPACITY_EVENT_TYPES), or build "
+                f"{self._name!r} with emit_team_events=False.",
+                CapacityConfigWarning,
+                stacklevel=2,  # the parent's container that runs this team
+            )
+        return unrelayed
 
     async def _own_lease(self, cancellation_token: CancellationToken | None) -> Lease:
         """The run's lease on the team's own key: the one its parent took for this turn, else a new one."""
