@@ -1,7 +1,11 @@
-"""The report: rich tables on the terminal, JSON, and small PNG plots (matplotlib, Agg backend)."""
+"""The report: rich tables on the terminal, JSON, and PNG plots (matplotlib, Agg backend).
+
+``python -m benchmarks._report benchmarks/results/results.json`` redraws the PNGs from saved results.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -11,10 +15,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["plot", "print_tables", "write_json"]
+__all__ = ["figures", "plot", "print_tables", "readable", "write_json"]
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -122,50 +128,206 @@ def write_json(report: dict[str, Any], out: Path) -> Path:
     return path
 
 
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+NAMES = {
+    "round_robin": "RoundRobinGroupChat",
+    "selector": "SelectorGroupChat",
+    "ours_headroom": "CapacityAwareGroupChat, headroom routing",
+    "ours_round_robin": "CapacityAwareGroupChat, round-robin routing",
+    "ours_exact": "CapacityAwareGroupChat, exact contracts",
+    "ours_overstated": "CapacityAwareGroupChat, overstated contracts",
+    "memory": "InMemoryLedger",
+    "redis": "RedisLedger",
+}
+"""Readable names for the benchmark's internal contestant and ledger names."""
+
+WIDTH_IN, HEIGHT_IN, DPI = 11.0, 6.0, 110
+"""Figures are 1210 x 660 px: legible at the docs' column width, and on their own."""
+
+
+def readable(name: str) -> str:
+    """The name a reader knows for an internal contestant name."""
+    return NAMES.get(name, name.replace("_", " "))
+
+
+def _figure(title: str, panels: int) -> tuple[Figure, list[Axes]]:
+    fig = plt.figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
+    axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
+    return fig, axes
+
+
+def _legend(fig: Figure, axes: list[Axes]) -> None:
+    """One legend for the figure, below the panels, so it hides no data."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(len(handles), 3), fontsize=9)
+
+
+def _log_ticks(ax: Axes, values: list[int]) -> None:
+    """Ticks at the measured sizes (4, 64, 256), written as plain numbers, on a log axis."""
+    ax.set_xticks(sorted(set(values)), [str(v) for v in sorted(set(values))])
+    ax.minorticks_off()
+
+
+def _dodge(values: list[int], index: int, count: int) -> list[float]:
+    """Shift one series a little along a log axis so that overlapping error bars stay apart."""
+    factor = 1.0 + 0.03 * (index - (count - 1) / 2)
+    return [v * factor for v in values]
+
+
+def _target(ax: Axes, y: float, label: str) -> None:
+    ax.axhline(y, color="red", linestyle="--", linewidth=1.2, label=label)
+
+
+def _overhead_figure(overhead: dict[str, Any]) -> Figure:
+    rows = overhead["results"]
+    repeats = max((r.get("repeats", 1) for r in rows), default=1)
+    fig, (ax,) = _figure("Overhead: time per turn relative to RoundRobinGroupChat (scripted members, no waits)", 1)
+    kinds = list(dict.fromkeys(r["contestant"] for r in rows))
+    for index, kind in enumerate(kinds):
+        mine = [r for r in rows if r["contestant"] == kind]
+        ratios = [r["ratio_to_round_robin"] for r in mine]
+        spread = [
+            [max(m - r.get("ratio_min", m), 0) for r, m in zip(mine, ratios, strict=True)],
+            [max(r.get("ratio_max", m) - m, 0) for r, m in zip(mine, ratios, strict=True)],
+        ]
+        members = _dodge([r["members"] for r in mine], index, len(kinds))
+        ax.errorbar(members, ratios, yerr=spread, marker="o", capsize=4, label=readable(kind))
+    _target(ax, overhead["target_ratio"], f"target: at most {overhead['target_ratio']:.2f}x RoundRobinGroupChat")
+    ax.set(
+        xscale="log",
+        xlabel="members in the team (log scale)",
+        ylabel="time per turn / RoundRobinGroupChat's (ratio)",
+        title=f"median of {repeats} interleaved repeats; bars: min to max (series shifted apart slightly)",
+    )
+    _log_ticks(ax, [r["members"] for r in rows])
+    _legend(fig, [ax])
+    return fig
+
+
+def _cascade_figure(cascade: dict[str, Any]) -> Figure:
+    rows = cascade["results"]
+    targets = cascade.get("targets", {})
+    slots = sum(cascade.get("limits", {}).values())
+    service_ms = cascade.get("service_s", 0.0) * 1000
+    fig, (goodput, amplification) = _figure(
+        f"Cascade: K concurrent runs against {slots} true slots ({service_ms:.0f} ms per turn)", 2
+    )
+    for kind in dict.fromkeys(r["contestant"] for r in rows):
+        mine = [r for r in rows if r["contestant"] == kind]
+        ks = [r["k"] for r in mine]
+        ratios = [r["goodput_ratio"] for r in mine]
+        per_repeat = [r.get("goodput_ratio_per_repeat") or [m] for r, m in zip(mine, ratios, strict=True)]
+        spread = [
+            [max(m - min(p), 0) for p, m in zip(per_repeat, ratios, strict=True)],
+            [max(max(p) - m, 0) for p, m in zip(per_repeat, ratios, strict=True)],
+        ]
+        goodput.errorbar(ks, ratios, yerr=spread, marker="o", capsize=4, label=readable(kind))
+        amplification.plot(ks, [r["amplification"] for r in mine], marker="o", label=readable(kind))
+    if "goodput_ratio_min" in targets:
+        _target(goodput, targets["goodput_ratio_min"], f"target: goodput at least {targets['goodput_ratio_min']:.0%}")
+    if "amplification_max" in targets:
+        _target(
+            amplification,
+            targets["amplification_max"],
+            f"target: at most {targets['amplification_max']:.2f} attempts per turn",
+        )
+    repeats = cascade.get("repeats", 1)
+    goodput.set(
+        xscale="log",
+        xlabel="concurrent runs K (log scale)",
+        ylabel="goodput / backend limit (ratio)",
+        ylim=(0, 1.05),
+        title=f"Turns completed (median of {repeats} repeats; bars: min to max)",
+    )
+    amplification.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent runs K (log scale)",
+        ylabel="backend attempts per completed turn (ratio, log)",
+        title="Load amplification (1 = no wasted attempts)",
+    )
+    for ax in (goodput, amplification):
+        _log_ticks(ax, [r["k"] for r in rows])
+    _legend(fig, [goodput, amplification])
+    return fig
+
+
+def _ledger_figure(ledger: dict[str, Any]) -> Figure:
+    rows = ledger["results"]
+    targets = ledger.get("targets", {})
+    open_rows = [r for r in ledger.get("open_loop", []) if not r["gc_frozen"]]
+    fig, (closed, latency) = _figure("Ledger: acquire + release pairs", 2)
+    labels = [f"{readable(r['ledger'])}\n{r['tasks']} task{'s' if r['tasks'] != 1 else ''}" for r in rows]
+    colors = ["tab:blue" if r["ledger"] == "memory" else "tab:orange" for r in rows]
+    closed.bar(labels, [r["ops_s"] for r in rows], color=colors)
+    for key, name in (("memory_ops_s_min", "InMemoryLedger"), ("redis_ops_s_min", "RedisLedger")):
+        if key in targets:
+            closed.axhline(
+                targets[key],
+                color="red" if name == "InMemoryLedger" else "darkred",
+                linestyle="--" if name == "InMemoryLedger" else ":",
+                linewidth=1.2,
+                label=f"target: {name} at least {targets[key]:,.0f} pairs/s",
+            )
+    closed.set(
+        yscale="log",
+        xlabel="ledger and concurrent tasks",
+        ylabel="pairs / s (closed loop, log)",
+        title="Throughput, closed loop",
+    )
+    closed.tick_params(axis="x", labelsize=8)
+    if open_rows:
+        offered = [r["offered_s"] for r in open_rows]
+        latency.plot(offered, [r["p99_ms"] for r in open_rows], marker="o", label="RedisLedger p99 latency")
+        latency.plot(offered, [r["p50_ms"] for r in open_rows], marker="s", label="RedisLedger p50 latency")
+    if "redis_p99_ms_max" in targets:
+        _target(
+            latency, targets["redis_p99_ms_max"], f"target: RedisLedger p99 at most {targets['redis_p99_ms_max']} ms"
+        )
+    latency.set(
+        yscale="log",
+        xlabel="offered load, pairs / s (open loop)",
+        ylabel="latency per pair, ms (log)",
+        title="RedisLedger latency under a fixed offered rate",
+    )
+    _legend(fig, [closed, latency])
+    return fig
+
+
+def figures(report: dict[str, Any]) -> dict[str, Figure]:
+    """One figure per scenario that ran and has a plot, by scenario name."""
+    builders = {"overhead": _overhead_figure, "cascade": _cascade_figure, "ledger": _ledger_figure}
+    return {name: build(report[name]) for name, build in builders.items() if name in report}
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    """Small PNGs, one per scenario that ran."""
+    """PNGs, one per scenario that ran, readable on their own and at the docs' width."""
     paths: list[Path] = []
-    if "overhead" in report:
-        rows = report["overhead"]["results"]
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        for kind in dict.fromkeys(r["contestant"] for r in rows):
-            mine = [r for r in rows if r["contestant"] == kind]
-            ax.plot([r["members"] for r in mine], [r["ratio_to_round_robin"] for r in mine], marker="o", label=kind)
-        ax.axhline(report["overhead"]["target_ratio"], color="red", linestyle="--", linewidth=1, label="target")
-        ax.set(xscale="log", xlabel="members", ylabel="time per turn / RoundRobinGroupChat")
-        ax.legend(fontsize=7)
-        paths.append(_save(fig, out / "overhead.png"))
-    if "cascade" in report:
-        rows = report["cascade"]["results"]
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-        for kind in dict.fromkeys(r["contestant"] for r in rows):
-            mine = [r for r in rows if r["contestant"] == kind]
-            ks = [r["k"] for r in mine]
-            axes[0].plot(ks, [r["goodput_ratio"] for r in mine], marker="o", label=kind)
-            axes[1].plot(ks, [r["amplification"] for r in mine], marker="o", label=kind)
-        axes[0].axhline(0.9, color="red", linestyle="--", linewidth=1)
-        axes[0].set(xscale="log", xlabel="concurrent runs K", ylabel="goodput / limit", ylim=(0, 1.05))
-        axes[1].set(xscale="log", yscale="log", xlabel="concurrent runs K", ylabel="backend attempts per turn")
-        axes[0].legend(fontsize=7)
-        paths.append(_save(fig, out / "cascade.png"))
-    if "ledger" in report:
-        rows = report["ledger"]["results"]
-        open_rows = [r for r in report["ledger"].get("open_loop", []) if not r["gc_frozen"]]
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-        labels = [f"{r['ledger']}\n{r['tasks']} task(s)" for r in rows]
-        axes[0].bar(labels, [r["ops_s"] for r in rows], color="tab:blue")
-        axes[0].set(yscale="log", ylabel="pairs / s, closed loop")
-        axes[1].plot([r["offered_s"] for r in open_rows], [r["p99_ms"] for r in open_rows], marker="o", label="p99")
-        axes[1].plot([r["offered_s"] for r in open_rows], [r["p50_ms"] for r in open_rows], marker="o", label="p50")
-        axes[1].axhline(report["ledger"]["targets"]["redis_p99_ms_max"], color="red", linestyle="--", linewidth=1)
-        axes[1].set(xlabel="RedisLedger, offered pairs / s (open loop)", ylabel="latency ms", yscale="log")
-        axes[1].legend(fontsize=7)
-        paths.append(_save(fig, out / "ledger.png"))
+    for name, fig in figures(report).items():
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=DPI)
+        plt.close(fig)
+        paths.append(path)
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Redraw the PNGs from a ``results.json`` without rerunning the benchmarks."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._report", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a results.json written by python -m benchmarks")
+    parser.add_argument("--out", type=Path, default=None, help="where the PNGs go (default: next to results.json)")
+    args = parser.parse_args(argv)
+    out = args.out or args.results.parent
+    out.mkdir(parents=True, exist_ok=True)
+    for path in plot(json.loads(args.results.read_text()), out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -174,7 +174,9 @@ class TestRate:
             fake_clock.advance(status.ready_in)
             assert await ledger.try_acquire("a", cap) is not None
 
-    async def test_changed_rpm_measures_the_same_bucket(self, ledger: InMemoryLedger, fake_clock: FakeLoopClock) -> None:
+    async def test_changed_rpm_measures_the_same_bucket(
+        self, ledger: InMemoryLedger, fake_clock: FakeLoopClock
+    ) -> None:
         """A key asked about with a different rpm keeps what it already took, measured against the new rate
         (as RedisLedger does: one bucket per key)."""
         await take(ledger, "a", AgentCapacity(rpm=1), 1)

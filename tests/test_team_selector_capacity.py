@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
-import pytest
-from autogen_agentchat.agents import AssistantAgent
-from autogen_ext.models.openai import OpenAIChatCompletionClient
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from agents import WorkerAgent
@@ -30,14 +26,3 @@ async def test_selector_calls_are_leased_under_selector_capacity() -> None:
     assert [m.source for m in result.messages] == ["user", "b", "a", "b"]
     usage = (await ledger.snapshot())["picky.selector"]
     assert (usage.acquired, usage.in_flight) == (3, 0)
-
-
-def test_member_client_with_its_own_retries_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    """A member whose OpenAI client retries by itself is logged, since its retries multiply the team's."""
-    client = OpenAIChatCompletionClient(model="gpt-4o", api_key="sk-test", max_retries=3)
-    member = AssistantAgent("writer", model_client=client)
-    with caplog.at_level(logging.WARNING, logger="autogen_capacity"):
-        CapacityAwareGroupChat([member])
-    assert any(
-        "autogen_capacity.client_retries" in r.getMessage() and "writer" in r.getMessage() for r in caplog.records
-    )

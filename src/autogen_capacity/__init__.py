@@ -19,6 +19,7 @@ from .events import (
     MemberOverloadedEvent,
 )
 from .exceptions import (
+    CapacityConfigWarning,
     CapacityError,
     CapacityExhausted,
     ContractError,
@@ -67,6 +68,7 @@ __all__ = [
     "CapacityAwareManagerState",
     "CapacityAwareTeamTool",
     "CapacityAwareTeamToolConfig",
+    "CapacityConfigWarning",
     "CapacityDeferredEvent",
     "CapacityError",
     "CapacityExhausted",

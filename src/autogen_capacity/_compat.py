@@ -8,7 +8,8 @@ and the private attributes the library reads on AutoGen's objects (:data:`PRIVAT
 
 Transcribed bodies (code copied from AutoGen because no hook exists) live next to their users and say so:
 ``CapacityAwareAgentContainer._run_turn`` (``ChatAgentContainer.handle_request``), the manager's
-``_candidates`` / ``_explicit_speaker`` (``SelectorGroupChatManager.select_speaker``).
+``_candidates`` / ``_explicit_speaker`` (``SelectorGroupChatManager.select_speaker``), and ``_relay`` (which
+frame of ``ChatAgentContainer.handle_request`` consumes a nested team's stream).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
         "_agent",
         "_log_message",
         "_message_buffer",
+        "_message_factory",
         "_parent_topic_type",
     ),
     # The team wires its own manager and containers into BaseGroupChat.

@@ -14,26 +14,15 @@ from .contracts import AgentCapacity, RetryBudget
 from .ledger.config import LedgerConfig
 from .routing import Routing
 
-__all__ = ["CapacityAwareGroupChatConfig", "load_team_config"]
+__all__ = ["CapacityArguments", "CapacityAwareGroupChatConfig", "load_team_config"]
 
 
-class CapacityAwareGroupChatConfig(BaseModel):
-    """The declarative configuration of :class:`~autogen_capacity.CapacityAwareGroupChat`.
+class CapacityArguments(BaseModel):
+    """The capacity arguments of the team: the one set of rules that both the constructor and the config
+    validate with (the constructor validates its arguments with this model, the config inherits it)."""
 
-    ``selector_func``, ``candidate_func``, ``overload_classifier`` and ``runtime`` objects are not
-    serialized (as in SelectorGroupChat); a ``ledger`` object only when it can be named by a
-    :class:`~autogen_capacity.LedgerConfig` (never by its URL).
-    """
+    model_config = ConfigDict(extra="forbid", title="CapacityAwareGroupChat")
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: str | None = None
-    description: str | None = None
-    participants: list[ComponentModel]
-    model_client: ComponentModel | None = None
-    termination_condition: ComponentModel | None = None
-    max_turns: int | None = None
-    emit_team_events: bool = False
     capacity: AgentCapacity | None = None
     """The team's own contract."""
     capacities: dict[str, AgentCapacity] = Field(default_factory=dict)
@@ -43,9 +32,28 @@ class CapacityAwareGroupChatConfig(BaseModel):
     retry_budget: RetryBudget | None = None
     selector_capacity: AgentCapacity | None = None
     exhausted_ttl_s: float = Field(default=300.0, gt=0)
+    max_selector_attempts: int = Field(default=3, ge=1)
+
+
+class CapacityAwareGroupChatConfig(CapacityArguments):
+    """The declarative configuration of :class:`~autogen_capacity.CapacityAwareGroupChat`.
+
+    ``selector_func``, ``candidate_func``, ``overload_classifier`` and ``runtime`` objects are not
+    serialized (as in SelectorGroupChat); a ``ledger`` object only when it can be named by a
+    :class:`~autogen_capacity.LedgerConfig` (never by its URL).
+    """
+
+    model_config = ConfigDict(extra="forbid", title="CapacityAwareGroupChatConfig")
+
+    name: str | None = None
+    description: str | None = None
+    participants: list[ComponentModel]
+    model_client: ComponentModel | None = None
+    termination_condition: ComponentModel | None = None
+    max_turns: int | None = None
+    emit_team_events: bool = False
     selector_prompt: str | None = None
     allow_repeated_speaker: bool | None = None
-    max_selector_attempts: int = Field(default=3, ge=1)
     model_client_streaming: bool = False
     model_context: ComponentModel | None = None
     ledger: LedgerConfig | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
+import warnings
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -17,15 +19,15 @@ from pydantic import BaseModel
 from typing_extensions import Self
 
 from ._compat import CandidateFuncType, GroupChatTermination, SelectorFuncType
-from ._config import CapacityAwareGroupChatConfig, load_team_config
+from ._config import CapacityArguments, CapacityAwareGroupChatConfig, load_team_config
 from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
-from ._logging import logger
 from ._manager import CapacityAwareGroupChatManager
 from ._members import MemberPlan, TeamPolicy, TurnKeeper
+from ._relay import relaying_factory
 from .admission import acquire, settle
 from .contracts import AgentCapacity, AggregateMode, RetryBudget, declared_contract, ledger_key
 from .events import CAPACITY_EVENT_TYPES
-from .exceptions import CapacityExhausted, ContractError, LedgerUnavailable
+from .exceptions import CapacityConfigWarning, CapacityExhausted, ContractError, LedgerUnavailable
 from .ledger import CapacityLedger, KeyStatus, Lease, default_ledger
 from .ledger.config import LedgerConfig, ledger_config_of, ledger_from_config
 from .overload import OverloadClassifier, classify_overload
@@ -89,9 +91,19 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         termination_condition, max_turns, runtime, custom_message_types, emit_team_events: As in
             RoundRobinGroupChat. The capacity events are registered automatically.
 
+    The capacity arguments (``capacity``, ``capacities``, ``routing``, ``on_exhausted``, ``retry_budget``,
+    ``selector_capacity``, ``exhausted_ttl_s``, ``max_selector_attempts``) are validated by the rules the
+    component config uses; a contract may be given as a mapping, validated into an
+    :class:`~autogen_capacity.AgentCapacity` as the config does.
+
     Raises:
+        pydantic.ValidationError: A capacity argument the config would refuse (a ``ValueError``, naming the field).
         ValueError: Routing and model client disagree, or a participant name is duplicated.
         ContractError: ``capacities`` names no participant.
+
+    Warns:
+        CapacityConfigWarning: A member's model client retries by itself, or a participant's ``capacity``
+            attribute is not an :class:`~autogen_capacity.AgentCapacity` (and is ignored).
 
     .. versionadded:: 0.1.0
     """
@@ -135,13 +147,25 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         custom_message_types: list[type[BaseAgentEvent | BaseChatMessage]] | None = None,
         emit_team_events: bool = False,
     ) -> None:
-        resolved: Routing = routing or ("selector" if model_client is not None else "headroom")
+        # One set of rules for both paths: the config's own model validates the arguments (a mapping becomes an
+        # AgentCapacity, a bad value is a ValidationError naming the field), before anything is built.
+        arguments = CapacityArguments.model_validate(
+            {
+                "capacity": capacity,
+                "capacities": capacities if capacities is not None else {},
+                "routing": routing,
+                "on_exhausted": on_exhausted,
+                "retry_budget": retry_budget,
+                "selector_capacity": selector_capacity,
+                "exhausted_ttl_s": exhausted_ttl_s,
+                "max_selector_attempts": max_selector_attempts,
+            }
+        )
+        resolved: Routing = arguments.routing or ("selector" if model_client is not None else "headroom")
         if resolved == "selector" and model_client is None:
             raise ValueError("routing='selector' needs a model_client to pick speakers.")
         if resolved != "selector" and model_client is not None:
             raise ValueError(f"a model_client is only used with routing='selector', not routing={resolved!r}.")
-        if on_exhausted not in ("stop", "raise"):
-            raise ValueError(f"on_exhausted must be 'stop' or 'raise', not {on_exhausted!r}.")
         message_types = list(custom_message_types or [])
         message_types += [t for t in CAPACITY_EVENT_TYPES if t not in message_types]
         super().__init__(
@@ -157,27 +181,27 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             emit_team_events=emit_team_events,
         )
         self._custom_message_types = custom_message_types
-        self._declared_capacity = capacity
-        self._capacities = dict(capacities or {})
+        self._declared_capacity = arguments.capacity
+        self._capacities = arguments.capacities
         self._routing: Routing = resolved
         self._ledger_given = ledger
-        self._on_exhausted: Literal["stop", "raise"] = on_exhausted
-        self._retry_budget = retry_budget
-        self._selector_capacity = selector_capacity
+        self._on_exhausted: Literal["stop", "raise"] = arguments.on_exhausted
+        self._retry_budget = arguments.retry_budget
+        self._selector_capacity = arguments.selector_capacity
         self._classify = overload_classifier or classify_overload
-        self._exhausted_ttl_s = exhausted_ttl_s
+        self._exhausted_ttl_s = arguments.exhausted_ttl_s
         self._model_client = model_client
         self._selector_prompt = selector_prompt
         self._allow_repeated_speaker = (
             allow_repeated_speaker if allow_repeated_speaker is not None else resolved != "selector"
         )
-        self._max_selector_attempts = max_selector_attempts
+        self._max_selector_attempts = arguments.max_selector_attempts
         self._selector_func = selector_func
         self._candidate_func = candidate_func
         self._model_client_streaming = model_client_streaming
         self._model_context = model_context
         self._plans = self._plan_members()
-        self._turns = TurnKeeper(self._plans, exhausted_ttl_s, rng)
+        self._turns = TurnKeeper(self._plans, arguments.exhausted_ttl_s, rng)
         _warn_about_client_retries(self._participants)
 
     # ----------------------------------------------------------------- contracts
@@ -204,6 +228,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                     participant if self_leasing else None,
                 )
             else:
+                if entry is None:
+                    _warn_about_capacity_attribute(participant)
                 contract = entry or declared_contract(participant)
                 plan = MemberPlan(participant.name, ledger_key(contract, participant.name), contract)
             plans[participant.name] = plan
@@ -236,9 +262,15 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         """A member's effective contract, or ``None`` when it declares none.
 
         Raises:
-            KeyError: no participant has that name.
+            KeyError: no participant has that name (the message names the participants).
         """
-        return self._plans[name].contract
+        plan = self._plans.get(name)
+        if plan is None:
+            raise KeyError(
+                f"no participant named {name!r} in team {self._name!r} "
+                f"(participants: {', '.join(map(repr, self._plans))})"
+            )
+        return plan.contract
 
     @property
     def ledger(self) -> CapacityLedger:
@@ -275,6 +307,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
     ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | TaskResult, None]:
         """Run the team as :meth:`BaseGroupChat.run_stream` does, under the team's own contract (one lease
         per run when ``capacity`` is declared). Every lease the run took is released when it ends."""
+        unrelayed = self._unrelayed_event_types(relaying_factory(sys._getframe(1)))
         if self._is_running:
             raise ValueError("The team is already running, it cannot run again until it is stopped.")
         self._turns.pending_error = None
@@ -295,7 +328,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                 ):
                     if isinstance(item, TaskResult):
                         result = item
-                    else:
+                    elif not isinstance(item, unrelayed):  # the manager has logged those already
                         yield item
             except RuntimeError as reported:  # AutoGen's report of an error in a handler
                 failed, self._turns.pending_error = self._turns.pending_error, None
@@ -313,6 +346,24 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             raise error
         if result is not None:
             yield result
+
+    def _unrelayed_event_types(self, relay: MessageFactory | None) -> tuple[type[BaseAgentEvent], ...]:
+        """The capacity events the parent relaying this run would refuse (``relay``: its message factory, ``None``
+        when nothing checks the stream): they stay out of the stream, so they cannot end the parent's run, and the
+        first run says what the parent needs."""
+        if relay is None or not self._emit_team_events:
+            return ()
+        unrelayed = tuple(t for t in CAPACITY_EVENT_TYPES if not relay.is_registered(t))
+        if unrelayed:
+            warnings.warn(
+                f"team {self._name!r} emits capacity events (emit_team_events=True) but the team it runs in does "
+                "not register them: they are logged, not relayed. Give the parent team "
+                "custom_message_types=list(autogen_capacity.CAPACITY_EVENT_TYPES), or build "
+                f"{self._name!r} with emit_team_events=False.",
+                CapacityConfigWarning,
+                stacklevel=2,  # the parent's container that runs this team
+            )
+        return unrelayed
 
     async def _own_lease(self, cancellation_token: CancellationToken | None) -> Lease:
         """The run's lease on the team's own key: the one its parent took for this turn, else a new one."""
@@ -444,16 +495,33 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         return team
 
 
+def _warn_about_capacity_attribute(participant: ChatAgent | Team) -> None:
+    """A ``capacity`` attribute that is no contract would be ignored: say so rather than ignore it silently."""
+    own = getattr(participant, "capacity", None)
+    if own is not None and not isinstance(own, AgentCapacity):
+        warnings.warn(
+            f"participant {participant.name!r} has a capacity attribute of type {type(own).__name__}, not an "
+            f"AgentCapacity: it is ignored. Declare the contract in the team's "
+            f"capacities={{{participant.name!r}: AgentCapacity(...)}} instead.",
+            CapacityConfigWarning,
+            stacklevel=4,  # this function, _plan_members, __init__, the caller
+        )
+
+
 def _warn_about_client_retries(participants: Sequence[ChatAgent | Team]) -> None:
-    """Retries inside an OpenAI-family client multiply load under the team's own retries: say so."""
+    """Retries inside an OpenAI-family client multiply load under the team's own retries: a configuration hazard
+    to fix before deployment, so a :class:`CapacityConfigWarning` (shown once per place, filterable), not a log.
+
+    Called from a constructor: the warning points at the line that called it."""
     for participant in participants:
         client: Any = getattr(participant, "_model_client", None)
         inner: Any = getattr(client, "_client", None)
         retries = getattr(inner, "max_retries", None)
         if isinstance(retries, int) and retries > 0:
-            logger.warning(
-                "autogen_capacity.client_retries",
-                member=participant.name,
-                max_retries=retries,
-                hint="set max_retries=0 on the model client: the team already retries by contract",
+            warnings.warn(
+                f"the model client of member {participant.name!r} retries by itself (max_retries={retries}), which "
+                "multiplies requests under 429s: the team already retries by contract. Build the client with "
+                "max_retries=0.",
+                CapacityConfigWarning,
+                stacklevel=3,  # this function, the constructor, the caller
             )

@@ -1,7 +1,9 @@
 """Typed AgentChat events a capacity-aware team emits in ``run_stream`` (with ``emit_team_events=True``).
 
 Every event here is also logged as a structlog event (``autogen_capacity.*``). A plain AutoGen team with a
-capacity-aware child lists :data:`CAPACITY_EVENT_TYPES` in its ``custom_message_types``.
+capacity-aware child lists :data:`CAPACITY_EVENT_TYPES` in its ``custom_message_types`` to see them in its own
+stream; without them, the child keeps them out of the parent's stream (a parent would refuse them) and warns
+once with a :class:`~autogen_capacity.CapacityConfigWarning`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@
   x LedgerClosedError (RuntimeError)  a ledger used after ``aclose()``
 * Overloaded                          raised by an agent or tool on purpose to signal overload (not a CapacityError)
 
+Warnings (``warnings.warn``: shown once per place, filterable like any other):
+
+* CapacityConfigWarning (UserWarning) a configuration hazard to fix before deployment: a model client that
+                                      retries by itself, a participant ``capacity`` that is no contract, a parent
+                                      team that does not relay a nested team's capacity events
+
 Pydantic's ``ValidationError`` is raised as pydantic raises it for invalid contracts.
 """
 
@@ -17,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 __all__ = [
+    "CapacityConfigWarning",
     "CapacityError",
     "CapacityExhausted",
     "ContractError",
@@ -29,6 +36,15 @@ __all__ = [
 
 class CapacityError(Exception):
     """Base class of every error autogen_capacity raises on purpose."""
+
+
+class CapacityConfigWarning(UserWarning):
+    """A configuration hazard a developer should fix: the team works, but not as the config seems to say.
+
+    Filter it like any warning, e.g. ``warnings.filterwarnings("error", category=CapacityConfigWarning)`` in CI.
+
+    .. versionadded:: 0.1.0
+    """
 
 
 class ContractError(CapacityError, ValueError):

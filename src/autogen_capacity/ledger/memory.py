@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["InMemoryLedger", "default_ledger"]
 
+
 class _Waiter:
     __slots__ = ("future", "out_of", "task")
 
