@@ -10,6 +10,7 @@ from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._plan import DEFAULT_EXHAUSTED_TTL_S
 from .contracts import AgentCapacity, RetryBudget
 from .ledger.config import LedgerConfig
 from .routing import Routing
@@ -31,7 +32,7 @@ class CapacityArguments(BaseModel):
     on_exhausted: Literal["stop", "raise"] = "stop"
     retry_budget: RetryBudget | None = None
     selector_capacity: AgentCapacity | None = None
-    exhausted_ttl_s: float = Field(default=300.0, gt=0)
+    exhausted_ttl_s: float = Field(default=DEFAULT_EXHAUSTED_TTL_S, gt=0)
     max_selector_attempts: int = Field(default=3, ge=1)
 
 

@@ -22,8 +22,8 @@ from ._compat import (
     GroupChatTeamResponse,
     SerializableException,
 )
-from ._members import TurnKeeper
 from ._turn_undo import TurnCheckpoint, checkpoint
+from ._turns import TurnKeeper
 from .exceptions import LedgerUnavailable
 from .ledger import Lease
 from .overload import OverloadClassifier

@@ -33,8 +33,8 @@ from ._compat import (
 )
 from ._container import GroupChatMemberOverloaded
 from ._logging import logger
-from ._members import TeamPolicy
 from ._turn_reports import TurnReports
+from ._turns import TeamPolicy
 from .admission import Admission, Candidate, acquire
 from .events import CapacityExhaustedEvent, MemberOverloadedEvent
 from .exceptions import CapacityExhausted, LedgerUnavailable

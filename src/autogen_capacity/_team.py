@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-import warnings
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from autogen_agentchat.base import ChatAgent, TaskResult, Team, TerminationCondition
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory
@@ -21,13 +20,15 @@ from typing_extensions import Self
 from ._compat import CandidateFuncType, GroupChatTermination, SelectorFuncType
 from ._config import CapacityArguments, CapacityAwareGroupChatConfig, load_team_config
 from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
+from ._hazards import unrelayed_event_types, warn_about_client_retries
 from ._manager import CapacityAwareGroupChatManager
-from ._members import MemberPlan, TeamPolicy, TurnKeeper
+from ._plan import DEFAULT_EXHAUSTED_TTL_S, aggregate_mode, default_routing, plan_members
 from ._relay import relaying_factory
+from ._turns import TeamPolicy, TurnKeeper
 from .admission import acquire, settle
-from .contracts import AgentCapacity, AggregateMode, RetryBudget, declared_contract, ledger_key
+from .contracts import AgentCapacity, RetryBudget, ledger_key
 from .events import CAPACITY_EVENT_TYPES
-from .exceptions import CapacityConfigWarning, CapacityExhausted, ContractError, LedgerUnavailable
+from .exceptions import CapacityExhausted, LedgerUnavailable
 from .ledger import CapacityLedger, KeyStatus, Lease, default_ledger
 from .ledger.config import LedgerConfig, ledger_config_of, ledger_from_config
 from .overload import OverloadClassifier, classify_overload
@@ -37,9 +38,6 @@ __all__ = ["DEFAULT_SELECTOR_PROMPT", "CapacityAwareGroupChat"]
 
 DEFAULT_SELECTOR_PROMPT: str = (SelectorGroupChat.__init__.__kwdefaults__ or {})["selector_prompt"]
 """SelectorGroupChat's own default prompt, so selector routing asks the model exactly what it would."""
-
-DEFAULT_EXHAUSTED_TTL_S = 300.0
-"""How long a member whose entitlement is exhausted stays out of routing for every team on the ledger."""
 
 
 class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConfig]):
@@ -161,7 +159,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                 "max_selector_attempts": max_selector_attempts,
             }
         )
-        resolved: Routing = arguments.routing or ("selector" if model_client is not None else "headroom")
+        resolved: Routing = arguments.routing or default_routing(model_client is not None)
         if resolved == "selector" and model_client is None:
             raise ValueError("routing='selector' needs a model_client to pick speakers.")
         if resolved != "selector" and model_client is not None:
@@ -200,40 +198,11 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         self._candidate_func = candidate_func
         self._model_client_streaming = model_client_streaming
         self._model_context = model_context
-        self._plans = self._plan_members()
+        self._plans = plan_members(self._name, self._participants, self._capacities)
         self._turns = TurnKeeper(self._plans, arguments.exhausted_ttl_s, rng)
-        _warn_about_client_retries(self._participants)
+        warn_about_client_retries(self._participants)
 
     # ----------------------------------------------------------------- contracts
-
-    def _plan_members(self) -> dict[str, MemberPlan]:
-        names = [p.name for p in self._participants]
-        unknown = sorted(set(self._capacities) - set(names))
-        if unknown:
-            raise ContractError(
-                f"capacities names no participant of team {self._name!r}: {', '.join(map(repr, unknown))} "
-                f"(participants: {', '.join(map(repr, names))})"
-            )
-        plans: dict[str, MemberPlan] = {}
-        for participant in self._participants:
-            entry = self._capacities.get(participant.name)
-            if isinstance(participant, CapacityAwareGroupChat):
-                # A nested capacity-aware team leases its own members (and itself, when it declares a
-                # contract): the parent ranks it by live headroom and leases it only for an entry of its own.
-                self_leasing = participant.declared_capacity is not None or entry is None
-                plan = MemberPlan(
-                    participant.name,
-                    ledger_key(entry, participant.name),
-                    entry or participant.capacity,
-                    participant if self_leasing else None,
-                )
-            else:
-                if entry is None:
-                    _warn_about_capacity_attribute(participant)
-                contract = entry or declared_contract(participant)
-                plan = MemberPlan(participant.name, ledger_key(contract, participant.name), contract)
-            plans[participant.name] = plan
-        return plans
 
     @property
     def declared_capacity(self) -> AgentCapacity | None:
@@ -249,7 +218,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
     def capacity(self) -> AgentCapacity | None:
         """The team's contract as a provider: its members' contracts aggregated (pool for headroom and
         selector routing, pipeline for round robin), capped field by field by the declared ``capacity``."""
-        mode: AggregateMode = "pipeline" if self._routing == "round_robin" else "pool"
+        mode = aggregate_mode(self._routing)
         # Each contract under the key it is tracked by, so members on one backend count once even when one of
         # them names it through its participant name.
         contracts = [
@@ -292,7 +261,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         members = [await ledger.status(p.key, p.contract) for p in self._plans.values() if p.contract is not None]
         if not members or (len(members) < len(self._plans) and self._routing != "round_robin"):
             return own
-        pick = min if self._routing == "round_robin" else max
+        pick = min if aggregate_mode(self._routing) == "pipeline" else max
         headroom = pick(status.headroom for status in members)
         return KeyStatus(min(headroom, own.headroom))
 
@@ -307,7 +276,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
     ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | TaskResult, None]:
         """Run the team as :meth:`BaseGroupChat.run_stream` does, under the team's own contract (one lease
         per run when ``capacity`` is declared). Every lease the run took is released when it ends."""
-        unrelayed = self._unrelayed_event_types(relaying_factory(sys._getframe(1)))
+        unrelayed = unrelayed_event_types(self._name, self._emit_team_events, relaying_factory(sys._getframe(1)))
         if self._is_running:
             raise ValueError("The team is already running, it cannot run again until it is stopped.")
         self._turns.pending_error = None
@@ -346,24 +315,6 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             raise error
         if result is not None:
             yield result
-
-    def _unrelayed_event_types(self, relay: MessageFactory | None) -> tuple[type[BaseAgentEvent], ...]:
-        """The capacity events the parent relaying this run would refuse (``relay``: its message factory, ``None``
-        when nothing checks the stream): they stay out of the stream, so they cannot end the parent's run, and the
-        first run says what the parent needs."""
-        if relay is None or not self._emit_team_events:
-            return ()
-        unrelayed = tuple(t for t in CAPACITY_EVENT_TYPES if not relay.is_registered(t))
-        if unrelayed:
-            warnings.warn(
-                f"team {self._name!r} emits capacity events (emit_team_events=True) but the team it runs in does "
-                "not register them: they are logged, not relayed. Give the parent team "
-                "custom_message_types=list(autogen_capacity.CAPACITY_EVENT_TYPES), or build "
-                f"{self._name!r} with emit_team_events=False.",
-                CapacityConfigWarning,
-                stacklevel=2,  # the parent's container that runs this team
-            )
-        return unrelayed
 
     async def _own_lease(self, cancellation_token: CancellationToken | None) -> Lease:
         """The run's lease on the team's own key: the one its parent took for this turn, else a new one."""
@@ -493,35 +444,3 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         team = cls(**load_team_config(config, DEFAULT_SELECTOR_PROMPT))
         team._ledger_config = config.ledger
         return team
-
-
-def _warn_about_capacity_attribute(participant: ChatAgent | Team) -> None:
-    """A ``capacity`` attribute that is no contract would be ignored: say so rather than ignore it silently."""
-    own = getattr(participant, "capacity", None)
-    if own is not None and not isinstance(own, AgentCapacity):
-        warnings.warn(
-            f"participant {participant.name!r} has a capacity attribute of type {type(own).__name__}, not an "
-            f"AgentCapacity: it is ignored. Declare the contract in the team's "
-            f"capacities={{{participant.name!r}: AgentCapacity(...)}} instead.",
-            CapacityConfigWarning,
-            stacklevel=4,  # this function, _plan_members, __init__, the caller
-        )
-
-
-def _warn_about_client_retries(participants: Sequence[ChatAgent | Team]) -> None:
-    """Retries inside an OpenAI-family client multiply load under the team's own retries: a configuration hazard
-    to fix before deployment, so a :class:`CapacityConfigWarning` (shown once per place, filterable), not a log.
-
-    Called from a constructor: the warning points at the line that called it."""
-    for participant in participants:
-        client: Any = getattr(participant, "_model_client", None)
-        inner: Any = getattr(client, "_client", None)
-        retries = getattr(inner, "max_retries", None)
-        if isinstance(retries, int) and retries > 0:
-            warnings.warn(
-                f"the model client of member {participant.name!r} retries by itself (max_retries={retries}), which "
-                "multiplies requests under 429s: the team already retries by contract. Build the client with "
-                "max_retries=0.",
-                CapacityConfigWarning,
-                stacklevel=3,  # this function, the constructor, the caller
-            )

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from autogen_agentchat.messages import BaseAgentEvent
 
 from ._logging import info_enabled, logger
-from ._members import MemberPlan
+from ._plan import MemberPlan
 from .admission import WaitReport
 from .events import CapacityDeferredEvent, CapacityWaitEvent, Deferral
 from .ledger import KeyStatus

@@ -23,9 +23,10 @@ from typing_extensions import Self
 
 from ._compat import AgentToolConfig, TaskRunnerTool, TaskRunnerToolArgs, TeamToolConfig
 from ._container import tokens_used
+from ._hazards import warn_about_client_retries
 from ._logging import logger
-from ._members import UNBOUNDED
-from ._team import DEFAULT_EXHAUSTED_TTL_S, CapacityAwareGroupChat, _warn_about_client_retries
+from ._plan import DEFAULT_EXHAUSTED_TTL_S, UNBOUNDED
+from ._team import CapacityAwareGroupChat
 from ._turn_undo import TurnCheckpoint, checkpoint
 from .admission import Candidate, admit_one, record_overload, settle
 from .contracts import AgentCapacity, declared_contract, ledger_key
@@ -267,7 +268,7 @@ class CapacityAwareAgentTool(_ContractTool, AgentTool):
     ) -> None:
         super().__init__(agent, return_value_as_last_message=return_value_as_last_message)
         self._caller = _Caller(agent, capacity, ledger, overload_classifier, exhausted_ttl_s, rng)
-        _warn_about_client_retries([agent])
+        warn_about_client_retries([agent])
 
     def _to_config(self) -> CapacityAwareAgentToolConfig:
         return CapacityAwareAgentToolConfig(

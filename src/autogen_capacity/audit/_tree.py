@@ -10,6 +10,7 @@ from typing import Any, Literal
 from autogen_core import ComponentModel
 from pydantic import ValidationError
 
+from .._plan import aggregate_mode, default_routing
 from ..contracts import AgentCapacity, AggregateMode
 from ._model import (
     CONTRACT_FIELDS,
@@ -152,11 +153,7 @@ class _Walk:
             declared, entries = self.contracts(inner, names, where)
             self.out.extend(ledger_findings(inner.get("ledger"), where))
             raw_routing = inner.get("routing")
-            routing = (
-                raw_routing
-                if isinstance(raw_routing, str)
-                else ("selector" if inner.get("model_client") else "headroom")
-            )
+            routing = raw_routing if isinstance(raw_routing, str) else default_routing(bool(inner.get("model_client")))
         for duplicate in sorted({n for n in names if names.count(n) > 1}):
             self.out.append(
                 Finding("error", where, "participants", f"participant name {duplicate!r} is used more than once")
@@ -292,7 +289,7 @@ class _Walk:
         derivation: tuple[FieldDerivation, ...] = ()
         groups: dict[str, tuple[str, ...]] = {}
         if capacity_aware:
-            mode = "pipeline" if routing == "round_robin" else "pool"
+            mode = aggregate_mode(routing or "")
             contracts = [m.contract for m in members]
             effective = AgentCapacity.aggregate(contracts, mode, cap=declared)
             uncapped = AgentCapacity.aggregate(contracts, mode)

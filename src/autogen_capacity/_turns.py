@@ -1,5 +1,5 @@
-"""What a team knows about each participant's contract, the turns a run has in flight, and the policy it hands
-its manager."""
+"""The turns a team's run has in flight (one owner for their leases, outcomes recorded before release), and the
+policy a team hands its manager."""
 
 from __future__ import annotations
 
@@ -7,66 +7,17 @@ import asyncio
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
-from .admission import Candidate, record_overload, settle
+from ._plan import MemberPlan
+from .admission import record_overload, settle
 from .contracts import AgentCapacity, RetryBudget
 from .exceptions import CapacityError, LedgerUnavailable
-from .ledger import CapacityLedger, KeyStatus, Lease
+from .ledger import CapacityLedger, Lease
 from .overload import Overload
 from .routing import Routing
 
-__all__ = ["IDLE", "UNBOUNDED", "CapacityAwareTeam", "MemberPlan", "TeamPolicy", "TurnKeeper", "Verdict"]
-
-UNBOUNDED = AgentCapacity()
-"""The contract of a member that declares none: no limits, the default backoff schedule."""
-
-IDLE = KeyStatus(1.0)
-
-
-class CapacityAwareTeam(Protocol):
-    """A nested team that enforces its own contract. Its parent ranks it by live headroom and, when it declares
-    a contract, takes the one lease on its key for it (the team runs under that lease instead of its own)."""
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def declared_capacity(self) -> AgentCapacity | None: ...
-
-    async def capacity_status(self) -> KeyStatus: ...
-
-
-@dataclass(frozen=True, slots=True)
-class MemberPlan:
-    """How a team treats one participant."""
-
-    name: str
-    key: str
-    contract: AgentCapacity | None
-    """The effective contract (the ``capacities`` entry, else the participant's ``capacity`` attribute)."""
-    team: CapacityAwareTeam | None = None
-    """Set for a nested capacity-aware team that enforces its own contract (and its members')."""
-
-    def candidate(self, *, cooled: bool = False) -> Candidate:
-        """How the admission engine sees this member (``cooled``: it was cooled down during the run).
-
-        A nested team that declares a contract is gated by its own key, whose one lease the parent takes for
-        it; its members only set its headroom (it waits for them itself, by its own contract).
-        """
-        if self.team is not None:
-            own = self.team.declared_capacity
-            if own is not None:
-                return Candidate(self.name, self.team.key, own, probe=self.team.capacity_status)
-            return Candidate(self.name, self.key, UNBOUNDED, leased=False, probe=self.team.capacity_status)
-        if self.contract is None:
-            return Candidate(self.name, self.key, UNBOUNDED, leased=False, checked=cooled)
-        return Candidate(self.name, self.key, self.contract)
-
-    @property
-    def schedule(self) -> AgentCapacity:
-        """The contract whose backoff the team follows when waiting for this member."""
-        return self.contract or UNBOUNDED
+__all__ = ["TeamPolicy", "TurnKeeper", "Verdict"]
 
 
 @dataclass(frozen=True, slots=True)
