@@ -33,6 +33,7 @@ from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from pydantic import Field
 
+from . import telemetry
 from ._container import GroupChatMemberOverloaded
 from ._logging import logger
 from ._members import TeamPolicy
@@ -145,6 +146,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
             spend_retry=self._spend_retry,
             should_stop=self._should_stop if termination_condition is not None else None,
             poll_s=TERMINATION_POLL_S,
+            team=policy.team_name,
         )
         self._next_speaker_index = 0
         self._cooled: set[str] = set()
@@ -395,6 +397,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
     async def _stop_exhausted(self, exhausted: _Exhausted) -> None:
         reason = exhausted.reason
         logger.warning("autogen_capacity.exhausted", team=self._team_name, reason=reason)
+        telemetry.run_exhausted(self._team_name, self._team_name)
         await self._emit(lambda: CapacityExhaustedEvent(content=reason, source=self._team_name))
         if self._policy.on_exhausted == "raise":
             self._turns.pending_error = CapacityExhausted(
