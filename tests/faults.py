@@ -80,11 +80,13 @@ class FaultyMember(BaseChatAgent):
         self.rng = rng
         self.fault_rate = fault_rate
         self.also = also
+        """Further probe keys this member's turns count under (the nested team it belongs to)."""
         self.gate = gate
         """When given, each turn waits for it (after it started counting on the probe)."""
         self.active = 0
         """Turns of this member in progress now."""
-        """Further probe keys this member's turns count under (the nested team it belongs to)."""
+        self.at_gate = 0
+        """Turns of this member held at ``gate`` now (they cannot end until it opens)."""
         self.faults: deque[Fault] = deque()
         self.replies: list[str] = []
         self.injected: list[Fault] = []
@@ -110,8 +112,12 @@ class FaultyMember(BaseChatAgent):
             self.probe.enter(key)
         self.active += 1
         try:
-            if self.gate is not None:
-                await self.gate.wait()
+            if self.gate is not None and not self.gate.is_set():
+                self.at_gate += 1
+                try:
+                    await self.gate.wait()
+                finally:
+                    self.at_gate -= 1
             if self.delay:
                 await asyncio.sleep(self.delay)
             if fault == "slow":

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -88,25 +90,41 @@ class Squad:
 
 
 class Ticker:
-    """Ticks on the machine's loop and keeps the longest stall between ticks while the loop runs."""
+    """Ticks on the machine's loop and keeps the longest stall between ticks while the loop runs, less the time
+    the garbage collector stopped the whole interpreter meanwhile (a pause, not a loop that fails to yield)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, period: float = 0.002) -> None:
         self.loop = loop
         self.period = period
         self.longest = 0.0
         self.last = loop.time()
+        self.collecting = 0.0
+        self._collection_started: float | None = None
+        gc.callbacks.append(self._on_collection)
         self.task = loop.create_task(self._tick())
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._collection_started = time.perf_counter()
+        elif self._collection_started is not None:
+            self.collecting += time.perf_counter() - self._collection_started
+            self._collection_started = None
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._on_collection)
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.period)
             now = self.loop.time()
-            self.longest = max(self.longest, now - self.last - self.period)
+            self.longest = max(self.longest, now - self.last - self.period - self.collecting)
             self.last = now
+            self.collecting = 0.0
 
     def resume(self) -> None:
         """The loop starts running again: the time it stood still between steps is not a stall."""
         self.last = self.loop.time()
+        self.collecting = 0.0
 
 
 class CapacityMachine(RuleBasedStateMachine):
@@ -174,7 +192,8 @@ class CapacityMachine(RuleBasedStateMachine):
             return  # a cancelled run ends whether paused or not: nothing to check here
         squad.gate.clear()
         try:
-            self._on_loop(_until(lambda: not squad.running or any(m.active for m in squad.members.values())))
+            # A member held at the gate: the run cannot end until it opens (one already past it may end the run).
+            self._on_loop(_until(lambda: not squad.running or any(m.at_gate for m in squad.members.values())))
             if not squad.running:
                 return
             self._rpc(squad.team.pause())
@@ -234,6 +253,7 @@ class CapacityMachine(RuleBasedStateMachine):
                 self._settle(squad)
             self._assert_idle()
         finally:
+            self.ticker.close()
             try:
                 self._on_loop(_cancel_all())
                 self._on_loop(self.ledger.aclose())

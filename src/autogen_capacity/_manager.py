@@ -15,6 +15,7 @@ from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from pydantic import Field
 
+from . import telemetry
 from ._compat import (
     AsyncCandidateFunc,
     AsyncSelectorFunc,
@@ -143,6 +144,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
             spend_retry=self._spend_retry,
             should_stop=self._should_stop if termination_condition is not None else None,
             poll_s=TERMINATION_POLL_S,
+            team=policy.team_name,
         )
         self._as_candidates = {
             name: (plan.candidate(cooled=False), plan.candidate(cooled=True)) for name, plan in self._plans.items()
@@ -400,6 +402,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
     async def _stop_exhausted(self, exhausted: _Exhausted) -> None:
         reason = exhausted.reason
         logger.warning("autogen_capacity.exhausted", team=self._team_name, reason=reason)
+        telemetry.run_exhausted(self._team_name, self._team_name)
         await self._emit(lambda: CapacityExhaustedEvent(content=reason, source=self._team_name))
         if self._policy.on_exhausted == "raise":
             self._turns.pending_error = CapacityExhausted(

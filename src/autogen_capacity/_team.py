@@ -17,6 +17,7 @@ from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel
 from typing_extensions import Self
 
+from . import telemetry
 from ._compat import CandidateFuncType, GroupChatTermination, SelectorFuncType
 from ._config import CapacityArguments, CapacityAwareGroupChatConfig, load_team_config
 from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
@@ -287,6 +288,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                 try:
                     own_lease = await self._own_lease(cancellation_token)
                 except CapacityExhausted as exhausted:
+                    telemetry.run_exhausted(self.name, self.key)
                     if self._on_exhausted == "raise":
                         raise
                     yield TaskResult(messages=[], stop_reason=str(exhausted))

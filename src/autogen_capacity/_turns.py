@@ -93,6 +93,7 @@ class TurnKeeper:
                 schedule=schedule,
                 exhausted_ttl_s=self.exhausted_ttl_s,
                 rng=self.rng,
+                member=name,
             )
         except LedgerUnavailable as error:
             self.ledger_failed(error)

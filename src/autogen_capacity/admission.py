@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from . import telemetry
 from ._logging import logger
 from .contracts import AgentCapacity
 from .exceptions import CapacityExhausted, QueueFull
@@ -107,9 +108,10 @@ class Admission:
             the admission exhausted.
         should_stop: Re-checked at least every ``poll_s`` while waiting (a termination condition); ``True``
             ends the admission with ``None``.
+        team: The name of the team that admits (for telemetry), if any.
     """
 
-    __slots__ = ("_ledger", "_observer", "_poll_s", "_should_stop", "_spend_retry")
+    __slots__ = ("_ledger", "_observer", "_poll_s", "_should_stop", "_spend_retry", "_team")
 
     def __init__(
         self,
@@ -119,8 +121,10 @@ class Admission:
         spend_retry: Callable[[], bool] | None = None,
         should_stop: Callable[[], Awaitable[bool]] | None = None,
         poll_s: float | None = None,
+        team: str | None = None,
     ) -> None:
         self._ledger = ledger
+        self._team = team
         self._observer = observer
         self._spend_retry = spend_retry
         self._should_stop = should_stop
@@ -171,15 +175,17 @@ class Admission:
             CapacityExhausted: nobody could be admitted within the contract (``QueueFull``: every line is full).
         """
         loop = asyncio.get_running_loop()
-        window_end = bound = loop.time()
+        started = window_end = bound = loop.time()
         retries = passes = 0
         queue: WaitQueue | None = None
+        wait: telemetry.WaitSpan | None = None  # only when it waits
         try:
             while True:
                 passes += 1
                 statuses = await self._statuses(candidates, routed_around)
                 admitted = await self._try(candidates, statuses, order)
                 if admitted is not None:
+                    telemetry.admitted(admitted.candidate, statuses, candidates, started, self._team, wait)
                     if self._observer is not None:
                         await self._observer.deferred(statuses, admitted.candidate.name)
                     return admitted
@@ -199,6 +205,7 @@ class Admission:
                         if delay <= 0:
                             raise _exhausted("waited as long as the contract allows", candidates, statuses)
                     window_end = now + delay
+                    wait = telemetry.waiting(wait, statuses, candidates, window, retries, delay, self._team)
                     if self._observer is not None:
                         await self._observer.deferred(statuses, None)
                         await self._observer.waiting(
@@ -213,7 +220,11 @@ class Admission:
                     timeout = min(timeout, self._poll_s)
                 await queue.wait(timeout)
                 if self._should_stop is not None and await self._should_stop():
+                    telemetry.stopped(wait)
                     return None
+        except BaseException as error:  # exhausted, cancelled, the ledger failed
+            telemetry.failed(wait, error)
+            raise
         finally:
             _record_pass(passes)
             if queue is not None:
@@ -299,13 +310,16 @@ async def record_overload(
     schedule: AgentCapacity,
     exhausted_ttl_s: float,
     rng: random.Random | None = None,
+    member: str | None = None,
 ) -> float:
     """Write what an overload answer taught into the ledger and return how long ``key`` is out.
 
     ``throttled``: a cooldown for the provider's hint, else the schedule's delay for the ``overloads``-th
     overload in a row; ``exhausted``: the key is refused to everyone for ``exhausted_ttl_s``. Call it before
-    the lease of the call that was answered is released (record before release).
+    the lease of the call that was answered is released (record before release). ``member``: the agent that
+    answered (for telemetry).
     """
+    telemetry.overloaded(key, overload.kind, member)
     if overload.kind == "exhausted":
         await ledger.mark_exhausted(key, exhausted_ttl_s)
         return exhausted_ttl_s

@@ -1,8 +1,9 @@
-"""``autogen-capacity``: inspect and check teams' contracts before deployment, or watch the offline demo.
+"""``autogen-capacity``: inspect and check teams' contracts before deployment, watch a ledger, or the offline demo.
 
-Exit status: 0 when all is well, 1 when ``check`` finds errors (or warnings with ``--strict``), 2 for a
-user mistake (a missing, unreadable, non-UTF-8 or non-JSON file, not a team config, an invalid contract
-given to ``inspect``), 130 on Ctrl-C. A mistake is one line on stderr, never a traceback.
+Exit status: 0 when all is well, 1 when ``check`` finds errors (or warnings with ``--strict``) or ``status``
+cannot read its ledger, 2 for a user mistake (a missing, unreadable, non-UTF-8 or non-JSON file, not a team
+config, an invalid contract given to ``inspect``, an unknown ledger given to ``status``), 130 on Ctrl-C. A
+mistake is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -22,6 +23,7 @@ from rich.tree import Tree
 
 from . import __version__
 from .audit import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     STDIN,
@@ -38,7 +40,9 @@ from .audit import (
 )
 from .contracts import AgentCapacity
 from .demo import Backend, DemoResult, PhaseStats, Refresh, quiet_autogen, run_demo
+from .exceptions import CapacityError
 from .ledger import LedgerSnapshot
+from .status import LedgerSpecError, Watched, open_ledger, render, snapshot_to_dict, watch
 
 __all__ = ["main"]
 
@@ -78,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a tiny, fast run (for tests)")
     demo.add_argument("--no-live", action="store_true", help="plain output (the default when not a terminal)")
     demo.set_defaults(handler=_demo)
+
+    status = commands.add_parser("status", help="watch what a ledger holds, key by key (read-only)")
+    status.add_argument(
+        "ledger",
+        metavar="LEDGER",
+        help="memory, a redis:// URL, the name of an environment variable holding one, or a ledger config as JSON",
+    )
+    status.add_argument("--namespace", help="the Redis namespace (default: the config's, else autogen_capacity)")
+    status.add_argument("--once", action="store_true", help="print the ledger once and exit")
+    status.add_argument("--json", action="store_true", help="print JSON (one line a refresh without --once)")
+    status.add_argument("--interval", type=_seconds, default=1.0, help="seconds between refreshes (default 1)")
+    status.set_defaults(handler=_status)
     return parser
 
 
@@ -85,6 +101,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
     return value
 
 
@@ -325,3 +348,34 @@ def _summary(console: Console, result: DemoResult) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+# ----------------------------------------------------------------- status
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        watched = open_ledger(args.ledger, namespace=args.namespace)
+    except (LedgerSpecError, ImportError) as e:
+        return _fail(str(e))
+    console = _console()
+    if args.json:
+
+        def show_json(snapshot: LedgerSnapshot, error: str | None) -> None:
+            data = snapshot_to_dict(watched, snapshot) | ({"error": error} if error else {})
+            print(json.dumps(data, indent=2 if args.once else None), flush=True)
+
+        return _watch(watched, show_json, args)
+    if args.once:
+        return _watch(watched, lambda snapshot, error: console.print(render(watched, snapshot, error=error)), args)
+    with Live(console=console, refresh_per_second=4, transient=False) as view:
+        return _watch(watched, lambda snapshot, error: view.update(render(watched, snapshot, error=error)), args)
+
+
+def _watch(watched: Watched, show: Callable[[LedgerSnapshot, str | None], None], args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(watch(watched, show, interval_s=args.interval, once=args.once))
+    except CapacityError as e:
+        print(f"{PROG}: cannot read {watched.name}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

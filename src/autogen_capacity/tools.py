@@ -147,6 +147,7 @@ class _Caller:
                     schedule=self.contract,
                     exhausted_ttl_s=self._exhausted_ttl_s,
                     rng=self._rng,
+                    member=self.name,
                 )
             finally:
                 if held is not None:

@@ -1,0 +1,436 @@
+"""OpenTelemetry metrics and spans for admissions, deferrals, overloads and exhausted runs.
+
+The library records through the OpenTelemetry *API* only (``pip install autogen-capacity[otel]``; AutoGen
+already depends on it); the app brings the SDK and its exporters. With no SDK configured, every instrument is
+the API's no-op proxy, created once on first use, and a hook costs a few dictionary lookups and a no-op call.
+
+Metrics (``autogen_capacity.key`` on every point; ``gen_ai.agent.name`` where a member is involved,
+``autogen_capacity.team`` when the caller is a team):
+
+* ``autogen_capacity.admission.wait`` (histogram, s): from asking for a turn to its lease, immediate
+  admissions included (0 s);
+* ``autogen_capacity.deferrals`` (counter, ``reason``): a candidate passed over (``slots``, ``rate``, ``tpm``,
+  ``cooldown``, ``exhausted``);
+* ``autogen_capacity.overloads`` (counter, ``kind`` = ``throttled`` / ``exhausted``): an overload answer;
+* ``autogen_capacity.exhausted_runs`` (counter): a team run that ended ``Capacity exhausted``;
+* ``autogen_capacity.in_flight`` and ``autogen_capacity.headroom`` (observable gauges): per key of a ledger
+  registered with :func:`observe_ledger`.
+
+Spans: an admission that has to wait is a ``capacity.wait`` span (never one for an immediate admission) in
+the current trace, next to AutoGen's ``invoke_agent`` spans, with its candidates, reason, attempts and outcome;
+each backoff window, cooldown and the exhaustion is a span event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._logging import logger
+from .contracts import AgentCapacity
+from .exceptions import CapacityExhausted
+from .ledger.base import CapacityLedger, KeyStatus
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Counter, Histogram, MeterProvider, Observation
+    from opentelemetry.trace import Span, Tracer, TracerProvider
+
+    from .admission import Candidate
+
+try:
+    from opentelemetry import metrics as _metrics
+    from opentelemetry import trace as _trace
+except ImportError:  # pragma: no cover - autogen-core depends on opentelemetry-api
+    _metrics = _trace = None  # type: ignore[assignment]
+
+__all__ = [
+    "ADMISSION_WAIT",
+    "DEFERRALS",
+    "EXHAUSTED_RUNS",
+    "HEADROOM",
+    "IN_FLIGHT",
+    "OVERLOADS",
+    "WAIT_SPAN",
+    "LedgerObserver",
+    "instrument",
+    "observe_ledger",
+    "uninstrument",
+]
+
+SCOPE = "autogen_capacity"
+ADMISSION_WAIT = "autogen_capacity.admission.wait"
+DEFERRALS = "autogen_capacity.deferrals"
+OVERLOADS = "autogen_capacity.overloads"
+EXHAUSTED_RUNS = "autogen_capacity.exhausted_runs"
+IN_FLIGHT = "autogen_capacity.in_flight"
+HEADROOM = "autogen_capacity.headroom"
+WAIT_SPAN = "capacity.wait"
+
+KEY = "autogen_capacity.key"
+TEAM = "autogen_capacity.team"
+AGENT_NAME = "gen_ai.agent.name"  # the GenAI semantic conventions' name, as AutoGen's invoke_agent spans set it
+_WAIT_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_CACHE_LIMIT = 4096
+
+
+class _Instruments:
+    """The instruments of one (meter provider, tracer provider) pair, created once."""
+
+    __slots__ = ("attributes", "deferrals", "exhausted_runs", "overloads", "tracer", "wait")
+
+    def __init__(self, meter_provider: MeterProvider | None, tracer_provider: TracerProvider | None) -> None:
+        from . import __version__
+
+        meter = _metrics.get_meter(SCOPE, __version__, meter_provider)
+        self.tracer: Tracer = _trace.get_tracer(SCOPE, __version__, tracer_provider)
+        self.wait: Histogram = meter.create_histogram(
+            ADMISSION_WAIT,
+            unit="s",
+            description="Time from asking for a turn to its lease.",
+            explicit_bucket_boundaries_advisory=_WAIT_BUCKETS,
+        )
+        self.deferrals: Counter = meter.create_counter(
+            DEFERRALS, unit="{deferral}", description="Candidates passed over for lack of headroom."
+        )
+        self.overloads: Counter = meter.create_counter(
+            OVERLOADS, unit="{overload}", description="Overload answers (429, Retry-After, spent quota)."
+        )
+        self.exhausted_runs: Counter = meter.create_counter(
+            EXHAUSTED_RUNS, unit="{run}", description="Team runs that ended 'Capacity exhausted'."
+        )
+        meter.create_observable_gauge(
+            IN_FLIGHT, [_observe_in_flight], unit="{lease}", description="Leases held now, per ledger key."
+        )
+        meter.create_observable_gauge(
+            HEADROOM, [_observe_headroom], unit="1", description="How much more a key can take, 0 to 1."
+        )
+        self.attributes: dict[str | None, dict[str, dict[str, Mapping[str, str]]]] = {}
+        """Attribute mappings by team, key and member: built once, not on every turn."""
+
+    def attrs(self, team: str | None, key: str, member: str | None) -> Mapping[str, str]:
+        by_key = self.attributes.get(team)
+        if by_key is None:
+            by_key = self.attributes[team] = {}
+        by_member = by_key.get(key)
+        if by_member is None:
+            by_member = by_key[key] = {}
+        name = member or ""
+        found = by_member.get(name)
+        if found is None:
+            if sum(len(m) for m in by_key.values()) > _CACHE_LIMIT:  # dynamic keys: keep memory bounded
+                by_key.clear()
+                by_member = by_key[key] = {}
+            found = by_member[name] = _attributes(team, key, member)
+        return found
+
+
+def _attributes(team: str | None, key: str, member: str | None) -> dict[str, str]:
+    attributes = {KEY: key}
+    if member is not None:
+        attributes[AGENT_NAME] = member
+    if team is not None:
+        attributes[TEAM] = team
+    return attributes
+
+
+_instruments: _Instruments | None = None
+
+
+def instrument(*, meter_provider: MeterProvider | None = None, tracer_provider: TracerProvider | None = None) -> None:
+    """Record through these providers from now on (``None``: the global ones, as set by the app's SDK).
+
+    Not needed with global providers: the library records through them by default. Tests and apps with
+    several providers pass theirs here; :func:`uninstrument` goes back to the global ones.
+
+    .. versionadded:: 0.2.0
+    """
+    global _instruments
+    if _metrics is None:  # pragma: no cover - autogen-core depends on opentelemetry-api
+        return
+    _instruments = _Instruments(meter_provider, tracer_provider)
+
+
+def uninstrument() -> None:
+    """Go back to the global providers (instruments are created again on next use).
+
+    .. versionadded:: 0.2.0
+    """
+    global _instruments
+    _instruments = None
+
+
+def _get() -> _Instruments | None:
+    global _instruments
+    if _instruments is None and _metrics is not None:
+        _instruments = _Instruments(None, None)
+    return _instruments
+
+
+def _member(candidate: Candidate, team: str | None) -> str | None:
+    """A member is involved when a team admits, or the candidate is named apart from its key (a tool)."""
+    return candidate.name if team is not None or candidate.name != candidate.key else None
+
+
+# ----------------------------------------------------------------- admission hooks (called by the engine)
+
+
+def admitted(
+    candidate: Candidate,
+    statuses: Mapping[str, KeyStatus],
+    candidates: Sequence[Candidate],
+    started: float,
+    team: str | None,
+    wait: WaitSpan | None,
+) -> None:
+    """An admission that asked at ``started`` (loop time) leased ``candidate``: the wait histogram, the
+    candidates deferred next to it, and the end of its wait span."""
+    found = _get()
+    if found is None:  # pragma: no cover - no opentelemetry-api
+        return
+    waited = asyncio.get_running_loop().time() - started
+    found.wait.record(waited, found.attrs(team, candidate.key, _member(candidate, team)))
+    _deferred(found, statuses, candidates, candidate.name, team)
+    if wait is not None:
+        wait.end("admitted", candidate, team)
+
+
+def waiting(
+    wait: WaitSpan | None,
+    statuses: Mapping[str, KeyStatus],
+    candidates: Sequence[Candidate],
+    window: str,
+    retry: int,
+    delay: float,
+    team: str | None,
+) -> WaitSpan | None:
+    """Nobody was admitted: count the deferrals and start (or go on with) the admission's wait span."""
+    found = _get()
+    if found is None:  # pragma: no cover - no opentelemetry-api
+        return None
+    _deferred(found, statuses, candidates, None, team)
+    if wait is None:
+        wait = WaitSpan(found.tracer, statuses, candidates, team)
+    wait.window(window, retry, delay, statuses, candidates)
+    return wait
+
+
+def stopped(wait: WaitSpan | None) -> None:
+    """The termination condition fired while the admission waited."""
+    if wait is not None:
+        wait.end("stopped", None, None)
+
+
+def failed(wait: WaitSpan | None, error: BaseException) -> None:
+    """The admission ended with ``error``: ``exhausted`` (:class:`CapacityExhausted`, ``QueueFull``
+    included), ``cancelled``, or ``error`` (the ledger failed)."""
+    if wait is not None:
+        if isinstance(error, CapacityExhausted):
+            outcome = "exhausted"
+        elif isinstance(error, asyncio.CancelledError):
+            outcome = "cancelled"
+        else:
+            outcome = "error"
+        wait.end(outcome, None, None, error)
+
+
+def overloaded(key: str, kind: str, member: str | None = None) -> None:
+    """An overload answer on ``key`` (``throttled`` or ``exhausted``)."""
+    found = _get()
+    if found is not None:
+        attributes = {**found.attrs(None, key, member), "kind": kind}
+        found.overloads.add(1, attributes)
+
+
+def run_exhausted(team: str, key: str) -> None:
+    """A team run ended ``Capacity exhausted`` (``key``: the team's own key)."""
+    found = _get()
+    if found is not None:
+        found.exhausted_runs.add(1, found.attrs(team, key, None))
+
+
+def _deferred(
+    found: _Instruments,
+    statuses: Mapping[str, KeyStatus],
+    candidates: Sequence[Candidate],
+    admitted: str | None,
+    team: str | None,
+) -> None:
+    for candidate in candidates:
+        reason = statuses[candidate.name].blocked_by if candidate.name in statuses else None
+        if reason is not None and candidate.name != admitted:
+            attributes = {**found.attrs(team, candidate.key, _member(candidate, team)), "reason": reason}
+            found.deferrals.add(1, attributes)
+
+
+class WaitSpan:
+    """The ``capacity.wait`` span of one admission that waits: started at its first wait, ended once."""
+
+    __slots__ = ("_attempts", "_ended", "_span")
+
+    def __init__(
+        self, tracer: Tracer, statuses: Mapping[str, KeyStatus], candidates: Sequence[Candidate], team: str | None
+    ) -> None:
+        preferred = next((c for c in candidates if statuses[c.name].blocked_by != "exhausted"), candidates[0])
+        attributes: dict[str, Any] = {
+            KEY: preferred.key,
+            "autogen_capacity.wait.candidates": [c.name for c in candidates],
+            "autogen_capacity.wait.reason": statuses[preferred.name].blocked_by or "lost the race",
+        }
+        if team is not None:
+            attributes[TEAM] = team
+        self._span: Span = tracer.start_span(WAIT_SPAN, attributes=attributes)
+        self._attempts = 0
+        self._ended = False
+
+    def window(
+        self,
+        window: str,
+        retry: int,
+        delay: float,
+        statuses: Mapping[str, KeyStatus],
+        candidates: Sequence[Candidate],
+    ) -> None:
+        if window == "cooldown":
+            cooling = [c.key for c in candidates if statuses[c.name].blocked_by == "cooldown"]
+            self._span.add_event(
+                "autogen_capacity.cooldown", {"autogen_capacity.keys": cooling, "autogen_capacity.delay_s": delay}
+            )
+        else:
+            self._attempts = retry
+            self._span.add_event(
+                "autogen_capacity.backoff", {"autogen_capacity.attempt": retry, "autogen_capacity.delay_s": delay}
+            )
+
+    def end(
+        self,
+        outcome: str,
+        candidate: Candidate | None,
+        team: str | None,
+        error: BaseException | None = None,
+    ) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        span = self._span
+        span.set_attribute("autogen_capacity.wait.attempts", self._attempts)
+        span.set_attribute("autogen_capacity.wait.outcome", outcome)
+        if candidate is not None:
+            span.set_attribute(KEY, candidate.key)
+            member = _member(candidate, team)
+            if member is not None:
+                span.set_attribute(AGENT_NAME, member)
+        if outcome == "exhausted":
+            span.add_event("autogen_capacity.exhausted", {"autogen_capacity.reason": str(error)})
+        if error is not None and outcome != "cancelled":
+            span.set_attribute("error.type", type(error).__name__)
+            span.set_status(_trace.StatusCode.ERROR, str(error))
+        span.end()
+
+
+# ----------------------------------------------------------------- ledger gauges
+
+
+class LedgerObserver:
+    """Feeds the ``in_flight`` and ``headroom`` gauges from one ledger.
+
+    The SDK reads observable gauges in its export thread (or wherever ``collect`` is called, the loop's thread
+    included), where the ledger cannot be awaited: calling back into the loop from there would block the export
+    (or deadlock when the loop itself collects), and an :class:`InMemoryLedger` is not thread-safe. So a task on
+    the loop refreshes the observations every ``interval_s`` (the snapshot plus each contract key's status),
+    and the callbacks only read the last tuple it built: a gauge is at most ``interval_s`` old. When the ledger
+    fails, the gauges report nothing until it answers again (no stale values).
+
+    .. versionadded:: 0.2.0
+    """
+
+    __slots__ = ("_contracts", "_ledger", "_task", "headroom", "in_flight", "interval_s")
+
+    def __init__(
+        self, ledger: CapacityLedger, contracts: Mapping[str, AgentCapacity] | None, interval_s: float
+    ) -> None:
+        self._ledger = ledger
+        self._contracts = dict(contracts or {})
+        self.interval_s = interval_s
+        self.in_flight: tuple[tuple[int, Mapping[str, str]], ...] = ()
+        self.headroom: tuple[tuple[float, Mapping[str, str]], ...] = ()
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        """Read the ledger now (on the loop) and publish what the gauges report next."""
+        try:
+            snapshot = await self._ledger.snapshot()
+            statuses = {key: await self._ledger.status(key, c) for key, c in self._contracts.items()}
+        except Exception as error:
+            self.in_flight = self.headroom = ()
+            logger.warning("autogen_capacity.observe_failed", ledger=repr(self._ledger), error=repr(error))
+            return
+        keys = sorted({*snapshot, *self._contracts})
+        self.in_flight = tuple((u.in_flight if (u := snapshot.get(k)) else 0, {KEY: k}) for k in keys)
+        self.headroom = tuple((s.headroom, {KEY: k}) for k, s in sorted(statuses.items()))
+
+    async def _run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval_s)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="autogen_capacity.observe_ledger")
+        global _observers
+        _observers = (*_observers, self)
+
+    async def aclose(self) -> None:
+        """Stop refreshing; the gauges stop reporting this ledger."""
+        global _observers
+        _observers = tuple(o for o in _observers if o is not self)
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def __aenter__(self) -> LedgerObserver:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+_observers: tuple[LedgerObserver, ...] = ()
+"""Replaced, never mutated: the export thread iterates over a tuple the loop does not change under it."""
+
+
+def observe_ledger(
+    ledger: CapacityLedger,
+    contracts: Mapping[str, AgentCapacity] | None = None,
+    *,
+    interval_s: float = 1.0,
+) -> LedgerObserver:
+    """Report ``ledger``'s keys on the ``in_flight`` gauge, and the headroom of each key in ``contracts``
+    (keyed by ledger key) on the ``headroom`` gauge, refreshed on the running loop every ``interval_s``.
+
+    Call it with the loop running; stop with ``await observer.aclose()`` (or ``async with``).
+
+    Raises:
+        RuntimeError: no event loop is running.
+
+    .. versionadded:: 0.2.0
+    """
+    if interval_s <= 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    _get()  # the gauges exist once something is observed
+    observer = LedgerObserver(ledger, contracts, interval_s)
+    observer._start()
+    return observer
+
+
+def _observe_in_flight(options: CallbackOptions) -> list[Observation]:
+    return [_metrics.Observation(v, a) for o in _observers for v, a in o.in_flight]
+
+
+def _observe_headroom(options: CallbackOptions) -> list[Observation]:
+    return [_metrics.Observation(v, a) for o in _observers for v, a in o.headroom]
