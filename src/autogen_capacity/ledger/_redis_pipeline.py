@@ -1,11 +1,15 @@
 """Auto-pipelining for the Redis ledger: scripts go to Redis in batches (one write, one round trip each), so
-many teams sharing a ledger cost few round trips and little client CPU. A lone call goes out at once."""
+many teams sharing a ledger cost few round trips and little client CPU. A lone call goes out at once.
+
+Every script is idempotent for its arguments (ids are made by the client), so a batch that met a lost
+connection is sent again, with a backoff, until it lands or the retry window is over."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._logging import logger
 
@@ -13,10 +17,42 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["OnOrphan", "ScriptPipeline"]
+__all__ = ["OnOrphan", "ScriptPipeline", "retrying"]
 
 OnOrphan = Callable[[Any], Awaitable[None]]
 """Called with a reply whose caller was cancelled while its script was on the way (to undo what it did)."""
+
+T = TypeVar("T")
+RETRY_FIRST_S = 0.02
+RETRY_CAP_S = 0.5
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    within: float,
+    unreachable: tuple[type[Exception], ...],
+    on_reconnect: Callable[[], None] = lambda: None,
+) -> T:
+    """Run ``attempt`` until it does not fail with ``unreachable``, backing off (full jitter, 20 ms doubling up to
+    0.5 s), for at most ``within`` seconds; then let the last error through. ``on_reconnect`` is called when an
+    attempt succeeds after a failure."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    failures = 0
+    while True:
+        try:
+            result = await attempt()
+        except unreachable:
+            failures += 1
+            delay = random.uniform(0, min(RETRY_FIRST_S * 2**failures, RETRY_CAP_S))
+            if loop.time() + delay >= deadline:
+                raise
+            await asyncio.sleep(delay)
+            continue
+        if failures:
+            on_reconnect()
+        return result
 
 
 class _Call:
@@ -42,13 +78,24 @@ class ScriptPipeline:
     way (or before the sender first runs) go together in the next one, so batches grow with the load.
 
     A script Redis no longer knows (a restart, ``SCRIPT FLUSH``) is loaded again and its calls are retried
-    once. An error of one script is that call's; an unreachable Redis fails every call of the batch.
+    once. An error of one script is that call's. A lost connection sends the batch again for up to
+    ``retry_for`` seconds (``on_reconnect`` is called once it lands); past that, every call of the batch fails.
     """
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        retry_for: float = 0.0,
+        unreachable: tuple[type[Exception], ...] = (),
+        on_reconnect: Callable[[], None] = lambda: None,
+    ) -> None:
         from redis.exceptions import NoScriptError
 
         self._client = client
+        self._retry_for = retry_for
+        self._unreachable = unreachable
+        self._on_reconnect = on_reconnect
         self._no_script = NoScriptError
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
@@ -110,7 +157,12 @@ class ScriptPipeline:
 
     async def _send(self, batch: Sequence[_Call]) -> None:
         try:
-            replies = await self._execute(batch)
+            replies = await retrying(
+                lambda: self._execute(batch),
+                within=self._retry_for,
+                unreachable=self._unreachable,
+                on_reconnect=self._on_reconnect,
+            )
         except BaseException as exc:  # Redis unreachable, or the loop is shutting down
             for call in batch:
                 if call.future.done():
@@ -135,15 +187,21 @@ class ScriptPipeline:
         replies = await self._pipeline(batch)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, self._no_script)]
         if missing:  # only these calls depend on the reload; the others keep their replies
+            calls = [batch[i] for i in missing]
             try:
-                for script in {batch[i].script.sha: batch[i].script for i in missing}.values():
-                    await self._client.script_load(script.script)
-                again = await self._pipeline([batch[i] for i in missing])
+                again = await retrying(
+                    lambda: self._reload(calls), within=self._retry_for, unreachable=self._unreachable
+                )
             except Exception as exc:
                 again = [exc] * len(missing)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
+
+    async def _reload(self, calls: Sequence[_Call]) -> list[Any]:
+        for script in {call.script.sha: call.script for call in calls}.values():
+            await self._client.script_load(script.script)
+        return await self._pipeline(calls)
 
     async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)

@@ -15,6 +15,10 @@ Data per ledger key ``k`` (``{ns}:{{k}}:<part>``):
 * ``tokens``: sorted set of ``<id>:<tokens>`` scored by the time they were recorded (the 60 s window).
 * ``meta``: hash with ``ex`` (exhausted until), ``cd`` (cooling down until), ``rl``/``rt`` (rpm bucket
   level and when it was last leaked) and ``acq`` (leases granted).
+* ``epoch``: hash with ``id``, ``created`` and ``fence``, never expired. It is created when missing: on the
+  key's first use, or after Redis lost the key's data. A caller that knew an older epoch proves the data was
+  lost and arms the fence: until ``created + fence_s``, a key with ``max_concurrent`` admits nobody, so that
+  every live holder can put its leases back first (reported as a cooldown).
 
 Limits arrive as ``ARGV`` strings; an empty string means unbounded. Floats go back as strings (Redis would
 truncate Lua numbers to integers).
@@ -96,11 +100,30 @@ local function window(tokens, now, tpm)
   return used, 0
 end
 
--- Same order and arithmetic as InMemoryLedger._status: headroom, reason (nil: admits), ready_in.
-local function status(slots, meta, tokens, now, mc, rpm, tpm)
+-- The key's epoch id and fence. A missing epoch is created; a caller that knew another one arms its fence.
+local function epoch(key, known, now, fence_s)
+  local e = redis.call('HMGET', key, 'id', 'created', 'fence')
+  local id, created, fence = e[1], opt(e[2]), opt(e[3]) or 0
+  if not id then
+    local t = redis.call('TIME')
+    id, created = t[1] .. '.' .. t[2], now
+    redis.call('HSET', key, 'id', id, 'created', fmt(now), 'fence', '0')
+  end
+  if known ~= '' and known ~= id and fence == 0 then
+    fence = created + tonumber(fence_s)
+    redis.call('HSET', key, 'fence', fmt(fence))
+  end
+  return id, fence
+end
+
+-- Same order and arithmetic as InMemoryLedger._status: headroom, reason (nil: admits), ready_in. A fenced
+-- key with slots (Redis lost its data a moment ago) is cooling down until its holders have put their leases
+-- back.
+local function status(slots, meta, tokens, now, mc, rpm, tpm, fence)
   local ex = opt(redis.call('HGET', meta, 'ex')) or 0
   if ex > now then return 0, 'exhausted', ex - now end
   local cd = opt(redis.call('HGET', meta, 'cd')) or 0
+  if mc and fence > cd then cd = fence end
   if cd > now then return 0, 'cooldown', cd - now end
   local headroom = 1
   if mc then
@@ -126,22 +149,31 @@ end
 STATUS = (
     _PRELUDE
     + """
--- KEYS: slots, meta, tokens. ARGV: max_concurrent, rpm, tpm.
-local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], clock(), opt(ARGV[1]), opt(ARGV[2]),
-  opt(ARGV[3]))
-return {fmt(headroom), reason or '', fmt(ready_in)}
+-- KEYS: slots, meta, tokens, epoch. ARGV: max_concurrent, rpm, tpm, known epoch, fence_s.
+-- Returns {headroom, reason, ready_in, epoch}.
+local now = clock()
+local id, fence = epoch(KEYS[4], ARGV[4], now, ARGV[5])
+local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[1]), opt(ARGV[2]),
+  opt(ARGV[3]), fence)
+return {fmt(headroom), reason or '', fmt(ready_in), id}
 """
 )
 
 ACQUIRE = (
     _PRELUDE
     + """
--- KEYS: slots, meta, tokens. ARGV: lease id, ttl, max_concurrent, rpm, tpm.
--- Returns {1} when admitted, else {0, headroom, reason, ready_in}.
+-- KEYS: slots, meta, tokens, epoch. ARGV: lease id, ttl, max_concurrent, rpm, tpm, known epoch, fence_s,
+-- holding ('1' when the caller holds leases on the key).
+-- Returns {1, epoch} when admitted, {-1, epoch} when the caller holds leases under another epoch (it must put
+-- them back first), else {0, headroom, reason, ready_in, epoch}. Idempotent for one lease id: a retried call
+-- whose first attempt was granted is granted again, without taking a second slot.
 local now = clock()
+local id, fence = epoch(KEYS[4], ARGV[6], now, ARGV[7])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {1, id} end
+if ARGV[8] == '1' and ARGV[6] ~= id then return {-1, id} end
 local rpm = opt(ARGV[4])
-local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), rpm, opt(ARGV[5]))
-if reason then return {0, fmt(headroom), reason, fmt(ready_in)} end
+local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), rpm, opt(ARGV[5]), fence)
+if reason then return {0, fmt(headroom), reason, fmt(ready_in), id} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 keep_zset(KEYS[1], now)
 local drain = 0
@@ -152,7 +184,7 @@ if rpm then
 end
 redis.call('HINCRBY', KEYS[2], 'acq', 1)
 keep_meta(KEYS[2], now, drain)
-return {1}
+return {1, id}
 """
 )
 
@@ -173,16 +205,19 @@ return removed
 RENEW = (
     _PRELUDE
     + """
--- KEYS: slots, released, waiters. ARGV: ttl, number of lease ids, lease ids..., waiter ids...
+-- KEYS: slots, released, waiters, epoch. ARGV: ttl, number of lease ids, known epoch, fence_s, lease ids...,
+-- waiter ids...
 -- Pushes every held lease's and waiter's expiry to now + ttl. A held lease missing from the slots (Redis
 -- lost its data, or this process stalled past the ttl) is put back unless it was released meanwhile: the
--- work is still in flight. Returns the ids put back.
+-- work is still in flight. Returns {epoch, ids put back...}.
 local now = clock()
+local id = epoch(KEYS[4], ARGV[3], now, ARGV[4])
 local expiry = now + tonumber(ARGV[1])
 local leases = tonumber(ARGV[2])
-local restored = {}
+local first = 5
+local restored = {id}
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-for i = 3, 2 + leases do
+for i = first, first - 1 + leases do
   local id = ARGV[i]
   if redis.call('ZSCORE', KEYS[1], id) then
     redis.call('ZADD', KEYS[1], expiry, id)
@@ -192,10 +227,10 @@ for i = 3, 2 + leases do
   end
 end
 if leases > 0 then keep_zset(KEYS[1], now) end
-for i = 3 + leases, #ARGV do
+for i = first + leases, #ARGV do
   redis.call('ZADD', KEYS[3], 'XX', expiry, ARGV[i])
 end
-if #ARGV > 2 + leases then keep_zset(KEYS[3], now) end
+if #ARGV >= first + leases then keep_zset(KEYS[3], now) end
 return restored
 """
 )
@@ -203,20 +238,22 @@ return restored
 ENTER_QUEUE = (
     _PRELUDE
     + """
--- KEYS: slots, meta, tokens, waiters. ARGV: waiter id, ttl, max_concurrent, rpm, tpm, max_queue.
--- Returns {queued, headroom, reason, ready_in}; reason '' means the key admits now (nothing queued).
+-- KEYS: slots, meta, tokens, waiters, epoch. ARGV: waiter id, ttl, max_concurrent, rpm, tpm, max_queue,
+-- known epoch, fence_s.
+-- Returns {queued, headroom, reason, ready_in, epoch}; reason '' means the key admits now (nothing queued).
 local now = clock()
+local id, fence = epoch(KEYS[5], ARGV[7], now, ARGV[8])
 local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), opt(ARGV[4]),
-  opt(ARGV[5]))
-if not reason then return {0, fmt(headroom), '', ''} end
+  opt(ARGV[5]), fence)
+if not reason then return {0, fmt(headroom), '', '', id} end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local max_queue = opt(ARGV[6])
 if max_queue and redis.call('ZCARD', KEYS[4]) >= max_queue then
-  return {0, fmt(headroom), reason, fmt(ready_in)}
+  return {0, fmt(headroom), reason, fmt(ready_in), id}
 end
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1])
 keep_zset(KEYS[4], now)
-return {1, fmt(headroom), reason, fmt(ready_in)}
+return {1, fmt(headroom), reason, fmt(ready_in), id}
 """
 )
 

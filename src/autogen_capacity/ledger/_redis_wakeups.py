@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .._logging import logger
@@ -29,24 +29,39 @@ class WakeUps:
     (:meth:`admitted`), until one is refused (:meth:`refused`), so a refill that admits several wakes several.
     """
 
-    def __init__(self, client: Redis, channel: str, url: str) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        channel: str,
+        url: str,
+        *,
+        on_reconnect: Callable[[], None] = lambda: None,
+        reconnect_max_s: float = _RECONNECT_MAX_S,
+    ) -> None:
         self._client = client
         self._channel = channel
         self._url = url
+        self._on_reconnect = on_reconnect
+        self._reconnect_max_s = min(reconnect_max_s, _RECONNECT_MAX_S)
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
         self._ready: dict[str, asyncio.TimerHandle] = {}
         self._chain: set[str] = set()  # keys whose refill woke a waiter
         self._listener: asyncio.Task[None] | None = None
+        self._closing = False  # redis-py may turn the listener's cancellation into a ConnectionError
         self._listening = asyncio.Event()  # set once the listener made its first subscription attempt
 
     async def listen(self, timeout: float) -> None:
         """Start the listener if needed and wait (at most ``timeout``) for its first subscription attempt, so that
         no release slips through between a caller's look at Redis and its wait."""
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        self.start()
         if not self._listening.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._listening.wait(), max(timeout, 0.0))
+
+    def start(self) -> None:
+        """Start the listener unless it runs."""
+        if not self._closing and (self._listener is None or self._listener.done()):
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     def add(self, waiter: asyncio.Future[None], keys: Iterable[str]) -> None:
         """Queue ``waiter`` (last) on each of ``keys``."""
@@ -83,6 +98,7 @@ class WakeUps:
 
     async def aclose(self) -> None:
         """Cancel the timers and the listener, and wake every waiter."""
+        self._closing = True
         for timer in self._ready.values():
             timer.cancel()
         self._ready.clear()
@@ -105,13 +121,14 @@ class WakeUps:
                 return
 
     async def _listen(self) -> None:
-        """Wake the oldest waiter for each released key; resubscribe whenever Redis comes back."""
+        """Wake the oldest waiter for each released key; resubscribe whenever Redis comes back (and then say so:
+        the held leases are renewed at once)."""
         delay, failures = 0.05, 0
-        while True:
+        while not self._closing:
             pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                while True:
+                while not self._closing:  # a cancelled get_message may just return None
                     message = await pubsub.get_message(timeout=PUBSUB_IDLE_S)
                     if message is None:
                         continue
@@ -121,12 +138,15 @@ class WakeUps:
                     elif kind == "subscribe":
                         if failures:
                             logger.info("autogen_capacity.ledger_reconnected", url=self._url)
+                            self._on_reconnect()
                         delay, failures = 0.05, 0
                         self._listening.set()
                         for waiters in self._waiters.values():  # a release may have been missed meanwhile
                             for waiter in waiters:
                                 resolve(waiter)
             except Exception as exc:  # a background task: log, back off, resubscribe
+                if self._closing:
+                    return
                 failures += 1
                 log = logger.warning if failures == 1 else logger.debug
                 log("autogen_capacity.listener_disconnected", url=self._url, error=describe(exc), retry_in=delay)
@@ -135,7 +155,7 @@ class WakeUps:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RECONNECT_MAX_S)
+            delay = min(delay * 2, self._reconnect_max_s)
 
 
 def text(value: object) -> str:

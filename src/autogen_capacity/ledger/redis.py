@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .._logging import logger
 from ..contracts import AgentCapacity
 from ..exceptions import LedgerClosedError, LedgerUnavailable, QueueFull
-from ._redis_pipeline import OnOrphan, ScriptPipeline
+from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_scripts import register as register_scripts
 from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, resolve, text
 from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot, PollingQueue, WaitQueue
@@ -27,9 +27,15 @@ if TYPE_CHECKING:
 __all__ = ["RedisLedger"]
 
 INSTALL_HINT = "RedisLedger needs redis-py: pip install autogen-capacity[redis]"
+DEFAULT_LEASE_TTL_S = 30.0
+"""Seconds a lease outlives its holder's last renewal (see docs/distributed.md for how it was chosen)."""
+DEFAULT_UNAVAILABLE_AFTER_S = 5.0
+"""Seconds a call retries a lost connection before raising LedgerUnavailable."""
 _MAX_CONNECTIONS = 64
-_STATE = ("slots", "meta", "tokens")
-_QUEUE = ("slots", "meta", "tokens", "waiters")
+_STATE = ("slots", "meta", "tokens", "epoch")
+_QUEUE = ("slots", "meta", "tokens", "waiters", "epoch")
+_USAGE = ("slots", "meta", "tokens", "waiters")
+_REREGISTER_TRIES = 3
 _PARTS = frozenset({"slots", "meta", "tokens", "waiters", "released"})
 _REASONS: dict[str, BlockReason] = {r: r for r in ("slots", "rate", "tpm", "cooldown", "exhausted")}
 
@@ -40,16 +46,21 @@ class RedisLedger:
     Every admission is one atomic Lua script that checks and takes slots, the rpm bucket, the tpm window,
     cooldowns and exhaustion together, on Redis' own clock. Slots are lease ids in a sorted set scored by
     expiry: a lease expires ``lease_ttl_s`` after its last renewal, and a background task renews held leases
-    every ``lease_ttl_s / 3``, so a live long turn keeps its slot and a killed worker's slots come back
-    within ``lease_ttl_s``. A release publishes the key on the namespace's channel; each process wakes its
-    own oldest waiter for that key (oldest first within a process; processes race, and a waiter that
-    loses the race simply waits again). Waiters are counted in Redis against ``max_queue``.
+    every ``lease_ttl_s / 3`` (the renewal period), so a live long turn keeps its slot and a killed worker's
+    slots come back within ``lease_ttl_s``. A release publishes the key on the namespace's channel; each
+    process wakes its own oldest waiter for that key (oldest first within a process; processes race, and a
+    waiter that loses the race simply waits again). Waiters are counted in Redis against ``max_queue``.
 
-    An unreachable Redis raises :class:`~autogen_capacity.LedgerUnavailable`: nothing is admitted blindly.
-    The client's connection pool and the wake-up listener reconnect on their own when Redis is back. A
-    release that cannot reach Redis is logged (``autogen_capacity.release_failed``), not raised: the lease
-    is no longer renewed, so it expires within ``lease_ttl_s``. A ``try_acquire`` cancelled while its script
-    is on the way gives back whatever the script granted.
+    A lost connection is retried (every script is idempotent: ids are made here) for ``unavailable_after_s``;
+    only then does a call raise :class:`~autogen_capacity.LedgerUnavailable`: nothing is admitted blindly. A
+    release that still cannot reach Redis is logged (``autogen_capacity.release_failed``), not raised, and
+    retried in the background until it lands. A ``try_acquire`` cancelled while its script is on the way gives
+    back whatever the script granted.
+
+    Each key has an epoch in Redis. When Redis lost the key's data (a restart without persistence), the first
+    process that knew the old epoch fences the key: it admits nobody for one renewal period, while every live
+    holder puts its leases back (at once when it sees the restart, at the latest at its next renewal). A
+    process holding leases under an old epoch puts them back before it is admitted again itself.
 
     Scripts are pipelined: those called while a batch is on its way to Redis go together in the next one,
     so concurrent callers share round trips.
@@ -63,7 +74,10 @@ class RedisLedger:
             errors or logs.
         namespace: Prefix of every Redis key and of the wake-up channel; ledgers with the same namespace
             share their limits.
-        lease_ttl_s: Seconds a lease outlives its holder's last renewal.
+        lease_ttl_s: Seconds a lease outlives its holder's last renewal; a killed worker's slots come back
+            within it. Renewals (and the fence after Redis lost its data) take a third of it.
+        unavailable_after_s: Seconds a call keeps retrying a lost connection (with a backoff) before it
+            raises :class:`~autogen_capacity.LedgerUnavailable`.
         client: A ``redis.asyncio.Redis`` to use instead of one built from ``url`` (not closed by
             :meth:`aclose`).
 
@@ -78,11 +92,16 @@ class RedisLedger:
         "_client",
         "_closed",
         "_config",
+        "_epochs",
         "_heartbeat",
         "_held",
         "_ns",
         "_owns_client",
         "_pipeline",
+        "_releasing",
+        "_renew_now",
+        "_renew_pending",
+        "_retry_for",
         "_scripts",
         "_ttl",
         "_unreachable",
@@ -92,7 +111,13 @@ class RedisLedger:
     )
 
     def __init__(
-        self, url: str, *, namespace: str = "autogen_capacity", lease_ttl_s: float = 30.0, client: Redis | None = None
+        self,
+        url: str,
+        *,
+        namespace: str = "autogen_capacity",
+        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+        unavailable_after_s: float = DEFAULT_UNAVAILABLE_AFTER_S,
+        client: Redis | None = None,
     ) -> None:
         try:
             from redis.asyncio import BlockingConnectionPool, Redis
@@ -102,26 +127,31 @@ class RedisLedger:
             raise ImportError(INSTALL_HINT) from exc
         if lease_ttl_s <= 0:
             raise ValueError(f"lease_ttl_s must be > 0, got {lease_ttl_s}")
+        if unavailable_after_s < 0:
+            raise ValueError(f"unavailable_after_s must be >= 0, got {unavailable_after_s}")
         self._url = _redact(url)
         self._ns = namespace
         self._ttl = float(lease_ttl_s)
+        self._retry_for = float(unavailable_after_s)
         self._owns_client = client is None
-        self._client: Redis = client or Redis.from_pool(  # callers queue for a connection, never fail for lack of one
-            BlockingConnectionPool.from_url(
-                url,
-                max_connections=_MAX_CONNECTIONS,
-                socket_connect_timeout=5.0,
-                socket_timeout=5.0,
-                health_check_interval=PUBSUB_IDLE_S,
-            )
-        )
         self._unreachable: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+        self._client: Redis = client or Redis.from_pool(  # callers queue for a connection, never fail for lack of one
+            BlockingConnectionPool.from_url(url, max_connections=_MAX_CONNECTIONS, **_connection_options())
+        )
         self._scripts = register_scripts(self._client)
-        self._pipeline = ScriptPipeline(self._client)
+        self._pipeline = ScriptPipeline(
+            self._client, retry_for=self._retry_for, unreachable=self._unreachable, on_reconnect=self._renew_soon
+        )
         self._held: dict[str, str] = {}  # lease id -> key, renewed by the heartbeat
         self._admitting: dict[str, str] = {}  # lease id -> key of every acquire on its way
+        self._releasing: dict[str, str] = {}  # lease id -> key of every release that has not reached Redis yet
         self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
-        self._wakeups = WakeUps(self._client, self._channel, self._url)
+        self._epochs: dict[str, str] = {}  # key -> the epoch this process last saw it in
+        self._renew_now: asyncio.Future[None] | None = None  # the heartbeat's pause, cut short by _renew_soon
+        self._renew_pending = False
+        self._wakeups = WakeUps(
+            self._client, self._channel, self._url, on_reconnect=self._renew_soon, reconnect_max_s=self._period
+        )
         self._heartbeat: asyncio.Task[None] | None = None
         self._closed = False
         self._config: LedgerConfig | None = None  # set by ledger_from_config
@@ -146,6 +176,28 @@ class RedisLedger:
     @property
     def _channel(self) -> str:
         return f"{self._ns}:wake"
+
+    @property
+    def _period(self) -> float:
+        """The renewal period, which is also how long a key is fenced after Redis lost its data."""
+        return self._ttl / 3
+
+    def _epoch_args(self, key: str) -> list[str | float]:
+        return [self._epochs.get(key, ""), self._period]
+
+    def _saw_epoch(self, key: str, epoch: object) -> None:
+        """Remember the key's epoch; a new one means Redis lost its data: put every held lease back at once."""
+        seen, known = text(epoch), self._epochs.get(key)
+        self._epochs[key] = seen
+        if known is not None and known != seen:
+            logger.warning("autogen_capacity.ledger_epoch_changed", key=key, url=self._url)
+            self._renew_soon()
+
+    def _renew_soon(self) -> None:
+        """Renew every held lease now (Redis is back, or lost its data), not at the next period."""
+        self._renew_pending = True
+        if self._renew_now is not None:
+            resolve(self._renew_now)
 
     def _name(self, key: str, part: str) -> str:
         return f"{self._ns}:{{{key}}}:{part}"
@@ -180,16 +232,10 @@ class RedisLedger:
         """
         if self._closed:
             raise LedgerClosedError("the ledger is closed")
-        lease_id = uuid.uuid4().hex
+        lease_id = uuid.uuid4().hex  # the request id: a retried script cannot take a second slot
         self._admitting[lease_id] = key
         try:
-            reply = await self._run(
-                self._scripts.acquire,
-                key,
-                _STATE,
-                [lease_id, self._ttl, *_limits(capacity)],
-                on_orphan=functools.partial(self._give_back_granted, key, lease_id),
-            )
+            reply = await self._admit(key, capacity, lease_id)
         finally:
             if not self._closed:  # else aclose() gives it back, granted or not
                 del self._admitting[lease_id]
@@ -203,19 +249,41 @@ class RedisLedger:
         self._ensure_heartbeat()
         return Lease(key, lease_id, asyncio.get_running_loop().time(), self._release)
 
+    async def _admit(self, key: str, capacity: AgentCapacity, lease_id: str) -> Any:
+        """Run the acquire script; when this process holds leases on ``key`` under an epoch Redis no longer has,
+        put them back first (the script refuses to admit before that)."""
+        for _ in range(_REREGISTER_TRIES):
+            holding = any(k == key for k in self._held.values())
+            args = [lease_id, self._ttl, *_limits(capacity), *self._epoch_args(key), "1" if holding else "0"]
+            on_orphan = functools.partial(self._give_back_granted, key, lease_id)
+            reply = await self._run(self._scripts.acquire, key, _STATE, args, on_orphan=on_orphan)
+            epoch = reply[-1]
+            if int(reply[0]) != -1:
+                self._saw_epoch(key, epoch)
+                return reply
+            await self._renew_key(key, [i for i, k in self._held.items() if k == key], [], known=text(epoch))
+        return [0, "0", "slots", ""]  # the epoch kept changing under us: refuse, the caller tries again
+
     async def _release(self, lease: Lease) -> None:
         if self._held.pop(lease.lease_id, None) is not None:  # else given back by aclose() already
             await self._give_back(lease.key, lease.lease_id)
 
     async def _give_back(self, key: str, lease_id: str) -> None:
+        """Release a lease in Redis (retried over a lost connection); when Redis stays unreachable, the release
+        is kept and the heartbeat tries it again until it lands."""
+        self._releasing[lease_id] = key
         try:
             await self._pipeline.run(
                 self._scripts.release,
                 [self._name(key, "slots"), self._name(key, "released")],
                 [lease_id, self._ttl, self._channel, key],
             )
-        except self._unreachable as exc:  # no longer renewed: it expires within the ttl
+        except self._unreachable as exc:
             logger.warning("autogen_capacity.release_failed", key=key, url=self._url, error=describe(exc))
+            if not self._closed:
+                self._ensure_heartbeat()
+            return
+        self._releasing.pop(lease_id, None)
 
     async def _give_back_granted(self, key: str, lease_id: str, reply: Sequence[Any]) -> None:
         """A ``try_acquire`` was cancelled while its script was on the way: give back what it was granted."""
@@ -229,7 +297,9 @@ class RedisLedger:
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
         """Whether ``key`` would admit now, its headroom, and why not."""
-        return _key_status(await self._run(self._scripts.status, key, _STATE, _limits(capacity)))
+        reply = await self._run(self._scripts.status, key, _STATE, [*_limits(capacity), *self._epoch_args(key)])
+        self._saw_epoch(key, reply[3])
+        return _key_status(reply[:3])
 
     async def headroom(self, key: str, capacity: AgentCapacity) -> float:
         """How much more ``key`` can take now, from 0 to 1."""
@@ -258,10 +328,12 @@ class RedisLedger:
             for key, capacity in waits.items():
                 args: list[str | float] = [waiter_id, self._ttl, *_limits(capacity), _opt(capacity.max_queue)]
                 on_orphan = functools.partial(self._leave_entered_queue, key, waiter_id)
+                args += self._epoch_args(key)
                 reply = await self._run(self._scripts.enter_queue, key, _QUEUE, args, on_orphan=on_orphan)
+                self._saw_epoch(key, reply[4])
                 if int(reply[0]) == 1:
                     queued.append(key)
-                status = _key_status(reply[1:])
+                status = _key_status(reply[1:4])
                 if status.blocked_by is None:
                     return True
                 if status.ready_in is not None:
@@ -312,19 +384,23 @@ class RedisLedger:
         """Usage per key of the namespace (found with ``SCAN``), across every process."""
         if self._closed:
             raise LedgerClosedError("the ledger is closed")
-        prefix, keys = f"{self._ns}:{{", set()
         try:
-            async for name in self._client.scan_iter(match=f"{_glob_escape(self._ns)}:{{*}}:*", count=1000):
-                key, _, part = text(name)[len(prefix) :].rpartition("}:")
-                if part in _PARTS:
-                    keys.add(key)
+            keys = await retrying(self._scan_keys, within=self._retry_for, unreachable=self._unreachable)
         except self._unreachable as exc:
             raise self._unavailable(exc) from exc
         usage: dict[str, KeyUsage] = {}
         for key in sorted(keys):
-            r = await self._run(self._scripts.usage, key, _QUEUE, [])
+            r = await self._run(self._scripts.usage, key, _USAGE, [])
             usage[key] = KeyUsage(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]))
         return usage
+
+    async def _scan_keys(self) -> set[str]:
+        prefix, keys = f"{self._ns}:{{", set()
+        async for name in self._client.scan_iter(match=f"{_glob_escape(self._ns)}:{{*}}:*", count=1000):
+            key, _, part = text(name)[len(prefix) :].rpartition("}:")
+            if part in _PARTS:
+                keys.add(key)
+        return keys
 
     async def aclose(self) -> None:
         """Stop renewing and listening, give back leases still held and leave the queues, then close the
@@ -337,8 +413,8 @@ class RedisLedger:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
         await self._pipeline.drain()  # the scripts on their way land first, so that what they granted is known
-        held = {**self._held, **self._admitting}  # an acquire still on its way when closing: granted or not
-        self._held, self._admitting, waiting, self._waiting = {}, {}, self._waiting, {}
+        held = {**self._releasing, **self._held, **self._admitting}  # an acquire on its way: granted or not
+        self._held, self._admitting, self._releasing, waiting, self._waiting = {}, {}, {}, self._waiting, {}
         for lease_id, key in held.items():
             await self._give_back(key, lease_id)
         for waiter_id, keys in waiting.items():
@@ -359,33 +435,74 @@ class RedisLedger:
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.get_running_loop().create_task(self._renew_while_held())
+        self._wakeups.start()  # its connection breaks as soon as Redis goes away: a restart is seen at once
 
     async def _renew_while_held(self) -> None:
-        """Every ``lease_ttl_s / 3``, push the expiry of every held lease and queued waiter; stop when idle."""
-        while self._held or self._waiting:
-            await asyncio.sleep(self._ttl / 3)
-            leases: dict[str, list[str]] = {}
-            waiters: dict[str, list[str]] = {}
-            for lease_id, key in self._held.items():
-                leases.setdefault(key, []).append(lease_id)
-            for waiter_id, keys in self._waiting.items():
-                for key in keys:
-                    waiters.setdefault(key, []).append(waiter_id)
-            await asyncio.gather(
-                *(self._renew_key(k, leases.get(k, []), waiters.get(k, [])) for k in leases.keys() | waiters.keys())
-            )
+        """Every renewal period (at a fixed rate), or at once when Redis came back or lost its data: push the
+        expiry of every held lease and queued waiter, put back leases Redis lost, and retry releases that did
+        not land. Stops when there is nothing left to do."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._period
+        while self._held or self._waiting or self._releasing:
+            if not self._renew_pending:
+                self._renew_now = loop.create_future()
+                timer = loop.call_at(due, resolve, self._renew_now)
+                try:
+                    await self._renew_now
+                finally:
+                    timer.cancel()
+                    self._renew_now = None
+            self._renew_pending = False
+            if loop.time() >= due:  # a regular round (not one brought forward): the next one a period later
+                due = max(due + self._period, loop.time() + self._period / 2)
+            await self._renew_all()
+            for lease_id, key in list(self._releasing.items()):
+                await self._give_back(key, lease_id)
 
-    async def _renew_key(self, key: str, lease_ids: list[str], waiter_ids: list[str]) -> None:
+    async def _renew_all(self) -> None:
+        leases: dict[str, list[str]] = {}
+        waiters: dict[str, list[str]] = {}
+        for lease_id, key in self._held.items():
+            leases.setdefault(key, []).append(lease_id)
+        for waiter_id, keys in self._waiting.items():
+            for key in keys:
+                waiters.setdefault(key, []).append(waiter_id)
+        await asyncio.gather(
+            *(self._renew_key(k, leases.get(k, []), waiters.get(k, [])) for k in leases.keys() | waiters.keys())
+        )
+
+    async def _renew_key(self, key: str, lease_ids: list[str], waiter_ids: list[str], known: str | None = None) -> None:
+        """Renew (and put back, when Redis lost them) ``key``'s leases and waiters of this process."""
+        known = self._epochs.get(key, "") if known is None else known
         try:
-            restored = await self._scripts.renew(
-                keys=[self._name(key, p) for p in ("slots", "released", "waiters")],
-                args=[self._ttl, len(lease_ids), *lease_ids, *waiter_ids],
+            reply = await self._pipeline.run(
+                self._scripts.renew,
+                [self._name(key, p) for p in ("slots", "released", "waiters", "epoch")],
+                [self._ttl, len(lease_ids), known, self._period, *lease_ids, *waiter_ids],
             )
         except Exception as exc:  # a background task: the next round tries again
             logger.warning("autogen_capacity.renew_failed", key=key, url=self._url, error=describe(exc))
             return
-        for lease_id in restored:
+        self._epochs[key] = text(reply[0])
+        for lease_id in reply[1:]:
             logger.warning("autogen_capacity.lease_restored", key=key, lease_id=text(lease_id))
+
+
+def _connection_options() -> dict[str, Any]:
+    """Connection options: a command that meets a lost connection (a server restarted since the connection was
+    made) reconnects and is sent again once at once; the ledger's own retries take over after that."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return {
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": 5.0,
+        "health_check_interval": PUBSUB_IDLE_S,
+        "retry": Retry(NoBackoff(), 1),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
 
 
 _READY_MARGIN_S = 0.001
