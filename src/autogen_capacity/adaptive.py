@@ -147,7 +147,8 @@ class LiveLimit:
     throttles: int = field(default=0, init=False)
     """Throttled answers seen, bursts or not."""
     _estimate: float = field(default=0.0, init=False)
-    _credit: float = field(default=0.0, init=False)
+    _served: int = field(default=0, init=False)
+    """Successes admitted at the current level's limit since it was reached."""
     _trial: int | None = field(default=None, init=False)
     _failed: int | None = field(default=None, init=False)
     _strikes: int = field(default=0, init=False)
@@ -192,7 +193,7 @@ class LiveLimit:
     def on_admitted(self, in_flight: int, now: float) -> None:
         """A request was admitted on the key; ``in_flight`` counts it."""
         del now  # part of the protocol: every event says when it happened
-        self._in_flight = max(in_flight, self._in_flight + 1)
+        self._in_flight = in_flight
 
     def on_success(self, latency_s: float, in_flight: int, now: float, *, admitted_at: float | None = None) -> None:
         """A request answered without overload after ``latency_s`` seconds; ``in_flight`` is the number in
@@ -212,15 +213,15 @@ class LiveLimit:
             return
         if in_flight < self.limit or (warm and lat.short > p.growth_tolerance * lat.long):
             return
-        self._credit += 1 / self.limit
-        if self._trial is not None and self._credit >= 1:
+        self._served += 1
+        if self._trial is not None and self._served >= self.limit:
             if self._failed is not None and self._trial >= self._failed:
                 self._failed, self._strikes = None, 0  # the level that throttled serves now
             self._trial = None
-        if self.limit < self.ceiling and self._credit >= self._patience():
+        if self.limit < self.ceiling and self._served >= self._patience() * self.limit:
             old = self.limit
             self._estimate = float(old + 1)
-            self._trial, self._credit = old + 1, 0.0
+            self._trial, self._served = old + 1, 0
             self._changed(old, now, "probe")
 
     def on_throttled(self, now: float, *, in_flight: int | None = None, admitted_at: float | None = None) -> None:
@@ -257,7 +258,7 @@ class LiveLimit:
     def _drop(self, estimate: float, now: float, reason: ChangeReason) -> None:
         old = self.limit
         self._estimate = max(1.0, min(float(self.ceiling), estimate))
-        self._trial, self._credit = None, 0.0
+        self._trial, self._served = None, 0
         self._drop_at = now
         self._pending = self._in_flight
         self._changed(old, now, reason)
