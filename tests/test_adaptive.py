@@ -290,3 +290,30 @@ class TestSimulatedProvider:
         assert first.trace == second.trace
         assert first.answers == second.answers
         assert not math.isnan(first.throttle_rate(0))
+
+
+class TestContract:
+    def test_adaptive_fields(self) -> None:
+        """``adaptive`` is off by default; ``initial_concurrent`` starts the live limit under the ceiling."""
+        from autogen_capacity import AgentCapacity
+
+        assert AgentCapacity(max_concurrent=8).adaptive is False
+        cap = AgentCapacity(max_concurrent=8, adaptive=True, initial_concurrent=3)
+        assert LiveLimit(cap.max_concurrent or 1, initial=cap.initial_concurrent).limit == 3
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"max_concurrent": 8, "initial_concurrent": 3},
+            {"adaptive": True, "initial_concurrent": 3},
+            {"max_concurrent": 2, "adaptive": True, "initial_concurrent": 3},
+        ],
+    )
+    def test_initial_concurrent_needs_an_adaptive_ceiling(self, fields: dict[str, object]) -> None:
+        """A start without ``adaptive``, without a ceiling, or above it is refused."""
+        from pydantic import ValidationError
+
+        from autogen_capacity import AgentCapacity
+
+        with pytest.raises(ValidationError, match="initial_concurrent"):
+            AgentCapacity.model_validate(fields)
