@@ -150,6 +150,25 @@ class AgentCapacity(BaseModel):
             backoff = _backoff_fields(cap)
         return cls.model_validate({**limits, **backoff, "key": cap.key if cap is not None else None})
 
+    adaptive: bool = False
+    """Learn a live concurrency limit per key from the provider's answers (429s, latency): the declared
+    ``max_concurrent`` becomes its ceiling, and the live limit stays between 1 and it. See ``docs/adaptive.md``."""
+
+    initial_concurrent: int | None = Field(default=None, ge=1)
+    """Where an adaptive key's live limit starts; ``None``: at ``max_concurrent``."""
+
+    @model_validator(mode="after")
+    def _adaptive_start_within_ceiling(self) -> Self:
+        if self.initial_concurrent is None:
+            return self
+        if not self.adaptive or self.max_concurrent is None:
+            msg = "initial_concurrent needs adaptive=True and a max_concurrent"
+            raise ValueError(msg)
+        if self.initial_concurrent > self.max_concurrent:
+            msg = f"initial_concurrent ({self.initial_concurrent}) must be <= max_concurrent ({self.max_concurrent})"
+            raise ValueError(msg)
+        return self
+
 
 LIMIT_FIELDS = ("max_concurrent", "rpm", "tpm", "max_queue")
 """The admission limits :meth:`AgentCapacity.aggregate` combines."""
