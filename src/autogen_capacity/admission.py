@@ -30,10 +30,12 @@ from typing import Literal, Protocol
 from . import telemetry
 from ._logging import logger
 from .contracts import AgentCapacity
+from .deadlines import should_fail_fast
 from .exceptions import CapacityExhausted, QueueFull
 from .ledger import CapacityLedger, KeyStatus, Lease, default_ledger
 from .ledger.base import PollingQueue, WaitQueue
 from .overload import Overload
+from .priority import Priority
 from .testing import _backoff_cap, _record_pass
 
 __all__ = [
@@ -109,9 +111,10 @@ class Admission:
         should_stop: Re-checked at least every ``poll_s`` while waiting (a termination condition); ``True``
             ends the admission with ``None``.
         team: The name of the team that admits (for telemetry), if any.
+        priority: The caller's class in the keys' waiting lines (``critical``, ``default``, ``sheddable``).
     """
 
-    __slots__ = ("_ledger", "_observer", "_poll_s", "_should_stop", "_spend_retry", "_team")
+    __slots__ = ("_ledger", "_observer", "_poll_s", "_priority", "_should_stop", "_spend_retry", "_team")
 
     def __init__(
         self,
@@ -122,8 +125,10 @@ class Admission:
         should_stop: Callable[[], Awaitable[bool]] | None = None,
         poll_s: float | None = None,
         team: str | None = None,
+        priority: Priority = "default",
     ) -> None:
         self._ledger = ledger
+        self._priority: Priority = priority
         self._team = team
         self._observer = observer
         self._spend_retry = spend_retry
@@ -166,16 +171,24 @@ class Admission:
         *,
         order: Order | None = None,
         routed_around: frozenset[str] = frozenset(),
+        deadline: float | None = None,
     ) -> Admitted | None:
         """Admit the first candidate in ``order`` whose key admits, waiting by contract while none does.
+
+        With a ``deadline`` (loop time), it never waits past it, never starts a turn the time left cannot
+        cover (the key's observed time per lease), and ends at once when its expected wait in line already
+        exceeds the time left (fail fast, with the expected wait as ``retry_after``).
 
         Returns the admitted candidate and its lease, or ``None`` when ``should_stop`` said so while waiting.
 
         Raises:
-            CapacityExhausted: nobody could be admitted within the contract (``QueueFull``: every line is full).
+            CapacityExhausted: nobody could be admitted within the contract or the deadline (``QueueFull``:
+                every line is full, or this caller was shed for a higher class).
         """
         loop = asyncio.get_running_loop()
         started = window_end = bound = loop.time()
+        if deadline is not None and started >= deadline:
+            raise CapacityExhausted("Capacity exhausted: the run's deadline has passed")
         retries = passes = 0
         queue: WaitQueue | None = None
         wait: telemetry.WaitSpan | None = None  # only when it waits
@@ -185,6 +198,8 @@ class Admission:
                 statuses = await self._statuses(candidates, routed_around)
                 admitted = await self._try(candidates, statuses, order)
                 if admitted is not None:
+                    if deadline is not None:
+                        await self._turn_fits(admitted, deadline - loop.time(), candidates, statuses)
                     telemetry.admitted(admitted.candidate, statuses, candidates, started, self._team, wait)
                     if self._observer is not None:
                         await self._observer.deferred(statuses, admitted.candidate.name)
@@ -197,13 +212,23 @@ class Admission:
                 if now >= window_end:
                     if retries == 0 and window_end == bound:  # the first refusal: the whole wait's bound
                         bound = now + _cap(schedule.backoff_total()) + schedule.max_retry_after_ms / 1000
+                        if deadline is not None:
+                            bound = min(bound, deadline)
+                    if queue is None:
+                        queue = await self._join(usable)
+                    _fail_fast(queue.expected_wait(), bound - now, deadline, candidates, statuses)
                     window, delay = self._next_window(candidates, usable, statuses, retries)
                     if window == "backoff":
                         retries += 1
                     if now + delay > bound:
                         delay = bound - now
                         if delay <= 0:
-                            raise _exhausted("waited as long as the contract allows", candidates, statuses)
+                            why = (
+                                "the run's deadline passed while waiting"
+                                if bound == deadline
+                                else "waited as long as the contract allows"
+                            )
+                            raise _exhausted(why, candidates, statuses)
                     window_end = now + delay
                     wait = telemetry.waiting(wait, statuses, candidates, window, retries, delay, self._team)
                     if self._observer is not None:
@@ -212,9 +237,7 @@ class Admission:
                             WaitReport(statuses, window, retries, schedule.max_caller_retries, delay)
                         )
                 if queue is None:
-                    waits = {c.key: c.contract for c in usable if c.checked}
-                    join = getattr(self._ledger, "join_queue", None)
-                    queue = await join(waits) if join is not None else PollingQueue(self._ledger, waits)
+                    queue = await self._join(usable)
                 timeout = window_end - now
                 if self._should_stop is not None and self._poll_s is not None:
                     timeout = min(timeout, self._poll_s)
@@ -229,6 +252,45 @@ class Admission:
             _record_pass(passes)
             if queue is not None:
                 await queue.leave()
+
+    async def _join(self, usable: Sequence[Candidate]) -> WaitQueue:
+        """A place in the lines of every usable candidate's key, kept for the whole admission."""
+        waits = {c.key: c.contract for c in usable if c.checked}
+        join = getattr(self._ledger, "join_queue", None)
+        if join is None:
+            return PollingQueue(self._ledger, waits)
+        queue: WaitQueue = await join(waits, priority=self._priority)
+        return queue
+
+    async def _turn_fits(
+        self, admitted: Admitted, remaining: float, candidates: Sequence[Candidate], statuses: Mapping[str, KeyStatus]
+    ) -> None:
+        """Refuse to start a turn that the time left before the deadline cannot cover (the key's observed time
+        per lease): give the lease back and end the admission.
+
+        Raises:
+            CapacityExhausted: the turn would not fit.
+        """
+        service_time = getattr(self._ledger, "service_time", None)
+        takes = await service_time(admitted.candidate.key) if service_time is not None else None
+        if not should_fail_fast(takes, remaining):
+            return
+        if admitted.lease is not None:
+            await admitted.lease.release()
+        assert takes is not None
+        logger.warning(
+            "autogen_capacity.fail_fast",
+            key=admitted.candidate.key,
+            takes_s=round(takes, 3),
+            left_s=round(remaining, 3),
+        )
+        raise _exhausted(
+            f"a turn of {admitted.candidate.name!r} takes about {takes:.3f}s and only {max(remaining, 0):.3f}s are "
+            "left before the run's deadline",
+            candidates,
+            statuses,
+            retry_after=takes,
+        )
 
     def _next_window(
         self,
@@ -405,6 +467,32 @@ async def lease(
         yield held
     finally:
         await held.release()
+
+
+def _fail_fast(
+    expected: float | None,
+    remaining: float,
+    deadline: float | None,
+    candidates: Sequence[Candidate],
+    statuses: Mapping[str, KeyStatus],
+) -> None:
+    """End a wait that cannot succeed in time: the expected wait in line already exceeds the time the contract
+    (or the run's deadline) leaves.
+
+    Raises:
+        CapacityExhausted: it would not, carrying the expected wait as ``retry_after``.
+    """
+    if not should_fail_fast(expected, remaining):
+        return
+    assert expected is not None
+    limit = "the run's deadline" if deadline is not None else "the contract"
+    logger.warning("autogen_capacity.fail_fast", expected_s=round(expected, 3), left_s=round(remaining, 3), limit=limit)
+    raise _exhausted(
+        f"the expected wait in line ({expected:.3f}s) exceeds the {max(remaining, 0):.3f}s {limit} leaves",
+        candidates,
+        statuses,
+        retry_after=expected,
+    )
 
 
 def _soonest_cooldown(usable: Sequence[Candidate], statuses: Mapping[str, KeyStatus]) -> float | None:

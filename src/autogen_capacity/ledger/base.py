@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Literal, Protocol, runtime_checkable
 
 from ..contracts import AgentCapacity
+from ..priority import Priority
 
 __all__ = [
     "BlockReason",
@@ -116,6 +117,11 @@ class WaitQueue(Protocol):
         """Leave every line, passing on a released slot that was handed to this caller and not taken."""
         ...
 
+    def expected_wait(self) -> float | None:
+        """Seconds until this caller is likely served (its place in line times the time a slot is held), or
+        ``None`` when the ledger cannot tell."""
+        ...
+
 
 class PollingQueue:
     """A :class:`WaitQueue` for a ledger that only offers ``wait_for_change``: each wait enters and leaves
@@ -131,6 +137,9 @@ class PollingQueue:
         return await self._ledger.wait_for_change(self._waits, timeout)
 
     async def leave(self) -> None:
+        return None
+
+    def expected_wait(self) -> float | None:
         return None
 
 
@@ -165,12 +174,17 @@ class CapacityLedger(Protocol):
         """
         ...
 
-    async def join_queue(self, waits: Mapping[str, AgentCapacity]) -> WaitQueue:
-        """Take a place in the waiting lines of ``waits``' keys, kept until :meth:`WaitQueue.leave`.
+    async def join_queue(self, waits: Mapping[str, AgentCapacity], *, priority: Priority = "default") -> WaitQueue:
+        """Take a place in the waiting lines of ``waits``' keys, kept until :meth:`WaitQueue.leave`; a freed slot
+        goes to the oldest waiter of the highest ``priority`` class present.
 
         Raises:
-            QueueFull: every key already has its ``max_queue`` callers waiting.
+            QueueFull: every key already has its ``max_queue`` callers waiting (of this class or higher).
         """
+        ...
+
+    async def service_time(self, key: str) -> float | None:
+        """Seconds a lease on ``key`` is held, on average lately; ``None`` when not known."""
         ...
 
     async def record_tokens(self, key: str, tokens: int) -> None:

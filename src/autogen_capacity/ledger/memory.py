@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import weakref
-from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._logging import logger
 from ..contracts import AgentCapacity
+from ..deadlines import ServiceTimes
 from ..exceptions import LedgerClosedError, QueueFull
-from ._limits import TOKEN_WINDOW_S, bucket_burst, key_status, leaked
+from ..priority import DEFAULT_AGING_S, LineFull, Priority
+from ._limits import bucket_burst, key_status
+from ._memory_lines import KeyState, MemoryQueue, Waiter, resolve
 from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, WaitQueue
 
 if TYPE_CHECKING:
@@ -23,145 +24,36 @@ if TYPE_CHECKING:
 __all__ = ["InMemoryLedger", "default_ledger"]
 
 
-class _Waiter:
-    __slots__ = ("future", "out_of", "task")
-
-    def __init__(self, future: asyncio.Future[bool], task: asyncio.Task[Any] | None) -> None:
-        self.future = future
-        """Resolved with ``True`` by a wake-up (a release handed over, a refill, a cooldown's end)."""
-        self.task = task
-        self.out_of: list[_KeyState] = []
-        """Lines a wake-up took this waiter out of (as their oldest): it goes back to their head if it waits on."""
-
-
-class _MemoryQueue:
-    """One caller's place in the waiting lines of several keys of an :class:`InMemoryLedger`."""
-
-    __slots__ = ("_ledger", "_own_wake", "_states", "_waiter")
-
-    def __init__(
-        self, ledger: InMemoryLedger, states: list[_KeyState], waiter: _Waiter, own_wake: float | None
-    ) -> None:
-        self._ledger = ledger
-        self._states = states
-        self._waiter = waiter
-        self._own_wake = own_wake
-        """When a key this caller could not queue on (``max_queue``) admits again by itself, if known."""
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait for a wake-up (one that came since the last wait counts at once) or ``timeout``."""
-        waiter = self._waiter
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for state in waiter.out_of:  # back at the head of the lines it was the oldest in: its place is kept
-            state.waiters.appendleft(waiter)
-        waiter.out_of.clear()
-        if not waiter.future.done():
-            until = now + max(timeout, 0.0)
-            if self._own_wake is not None and self._own_wake < until:
-                until = self._own_wake
-            timer = loop.call_at(until, _resolve, waiter.future, False)
-            try:
-                await waiter.future
-            finally:
-                timer.cancel()
-        woken = waiter.future.result() or (self._own_wake is not None and loop.time() >= self._own_wake)
-        if self._own_wake is not None and loop.time() >= self._own_wake:
-            self._own_wake = None
-        self._rearm()
-        return woken
-
-    def leave_lines(self) -> None:
-        """Leave every line, keeping what was handed over (reserved for this task until it takes it or ends)."""
-        waiter = self._waiter
-        _resolve(waiter.future, False)
-        for state in self._states:
-            if state not in waiter.out_of:
-                with contextlib.suppress(ValueError):
-                    state.waiters.remove(waiter)
-        waiter.out_of.clear()
-
-    def _rearm(self) -> None:
-        """A fresh future for the next wake-up."""
-        self._waiter.future = asyncio.get_running_loop().create_future()
-
-    async def leave(self) -> None:
-        """Leave every line; a released slot handed to this caller's task and not taken passes on."""
-        self.leave_lines()
-        task = self._waiter.task
-        if task is not None:
-            for state in self._states:
-                self._ledger._drop_reservation(state, task)
-
-
-class _KeyState:
-    __slots__ = (
-        "acquired",
-        "capacity",
-        "cooldown_until",
-        "exhausted_until",
-        "in_flight",
-        "rate_at",
-        "rate_level",
-        "ready_timer",
-        "reserved",
-        "token_sum",
-        "tokens",
-        "waiters",
-    )
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self.acquired = 0
-        self.rate_level = 0.0
-        """The rpm bucket's level (requests) when it last changed, at ``rate_at``."""
-        self.rate_at = 0.0
-        self.tokens: deque[tuple[float, int]] = deque()
-        self.token_sum = 0
-        self.cooldown_until = 0.0
-        self.exhausted_until = 0.0
-        self.waiters: deque[_Waiter] = deque()
-        self.reserved: set[asyncio.Task[Any]] = set()
-        """Tasks a released slot was handed to: the slot is theirs until they take it or finish."""
-        self.capacity: AgentCapacity | None = None
-        """The contract the key's waiters wait by, to know how many a refill or a cooldown's end admits."""
-        self.ready_timer: asyncio.TimerHandle | None = None
-        """One timer per key for its refill or cooldown's end, which wakes as many waiters as it admits."""
-
-    def bucket_level(self, rpm: float, now: float) -> float:
-        """The rpm bucket's level now."""
-        return leaked(self.rate_level, self.rate_at, now, rpm)
-
-    def tokens_in_window(self, now: float) -> int:
-        while self.tokens and self.tokens[0][0] <= now - TOKEN_WINDOW_S:
-            self.token_sum -= self.tokens.popleft()[1]
-        return self.token_sum
-
-
 class InMemoryLedger:
     """A :class:`~autogen_capacity.CapacityLedger` for one process (one event loop).
 
     Admission is atomic because it never awaits between the check and the take. A released slot is
-    handed to the oldest waiter (FIFO, fair across teams): it stays reserved for that waiter's task until
-    the task takes it or finishes, so a busy caller cannot snatch it back. One waiter is woken per released
-    slot, never all of them.
+    handed to the oldest waiter of the highest priority class present (FIFO within a class, fair across teams;
+    a long wait ages one class up every ``aging_s``): it stays reserved for that waiter's task until the task
+    takes it or finishes, so a busy caller cannot snatch it back. One waiter is woken per released slot, never
+    all of them. The time each lease was held feeds the key's expected wait (for deadlines).
+
+    Args:
+        aging_s: Seconds of waiting that lift a waiter one priority class.
 
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("__weakref__", "_closed", "_ids", "_keys")
+    __slots__ = ("__weakref__", "_aging_s", "_closed", "_ids", "_keys", "_service")
 
-    def __init__(self) -> None:
-        self._keys: dict[str, _KeyState] = {}
+    def __init__(self, *, aging_s: float = DEFAULT_AGING_S) -> None:
+        self._keys: dict[str, KeyState] = {}
         self._ids = itertools.count(1)
         self._closed = False
+        self._aging_s = aging_s
+        self._service = ServiceTimes()
 
-    def _state(self, key: str) -> _KeyState:
+    def _state(self, key: str) -> KeyState:
         if self._closed:
             raise LedgerClosedError("the ledger is closed")
         state = self._keys.get(key)
         if state is None:
-            state = self._keys[key] = _KeyState()
+            state = self._keys[key] = KeyState(key, self._aging_s)
         return state
 
     @property
@@ -177,7 +69,7 @@ class InMemoryLedger:
     def _now() -> float:
         return asyncio.get_running_loop().time()
 
-    def _status(self, state: _KeyState, capacity: AgentCapacity, now: float) -> KeyStatus:
+    def _status(self, state: KeyState, capacity: AgentCapacity, now: float) -> KeyStatus:
         free: int | None = None
         if capacity.max_concurrent is not None:
             free = capacity.max_concurrent - state.in_flight - len(state.reserved)
@@ -216,12 +108,15 @@ class InMemoryLedger:
         if state is None:  # the ledger was closed under the lease
             return
         state.in_flight -= 1
+        self._service.observe(lease.key, max(self._now() - lease.acquired_at, 0.0))
         self._hand_over(state)
 
-    def _hand_over(self, state: _KeyState) -> bool:
+    def _hand_over(self, state: KeyState) -> bool:
         """Wake the oldest live waiter and reserve the freed slot for its task. ``False``: nobody waits."""
+        now = self._now()
         while state.waiters:
-            waiter = state.waiters.popleft()
+            waiter = state.waiters.pop_next(now)
+            assert waiter is not None
             waiter.out_of.append(state)
             if waiter.future.done():
                 continue
@@ -233,7 +128,7 @@ class InMemoryLedger:
             return True
         return False
 
-    def _drop_reservation(self, state: _KeyState, task: asyncio.Task[Any]) -> None:
+    def _drop_reservation(self, state: KeyState, task: asyncio.Task[Any]) -> None:
         """A task that was handed a slot finished (or gave up) without taking it: pass it on."""
         if task in state.reserved:
             state.reserved.discard(task)
@@ -259,7 +154,7 @@ class InMemoryLedger:
         if any(self._status(self._state(key), capacity, now).blocked_by is None for key, capacity in waits.items()):
             return True
         queue = await self.join_queue(waits)
-        assert isinstance(queue, _MemoryQueue)
+        assert isinstance(queue, MemoryQueue)
         try:
             woken = await queue.wait(timeout)
         except BaseException:
@@ -268,37 +163,62 @@ class InMemoryLedger:
         queue.leave_lines()  # a slot handed over stays reserved for this task until it takes it or finishes
         return woken
 
-    async def join_queue(self, waits: Mapping[str, AgentCapacity]) -> WaitQueue:
+    async def join_queue(self, waits: Mapping[str, AgentCapacity], *, priority: Priority = "default") -> WaitQueue:
         """Take a place in the waiting lines of ``waits``' keys (kept across waits until ``leave()``).
 
         A refill or a cooldown's end wakes only as many waiters, oldest first, as the key then admits (one
-        timer per key, not one per waiter): a hundred teams waiting out a cooldown are not woken at once.
+        timer per key, not one per waiter): a hundred teams waiting out a cooldown are not woken at once. On a
+        key whose line holds its ``max_queue``, a caller of a higher ``priority`` takes the place of the youngest
+        waiter of the lowest class below its own, which is dropped from every line (its wait raises QueueFull).
 
         Raises:
-            QueueFull: every key already has its ``max_queue`` callers waiting.
+            QueueFull: no key has room, even after shedding a lower class.
         """
         now = self._now()
-        queued: list[_KeyState] = []
+        waiter = Waiter(asyncio.get_running_loop().create_future(), asyncio.current_task(), priority, now)
+        queued: list[KeyState] = []
         own_wake: float | None = None
         for key, capacity in waits.items():
             state = self._state(key)
             status = self._status(state, capacity, now)
-            if capacity.max_queue is None or len(state.waiters) < capacity.max_queue:
-                queued.append(state)
-                state.capacity = capacity
-                if status.ready_in is not None:
-                    self._schedule_ready(state, now + status.ready_in)
-            elif status.ready_in is not None:  # not queued on this key: only its own timer can tell
-                own_wake = min(own_wake, now + status.ready_in) if own_wake is not None else now + status.ready_in
+            try:
+                victim = state.waiters.shed_for(priority, capacity.max_queue, now)
+            except LineFull:
+                if status.ready_in is not None:  # not queued on this key: only its own timer can tell
+                    own_wake = min(own_wake or now + status.ready_in, now + status.ready_in)
+                continue
+            if victim is not None:
+                self._shed(victim, key, priority)
+            queued.append(state)
+            state.capacity = capacity
+            if status.ready_in is not None:
+                self._schedule_ready(state, now + status.ready_in)
         if waits and not queued:
-            logger.warning("autogen_capacity.queue_full", keys=list(waits))
+            logger.warning("autogen_capacity.queue_full", keys=list(waits), priority=priority)
             raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), asyncio.current_task())
         for state in queued:
-            state.waiters.append(waiter)
-        return _MemoryQueue(self, queued, waiter, own_wake)
+            state.waiters.push(waiter, priority, now)
+        return MemoryQueue(queued, waiter, own_wake, self._service, self._drop_reservation)
 
-    def _schedule_ready(self, state: _KeyState, when: float) -> None:
+    def _shed(self, victim: Waiter, key: str, newcomer: Priority) -> None:
+        """Drop ``victim`` from every line for a ``newcomer`` of a higher class: its wait raises QueueFull."""
+        for state in self._keys.values():
+            state.waiters.discard(victim)
+        waited = self._now() - victim.since
+        victim.shed = (
+            f"a {victim.priority} caller waiting for {key!r} was shed for a {newcomer} one "
+            f"(max_queue reached; it had waited {waited:.3f}s)"
+        )
+        logger.warning(
+            "autogen_capacity.shed", key=key, shed=victim.priority, newcomer=newcomer, waited_s=round(waited, 3)
+        )
+        resolve(victim.future, False)
+
+    async def service_time(self, key: str) -> float | None:
+        """Seconds a lease on ``key`` is held, on average lately (``None`` before the first release)."""
+        return self._service.per_slot(key)
+
+    def _schedule_ready(self, state: KeyState, when: float) -> None:
         timer = state.ready_timer
         if timer is not None and timer.when() <= when:
             return
@@ -306,7 +226,7 @@ class InMemoryLedger:
             timer.cancel()
         state.ready_timer = asyncio.get_running_loop().call_at(when, self._on_ready, state)
 
-    def _on_ready(self, state: _KeyState) -> None:
+    def _on_ready(self, state: KeyState) -> None:
         """The key's refill or cooldown's end: wake as many waiters as it now admits, oldest first."""
         state.ready_timer = None
         capacity = state.capacity
@@ -322,7 +242,7 @@ class InMemoryLedger:
             if not self._hand_over(state):
                 break
 
-    def _room(self, state: _KeyState, capacity: AgentCapacity) -> int:
+    def _room(self, state: KeyState, capacity: AgentCapacity) -> int:
         """How many more callers the key admits now (every waiter when nothing bounds it)."""
         room = len(state.waiters)
         if capacity.max_concurrent is not None:
@@ -373,13 +293,8 @@ class InMemoryLedger:
             if state.ready_timer is not None:
                 state.ready_timer.cancel()
             for waiter in state.waiters:
-                _resolve(waiter.future)
+                resolve(waiter.future)
         self._keys.clear()
-
-
-def _resolve(future: asyncio.Future[bool], woken: bool = True) -> None:
-    if not future.done():
-        future.set_result(woken)
 
 
 _default_ledgers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, InMemoryLedger] = weakref.WeakKeyDictionary()

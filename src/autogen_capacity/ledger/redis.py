@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .._logging import logger
 from ..contracts import AgentCapacity
 from ..exceptions import LedgerClosedError, LedgerUnavailable, QueueFull
+from ..priority import Priority
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_scripts import register as register_scripts
 from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, resolve, text
@@ -376,9 +377,14 @@ class RedisLedger:
         found = await asyncio.gather(*(self.status(key, capacity) for key, capacity in keys.items()))
         return dict(zip(keys, found, strict=True))
 
-    async def join_queue(self, waits: Mapping[str, AgentCapacity]) -> WaitQueue:
-        """A place in the waiting lines of ``waits``' keys; each wait enters and leaves them again."""
+    async def join_queue(self, waits: Mapping[str, AgentCapacity], *, priority: Priority = "default") -> WaitQueue:
+        """A place in the waiting lines of ``waits``' keys; each wait enters and leaves them again. ``priority``
+        is not honoured across processes yet: waiters are served in arrival order whatever their class."""
         return PollingQueue(self, waits)
+
+    async def service_time(self, key: str) -> float | None:
+        """Not measured across processes yet: ``None`` (no deadline fails fast on a RedisLedger key's wait)."""
+        return None
 
     async def snapshot(self) -> LedgerSnapshot:
         """Usage per key of the namespace (found with ``SCAN``), across every process."""

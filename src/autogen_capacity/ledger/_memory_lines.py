@@ -1,0 +1,176 @@
+"""What :class:`~autogen_capacity.InMemoryLedger` keeps per key, and a caller's place in the keys' waiting lines.
+
+A line serves the oldest waiter of the highest priority class present (aging lifts a long wait one class at a
+time, see :mod:`autogen_capacity.priority`). A caller keeps its place from one wait to the next; a wake-up
+takes it out of a line as that line's head, and it goes back to the head if it waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..contracts import AgentCapacity
+from ..deadlines import ServiceTimes, expected_wait
+from ..exceptions import QueueFull
+from ..priority import Priority, WaitLine
+from ._limits import TOKEN_WINDOW_S, leaked
+
+__all__ = ["KeyState", "MemoryQueue", "Waiter", "resolve"]
+
+
+class Waiter:
+    """One caller waiting in the lines of one or more keys."""
+
+    __slots__ = ("future", "out_of", "priority", "shed", "since", "task")
+
+    def __init__(
+        self, future: asyncio.Future[bool], task: asyncio.Task[Any] | None, priority: Priority, since: float
+    ) -> None:
+        self.future = future
+        """Resolved with ``True`` by a wake-up (a release handed over, a refill, a cooldown's end)."""
+        self.task = task
+        self.priority: Priority = priority
+        self.since = since
+        """When it joined: its place in its class, and how long it has aged."""
+        self.out_of: list[KeyState] = []
+        """Lines a wake-up took this waiter out of (as their head): it goes back to their head if it waits on."""
+        self.shed: str | None = None
+        """Why it was dropped from every line for a caller of a higher class (then its wait raises)."""
+
+
+class KeyState:
+    """One key's usage: leases, the rpm bucket, the tpm window, cooldowns, and its waiting line."""
+
+    __slots__ = (
+        "acquired",
+        "capacity",
+        "cooldown_until",
+        "exhausted_until",
+        "in_flight",
+        "key",
+        "rate_at",
+        "rate_level",
+        "ready_timer",
+        "reserved",
+        "token_sum",
+        "tokens",
+        "waiters",
+    )
+
+    def __init__(self, key: str, aging_s: float) -> None:
+        self.key = key
+        self.in_flight = 0
+        self.acquired = 0
+        self.rate_level = 0.0
+        """The rpm bucket's level (requests) when it last changed, at ``rate_at``."""
+        self.rate_at = 0.0
+        self.tokens: deque[tuple[float, int]] = deque()
+        self.token_sum = 0
+        self.cooldown_until = 0.0
+        self.exhausted_until = 0.0
+        self.waiters: WaitLine[Waiter] = WaitLine(aging_s)
+        self.reserved: set[asyncio.Task[Any]] = set()
+        """Tasks a released slot was handed to: the slot is theirs until they take it or finish."""
+        self.capacity: AgentCapacity | None = None
+        """The contract the key's waiters wait by, to know how many a refill or a cooldown's end admits."""
+        self.ready_timer: asyncio.TimerHandle | None = None
+        """One timer per key for its refill or cooldown's end, which wakes as many waiters as it admits."""
+
+    def bucket_level(self, rpm: float, now: float) -> float:
+        """The rpm bucket's level now."""
+        return leaked(self.rate_level, self.rate_at, now, rpm)
+
+    def tokens_in_window(self, now: float) -> int:
+        while self.tokens and self.tokens[0][0] <= now - TOKEN_WINDOW_S:
+            self.token_sum -= self.tokens.popleft()[1]
+        return self.token_sum
+
+
+class MemoryQueue:
+    """One caller's place in the waiting lines of several keys."""
+
+    __slots__ = ("_drop_reservation", "_own_wake", "_service", "_states", "_waiter")
+
+    def __init__(
+        self,
+        states: list[KeyState],
+        waiter: Waiter,
+        own_wake: float | None,
+        service: ServiceTimes,
+        drop_reservation: Callable[[KeyState, asyncio.Task[Any]], None],
+    ) -> None:
+        self._states = states
+        self._waiter = waiter
+        self._own_wake = own_wake
+        """When a key this caller could not queue on (``max_queue``) admits again by itself, if known."""
+        self._service = service
+        self._drop_reservation = drop_reservation
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a wake-up (one that came since the last wait counts at once) or ``timeout``.
+
+        Raises:
+            QueueFull: the caller was dropped from every line for a caller of a higher class.
+        """
+        waiter = self._waiter
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for state in waiter.out_of:  # back at the head of the lines it was the head of: its place is kept
+            if waiter not in state.waiters:
+                state.waiters.push_front(waiter, waiter.priority, waiter.since)
+        waiter.out_of.clear()
+        if not waiter.future.done():
+            until = now + max(timeout, 0.0)
+            if self._own_wake is not None and self._own_wake < until:
+                until = self._own_wake
+            timer = loop.call_at(until, resolve, waiter.future, False)
+            try:
+                await waiter.future
+            finally:
+                timer.cancel()
+        if waiter.shed is not None:
+            raise QueueFull(waiter.shed)
+        woken = waiter.future.result() or (self._own_wake is not None and loop.time() >= self._own_wake)
+        if self._own_wake is not None and loop.time() >= self._own_wake:
+            self._own_wake = None
+        waiter.future = loop.create_future()
+        return woken
+
+    def expected_wait(self) -> float | None:
+        """Seconds until this caller is likely served: its place in each line times the key's observed time a
+        slot is held, per slot (the shortest over its keys); ``None`` when no key has observed one yet."""
+        now = asyncio.get_running_loop().time()
+        found: list[float] = []
+        for state in self._states:
+            per_slot = self._service.per_slot(state.key)
+            slots = state.capacity.max_concurrent if state.capacity is not None else None
+            if per_slot is None or slots is None:
+                continue
+            line = state.waiters
+            position = line.position(self._waiter, now) if self._waiter in line else 0
+            found.append(expected_wait(position, slots, per_slot))
+        return min(found) if found else None
+
+    def leave_lines(self) -> None:
+        """Leave every line, keeping what was handed over (reserved for this task until it takes it or ends)."""
+        waiter = self._waiter
+        resolve(waiter.future, False)
+        for state in self._states:
+            state.waiters.discard(waiter)
+        waiter.out_of.clear()
+
+    async def leave(self) -> None:
+        """Leave every line; a released slot handed to this caller's task and not taken passes on."""
+        self.leave_lines()
+        task = self._waiter.task
+        if task is not None:
+            for state in self._states:
+                self._drop_reservation(state, task)
+
+
+def resolve(future: asyncio.Future[bool], woken: bool = True) -> None:
+    if not future.done():
+        future.set_result(woken)
