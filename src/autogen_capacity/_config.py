@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._plan import DEFAULT_EXHAUSTED_TTL_S
 from .contracts import AgentCapacity, RetryBudget
 from .ledger.config import LedgerConfig
+from .priority import Priority
 from .routing import Routing
 
 __all__ = ["CapacityArguments", "CapacityAwareGroupChatConfig", "load_team_config"]
@@ -34,6 +35,10 @@ class CapacityArguments(BaseModel):
     selector_capacity: AgentCapacity | None = None
     exhausted_ttl_s: float = Field(default=DEFAULT_EXHAUSTED_TTL_S, gt=0)
     max_selector_attempts: int = Field(default=3, ge=1)
+    priority: Priority = "default"
+    """The team's class in the keys' waiting lines under overload: ``critical``, ``default`` or ``sheddable``."""
+    deadline_s: float | None = Field(default=None, gt=0)
+    """Seconds a run may last, counted from its start (a ``TimeoutTermination`` sets one too; the smaller wins)."""
 
 
 class CapacityAwareGroupChatConfig(CapacityArguments):
@@ -82,6 +87,8 @@ def load_team_config(config: CapacityAwareGroupChatConfig, default_prompt: str) 
         "selector_prompt": config.selector_prompt or default_prompt,
         "allow_repeated_speaker": config.allow_repeated_speaker,
         "max_selector_attempts": config.max_selector_attempts,
+        "priority": config.priority,
+        "deadline_s": config.deadline_s,
         "model_client_streaming": config.model_client_streaming,
         "model_context": (ChatCompletionContext.load_component(config.model_context) if config.model_context else None),
         "termination_condition": (

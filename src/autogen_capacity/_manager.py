@@ -36,7 +36,7 @@ from ._container import GroupChatMemberOverloaded
 from ._logging import logger
 from ._turn_reports import TurnReports
 from ._turns import TeamPolicy
-from .admission import Admission, Candidate, acquire
+from .admission import Admission, Candidate, admit_one
 from .events import CapacityExhaustedEvent, MemberOverloadedEvent
 from .exceptions import CapacityExhausted, LedgerUnavailable
 from .ledger import KeyStatus
@@ -145,6 +145,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
             should_stop=self._should_stop if termination_condition is not None else None,
             poll_s=TERMINATION_POLL_S,
             team=policy.team_name,
+            priority=policy.priority,
         )
         self._as_candidates = {
             name: (plan.candidate(cooled=False), plan.candidate(cooled=True)) for name, plan in self._plans.items()
@@ -295,6 +296,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
                 candidates,
                 order=self._order if explicit is None else None,
                 routed_around=frozenset(self._routed_around),
+                deadline=self._turns.deadline,
             )
         except CapacityExhausted as exhausted:
             raise _Exhausted(str(exhausted), exhausted.retry_after) from exhausted
@@ -377,9 +379,16 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         if capacity is None:
             return await self._select_speaker(roles, candidates, self._max_selector_attempts)
         try:
-            lease = await acquire(self._policy.selector_key, capacity, ledger=self._ledger)
+            key = self._policy.selector_key
+            lease = await admit_one(
+                self._ledger,
+                Candidate(key, key, capacity),
+                priority=self._policy.priority,
+                deadline=self._turns.deadline,
+            )
         except CapacityExhausted as exhausted:
             raise _Exhausted(f"the selector's model client: {exhausted}", exhausted.retry_after) from exhausted
+        assert lease is not None  # a leased candidate
         async with lease:
             return await self._select_speaker(roles, candidates, self._max_selector_attempts)
 

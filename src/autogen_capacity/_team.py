@@ -26,13 +26,15 @@ from ._manager import CapacityAwareGroupChatManager
 from ._plan import DEFAULT_EXHAUSTED_TTL_S, aggregate_mode, default_routing, plan_members
 from ._relay import relaying_factory
 from ._turns import TeamPolicy, TurnKeeper
-from .admission import acquire, settle
+from .admission import Candidate, admit_one, settle
 from .contracts import AgentCapacity, RetryBudget, ledger_key
+from .deadlines import deadline_from
 from .events import CAPACITY_EVENT_TYPES
 from .exceptions import CapacityExhausted, LedgerUnavailable
 from .ledger import CapacityLedger, KeyStatus, Lease, default_ledger
 from .ledger.config import LedgerConfig, ledger_config_of, ledger_from_config
 from .overload import OverloadClassifier, classify_overload
+from .priority import Priority
 from .routing import Routing
 
 __all__ = ["DEFAULT_SELECTOR_PROMPT", "CapacityAwareGroupChat"]
@@ -83,6 +85,13 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             the ledger.
         rng: The random source of the jitter in cooldowns the team picks itself (an overload with no provider
             hint); for reproducible tests. Not serialized.
+        priority: The team's class under overload (``"critical"``, ``"default"``, ``"sheddable"``): a freed slot
+            goes to the oldest waiter of the highest class present (a long wait ages up), and past a key's
+            ``max_queue`` a sheddable waiter is dropped before a critical one is refused.
+        deadline_s: Seconds a run may last; a ``TimeoutTermination`` in ``termination_condition`` sets one too
+            (the smaller wins). The team never waits past it, never starts a turn the time left cannot cover,
+            and ends at once (``Capacity exhausted``, ``retry_after`` = the expected wait) when its expected wait
+            in line already exceeds it.
         selector_prompt, allow_repeated_speaker, max_selector_attempts, selector_func, candidate_func,
             model_client_streaming, model_context: As in SelectorGroupChat. ``allow_repeated_speaker=None``
             means True for headroom and round-robin routing, False for selector routing.
@@ -136,6 +145,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         selector_prompt: str = DEFAULT_SELECTOR_PROMPT,
         allow_repeated_speaker: bool | None = None,
         max_selector_attempts: int = 3,
+        priority: Priority = "default",
+        deadline_s: float | None = None,
         selector_func: SelectorFuncType | None = None,
         candidate_func: CandidateFuncType | None = None,
         model_client_streaming: bool = False,
@@ -158,6 +169,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                 "selector_capacity": selector_capacity,
                 "exhausted_ttl_s": exhausted_ttl_s,
                 "max_selector_attempts": max_selector_attempts,
+                "priority": priority,
+                "deadline_s": deadline_s,
             }
         )
         resolved: Routing = arguments.routing or default_routing(model_client is not None)
@@ -195,6 +208,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             allow_repeated_speaker if allow_repeated_speaker is not None else resolved != "selector"
         )
         self._max_selector_attempts = arguments.max_selector_attempts
+        self._priority: Priority = arguments.priority
+        self._deadline_s = arguments.deadline_s
         self._selector_func = selector_func
         self._candidate_func = candidate_func
         self._model_client_streaming = model_client_streaming
@@ -281,6 +296,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         if self._is_running:
             raise ValueError("The team is already running, it cannot run again until it is stopped.")
         self._turns.pending_error = None
+        limit = deadline_from(self._termination_condition, deadline_s=self._deadline_s)
+        self._turns.deadline = asyncio.get_running_loop().time() + limit if limit is not None else None
         own_lease = None
         result: TaskResult | None = None
         try:
@@ -325,10 +342,15 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         GRANTED_LEASE.set(None)  # not for this team's own members: its runtime starts from this context
         if granted is not None and granted.key == self.key and not granted.released:
             return granted
-        admission = asyncio.ensure_future(acquire(self.key, self._declared_capacity, ledger=self.ledger))
+        own = Candidate(self.key, self.key, self._declared_capacity)
+        admission = asyncio.ensure_future(
+            admit_one(self.ledger, own, priority=self._priority, deadline=self._turns.deadline)
+        )
         if cancellation_token is not None:
             cancellation_token.link_future(admission)
-        return await admission
+        lease = await admission
+        assert lease is not None
+        return lease
 
     async def reset(self) -> None:
         """Reset the team and its participants, releasing any lease a stopped run left behind."""
@@ -388,6 +410,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             retry_budget=self._retry_budget,
             selector_capacity=self._selector_capacity,
             selector_key=ledger_key(self._selector_capacity, f"{self._name}.selector"),
+            priority=self._priority,
         )
 
     def _create_participant_factory(
@@ -434,6 +457,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             selector_prompt=None if self._selector_prompt == DEFAULT_SELECTOR_PROMPT else self._selector_prompt,
             allow_repeated_speaker=self._allow_repeated_speaker,
             max_selector_attempts=self._max_selector_attempts,
+            priority=self._priority,
+            deadline_s=self._deadline_s,
             model_client_streaming=self._model_client_streaming,
             model_context=dump(self._model_context),
             ledger=self._ledger_config if self._ledger_given is None else ledger_config_of(self._ledger_given),

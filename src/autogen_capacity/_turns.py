@@ -15,6 +15,7 @@ from .contracts import AgentCapacity, RetryBudget
 from .exceptions import CapacityError, LedgerUnavailable
 from .ledger import CapacityLedger, Lease
 from .overload import Overload
+from .priority import Priority
 from .routing import Routing
 
 __all__ = ["TeamPolicy", "TurnKeeper", "Verdict"]
@@ -36,7 +37,7 @@ class TurnKeeper:
     the ledger *before* releasing its lease (tokens used, a cooldown, an exhausted mark), and releases
     whatever is left when a run ends, however it ends (the runtime never cancels a dead turn's task)."""
 
-    __slots__ = ("_held", "_overloads", "exhausted_ttl_s", "ledger", "pending_error", "plans", "rng")
+    __slots__ = ("_held", "_overloads", "deadline", "exhausted_ttl_s", "ledger", "pending_error", "plans", "rng")
 
     def __init__(self, plans: Mapping[str, MemberPlan], exhausted_ttl_s: float, rng: random.Random | None) -> None:
         self.plans = plans
@@ -44,6 +45,8 @@ class TurnKeeper:
         self.rng = rng
         self.ledger: CapacityLedger | None = None
         """The ledger of the running team (set when its runtime is built)."""
+        self.deadline: float | None = None
+        """When the current run must end (loop time), if anything limits it."""
         self.pending_error: CapacityError | None = None
         """A typed error to raise once the run's stream ends: ``CapacityExhausted`` (``on_exhausted="raise"``),
         or the ``LedgerUnavailable`` that ended the run (AutoGen reports it as a ``RuntimeError``)."""
@@ -114,40 +117,17 @@ class TurnKeeper:
         await asyncio.gather(*(lease.release() for lease in leases))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TeamPolicy:
     """Everything capacity-related that a team hands its manager."""
 
-    __slots__ = (
-        "ledger",
-        "on_exhausted",
-        "plans",
-        "retry_budget",
-        "routing",
-        "selector_capacity",
-        "selector_key",
-        "team_name",
-        "turns",
-    )
-
-    def __init__(
-        self,
-        *,
-        team_name: str,
-        plans: Mapping[str, MemberPlan],
-        routing: Routing,
-        ledger: CapacityLedger,
-        turns: TurnKeeper,
-        on_exhausted: Literal["stop", "raise"],
-        retry_budget: RetryBudget | None,
-        selector_capacity: AgentCapacity | None,
-        selector_key: str,
-    ) -> None:
-        self.team_name = team_name
-        self.plans = plans
-        self.routing = routing
-        self.ledger = ledger
-        self.turns = turns
-        self.on_exhausted = on_exhausted
-        self.retry_budget = retry_budget
-        self.selector_capacity = selector_capacity
-        self.selector_key = selector_key
+    team_name: str
+    plans: Mapping[str, MemberPlan]
+    routing: Routing
+    ledger: CapacityLedger
+    turns: TurnKeeper
+    on_exhausted: Literal["stop", "raise"]
+    retry_budget: RetryBudget | None
+    selector_capacity: AgentCapacity | None
+    selector_key: str
+    priority: Priority = "default"

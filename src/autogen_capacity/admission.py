@@ -273,11 +273,12 @@ class Admission:
         """
         service_time = getattr(self._ledger, "service_time", None)
         takes = await service_time(admitted.candidate.key) if service_time is not None else None
-        if not should_fail_fast(takes, remaining):
+        if remaining > 0 and (takes is None or not should_fail_fast(takes, remaining)):
             return
         if admitted.lease is not None:
             await admitted.lease.release()
-        assert takes is not None
+        if takes is None:
+            raise _exhausted("the run's deadline has passed", candidates, statuses)
         logger.warning(
             "autogen_capacity.fail_fast",
             key=admitted.candidate.key,
@@ -402,15 +403,18 @@ async def settle(lease: Lease | None, ledger: CapacityLedger, key: str, contract
             await lease.release()
 
 
-async def admit_one(ledger: CapacityLedger, candidate: Candidate) -> Lease | None:
-    """Admit ``candidate`` alone, waiting by its contract: its lease (``None`` when it is not leased).
+async def admit_one(
+    ledger: CapacityLedger, candidate: Candidate, *, priority: Priority = "default", deadline: float | None = None
+) -> Lease | None:
+    """Admit ``candidate`` alone, waiting by its contract (in ``priority``'s class, until ``deadline`` in loop
+    time at the latest): its lease (``None`` when it is not leased).
 
     Raises:
         CapacityExhausted: as :func:`acquire` raises it.
         QueueFull: as :func:`acquire` raises it.
     """
     try:
-        admitted = await Admission(ledger).admit([candidate])
+        admitted = await Admission(ledger, priority=priority).admit([candidate], deadline=deadline)
     except QueueFull:
         raise
     except CapacityExhausted as exhausted:
@@ -432,11 +436,16 @@ async def acquire(
     capacity: AgentCapacity,
     *,
     ledger: CapacityLedger | None = None,
+    priority: Priority = "default",
+    deadline_s: float | None = None,
 ) -> Lease:
     """Take a lease on ``key``, waiting by ``capacity``'s contract while it is saturated.
 
     Waiting is event-driven (a release or a refill wakes the caller at once, oldest first); see the module
-    documentation for the windows, what spends a retry and how long a cooldown is waited out.
+    documentation for the windows, what spends a retry and how long a cooldown is waited out. Under overload
+    a ``critical`` caller is served before ``default`` and ``sheddable`` ones (the oldest of the highest class
+    first); with ``deadline_s`` the caller never waits longer, and gives up at once when its expected wait in
+    line already exceeds it.
 
     Raises:
         CapacityExhausted: the retries are used up, the key's entitlement is exhausted, or it cools down
@@ -445,7 +454,9 @@ async def acquire(
 
     .. versionadded:: 0.1.0
     """
-    held = await admit_one(ledger if ledger is not None else default_ledger(), Candidate(key, key, capacity))
+    deadline = asyncio.get_running_loop().time() + deadline_s if deadline_s is not None else None
+    ledger = ledger if ledger is not None else default_ledger()
+    held = await admit_one(ledger, Candidate(key, key, capacity), priority=priority, deadline=deadline)
     assert held is not None
     return held
 
@@ -456,13 +467,15 @@ async def lease(
     capacity: AgentCapacity,
     *,
     ledger: CapacityLedger | None = None,
+    priority: Priority = "default",
+    deadline_s: float | None = None,
 ) -> AsyncIterator[Lease]:
     """``async with lease(key, capacity):`` follows the contract for any block of code and releases the
-    lease on the way out, whatever happens.
+    lease on the way out, whatever happens. ``priority`` and ``deadline_s`` as in :func:`acquire`.
 
     .. versionadded:: 0.1.0
     """
-    held = await acquire(key, capacity, ledger=ledger)
+    held = await acquire(key, capacity, ledger=ledger, priority=priority, deadline_s=deadline_s)
     try:
         yield held
     finally:
@@ -482,9 +495,8 @@ def _fail_fast(
     Raises:
         CapacityExhausted: it would not, carrying the expected wait as ``retry_after``.
     """
-    if not should_fail_fast(expected, remaining):
+    if expected is None or not should_fail_fast(expected, remaining):
         return
-    assert expected is not None
     limit = "the run's deadline" if deadline is not None else "the contract"
     logger.warning("autogen_capacity.fail_fast", expected_s=round(expected, 3), left_s=round(remaining, 3), limit=limit)
     raise _exhausted(

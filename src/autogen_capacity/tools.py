@@ -33,6 +33,7 @@ from .contracts import AgentCapacity, declared_contract, ledger_key
 from .exceptions import CapacityExhausted
 from .ledger import CapacityLedger, default_ledger
 from .overload import OverloadClassifier, classify_overload
+from .priority import Priority
 
 __all__ = [
     "CapacityAwareAgentTool",
@@ -49,6 +50,8 @@ class CapacityAwareAgentToolConfig(AgentToolConfig):
 
     capacity: AgentCapacity | None = None
     """The contract the tool follows; ``None``: the agent's own ``capacity`` attribute, if any."""
+    priority: Priority = "default"
+    """The calls' class under overload: ``critical``, ``default`` or ``sheddable``."""
 
 
 class CapacityAwareTeamToolConfig(TeamToolConfig):
@@ -56,6 +59,8 @@ class CapacityAwareTeamToolConfig(TeamToolConfig):
 
     capacity: AgentCapacity | None = None
     """The contract the tool follows; ``None``: the team's own ``capacity`` (a CapacityAwareGroupChat's)."""
+    priority: Priority = "default"
+    """The calls' class under overload: ``critical``, ``default`` or ``sheddable``."""
 
 
 class _Caller:
@@ -72,6 +77,7 @@ class _Caller:
         "key",
         "leases",
         "name",
+        "priority",
     )
 
     def __init__(
@@ -82,8 +88,10 @@ class _Caller:
         classify: OverloadClassifier | None,
         exhausted_ttl_s: float,
         rng: random.Random | None,
+        priority: Priority,
     ) -> None:
         self.capacity = capacity
+        self.priority: Priority = priority
         self.contract = capacity or declared_contract(target) or UNBOUNDED
         self.name = target.name
         self.key = ledger_key(self.contract, target.name)
@@ -117,7 +125,7 @@ class _Caller:
         candidate = Candidate(self.name, self.key, self.contract, leased=self.leases)
         overloads = 0
         while True:
-            admission = asyncio.ensure_future(admit_one(ledger, candidate))
+            admission = asyncio.ensure_future(admit_one(ledger, candidate, priority=self.priority))
             token.link_future(admission)
             held = await admission
             before: TurnCheckpoint | None = None
@@ -245,6 +253,7 @@ class CapacityAwareAgentTool(_ContractTool, AgentTool):
             by default. Not serialized.
         exhausted_ttl_s: How long a key whose quota is exhausted refuses every caller sharing the ledger.
         rng: The random source of the backoff jitter (for reproducible tests). Not serialized.
+        priority: The calls' class under overload (``"critical"``, ``"default"``, ``"sheddable"``), as a team's.
 
     Raises:
         CapacityExhausted: (from calls) the agent stayed saturated or overloaded past the contract, or its
@@ -266,9 +275,10 @@ class CapacityAwareAgentTool(_ContractTool, AgentTool):
         overload_classifier: OverloadClassifier | None = None,
         exhausted_ttl_s: float = DEFAULT_EXHAUSTED_TTL_S,
         rng: random.Random | None = None,
+        priority: Priority = "default",
     ) -> None:
         super().__init__(agent, return_value_as_last_message=return_value_as_last_message)
-        self._caller = _Caller(agent, capacity, ledger, overload_classifier, exhausted_ttl_s, rng)
+        self._caller = _Caller(agent, capacity, ledger, overload_classifier, exhausted_ttl_s, rng, priority)
         warn_about_client_retries([agent])
 
     def _to_config(self) -> CapacityAwareAgentToolConfig:
@@ -276,15 +286,17 @@ class CapacityAwareAgentTool(_ContractTool, AgentTool):
             agent=self._agent.dump_component(),
             return_value_as_last_message=self._return_value_as_last_message,
             capacity=self._caller.capacity,
+            priority=self._caller.priority,
         )
 
     @classmethod
     def _from_config(cls, config: AgentToolConfig) -> Self:
-        capacity = config.capacity if isinstance(config, CapacityAwareAgentToolConfig) else None
+        ours = config if isinstance(config, CapacityAwareAgentToolConfig) else None
         return cls(
             BaseChatAgent.load_component(config.agent),
-            capacity,
+            ours.capacity if ours is not None else None,
             return_value_as_last_message=config.return_value_as_last_message,
+            priority=ours.priority if ours is not None else "default",
         )
 
 
@@ -304,7 +316,7 @@ class CapacityAwareTeamTool(_ContractTool, TeamTool):
         capacity: The contract to follow; ``None``: the team's own ``capacity``, else no limits.
         ledger: As in :class:`CapacityAwareAgentTool`. Not serialized.
         return_value_as_last_message: As in TeamTool.
-        overload_classifier, exhausted_ttl_s, rng: As in :class:`CapacityAwareAgentTool`.
+        overload_classifier, exhausted_ttl_s, rng, priority: As in :class:`CapacityAwareAgentTool`.
 
     .. versionadded:: 0.1.0
     """
@@ -324,9 +336,10 @@ class CapacityAwareTeamTool(_ContractTool, TeamTool):
         overload_classifier: OverloadClassifier | None = None,
         exhausted_ttl_s: float = DEFAULT_EXHAUSTED_TTL_S,
         rng: random.Random | None = None,
+        priority: Priority = "default",
     ) -> None:
         super().__init__(team, name, description, return_value_as_last_message=return_value_as_last_message)
-        self._caller = _Caller(team, capacity, ledger, overload_classifier, exhausted_ttl_s, rng)
+        self._caller = _Caller(team, capacity, ledger, overload_classifier, exhausted_ttl_s, rng, priority)
 
     def _to_config(self) -> CapacityAwareTeamToolConfig:
         return CapacityAwareTeamToolConfig(
@@ -335,15 +348,17 @@ class CapacityAwareTeamTool(_ContractTool, TeamTool):
             team=self._team.dump_component(),
             return_value_as_last_message=self._return_value_as_last_message,
             capacity=self._caller.capacity,
+            priority=self._caller.priority,
         )
 
     @classmethod
     def _from_config(cls, config: TeamToolConfig) -> Self:
-        capacity = config.capacity if isinstance(config, CapacityAwareTeamToolConfig) else None
+        ours = config if isinstance(config, CapacityAwareTeamToolConfig) else None
         return cls(
             BaseGroupChat.load_component(config.team),
             config.name,
             config.description,
-            capacity,
+            ours.capacity if ours is not None else None,
             return_value_as_last_message=config.return_value_as_last_message,
+            priority=ours.priority if ours is not None else "default",
         )
