@@ -121,6 +121,7 @@ class TestView:
             "tokens_last_minute": 1200,
             "cooling_down_for": 0.0,
             "exhausted_for": 299.5,
+            "live_limit": None,
         }
         assert (data["ledger"], data["namespace"]) == ("redis://h:1/0", "ns")
         assert "note" not in data

@@ -97,6 +97,7 @@ class TurnKeeper:
                 exhausted_ttl_s=self.exhausted_ttl_s,
                 rng=self.rng,
                 member=name,
+                lease=self._held.get(name),
             )
         except LedgerUnavailable as error:
             self.ledger_failed(error)

@@ -374,18 +374,21 @@ async def record_overload(
     exhausted_ttl_s: float,
     rng: random.Random | None = None,
     member: str | None = None,
+    lease: Lease | None = None,
 ) -> float:
     """Write what an overload answer taught into the ledger and return how long ``key`` is out.
 
     ``throttled``: a cooldown for the provider's hint, else the schedule's delay for the ``overloads``-th
-    overload in a row; ``exhausted``: the key is refused to everyone for ``exhausted_ttl_s``. Call it before
-    the lease of the call that was answered is released (record before release). ``member``: the agent that
-    answered (for telemetry).
+    overload in a row (and the ``lease`` of the answered call is reported throttled, for an adaptive key);
+    ``exhausted``: the key is refused to everyone for ``exhausted_ttl_s``. Call it before the lease of the call
+    that was answered is released (record before release). ``member``: the agent that answered (telemetry).
     """
     telemetry.overloaded(key, overload.kind, member)
     if overload.kind == "exhausted":
         await ledger.mark_exhausted(key, exhausted_ttl_s)
         return exhausted_ttl_s
+    if lease is not None:
+        await ledger.observe(lease, throttled=True)
     hinted = overload.retry_after_s
     out_for = _cap(hinted if hinted is not None else schedule.jittered_delay(overloads, rng or _rng))
     await ledger.cooldown(key, out_for)
@@ -396,6 +399,8 @@ async def settle(lease: Lease | None, ledger: CapacityLedger, key: str, contract
     """A call answered: debit the ``tokens`` it used (when ``contract`` has a tpm), then release its lease (also
     when the debit fails)."""
     try:
+        if lease is not None:
+            await ledger.observe(lease, throttled=False)
         if tokens and contract.tpm is not None:
             await ledger.record_tokens(key, tokens)
     finally:

@@ -28,9 +28,17 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from ._logging import logger
+from .ledger import CapacityLedger
 from .overload import _duration
 
-__all__ = ["LimitWindow", "ProviderLimits", "async_client", "parse_rate_limit_headers", "rate_limit_hook"]
+__all__ = [
+    "LimitWindow",
+    "ProviderLimits",
+    "async_client",
+    "cooldown_observer",
+    "parse_rate_limit_headers",
+    "rate_limit_hook",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +235,25 @@ def rate_limit_hook(on_observation: Observer) -> Callable[[Any], Awaitable[None]
             logger.warning("autogen_capacity.rate_limit_observer_failed", error=repr(exc))
 
     return hook
+
+
+def cooldown_observer(ledger: CapacityLedger, key: str) -> Callable[[ProviderLimits], Awaitable[None]]:
+    """An observer that takes ``key`` out of admission while the provider says it has no room: a spent window
+    (``x-ratelimit-remaining-*: 0``, on a successful answer too) or a Retry-After cools the key down until the
+    provider's reset, so nobody sharing the ledger sends the request that would be answered 429.
+
+    Examples:
+        >>> http_client = async_client(cooldown_observer(ledger, "gpt-4o"))  # doctest: +SKIP
+
+    .. versionadded:: 0.2.0
+    """
+
+    async def observe(limits: ProviderLimits) -> None:
+        wait = limits.wait_s
+        if wait is not None and wait > 0:
+            await ledger.cooldown(key, wait)
+
+    return observe
 
 
 def async_client(on_observation: Observer, **kwargs: Any) -> Any:

@@ -156,6 +156,7 @@ class _Caller:
                     exhausted_ttl_s=self._exhausted_ttl_s,
                     rng=self._rng,
                     member=self.name,
+                    lease=held,
                 )
             finally:
                 if held is not None:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..adaptive import LiveLimit
 from ..contracts import AgentCapacity
 from ..deadlines import ServiceTimes, expected_wait
 from ..exceptions import QueueFull
@@ -46,11 +47,13 @@ class KeyState:
 
     __slots__ = (
         "acquired",
+        "admitted_with",
         "capacity",
         "cooldown_until",
         "exhausted_until",
         "in_flight",
         "key",
+        "live",
         "rate_at",
         "rate_level",
         "ready_timer",
@@ -78,6 +81,22 @@ class KeyState:
         """The contract the key's waiters wait by, to know how many a refill or a cooldown's end admits."""
         self.ready_timer: asyncio.TimerHandle | None = None
         """One timer per key for its refill or cooldown's end, which wakes as many waiters as it admits."""
+        self.live: LiveLimit | None = None
+        """An adaptive key's live concurrency limit (under its contract's ``max_concurrent``)."""
+        self.admitted_with: dict[str, int] = {}
+        """Leases held on an adaptive key, and the leases in flight when each was admitted (itself included)."""
+
+    def slots(self, capacity: AgentCapacity) -> int | None:
+        """The key's concurrency limit now: the live one for an adaptive contract, else ``max_concurrent``."""
+        ceiling = capacity.max_concurrent
+        if ceiling is None or not capacity.adaptive:
+            return ceiling
+        live = self.live
+        if live is None:
+            live = self.live = LiveLimit(ceiling, capacity.initial_concurrent)
+        elif live.ceiling != ceiling:
+            live.set_ceiling(ceiling, asyncio.get_running_loop().time())
+        return live.limit
 
     def bucket_level(self, rpm: float, now: float) -> float:
         """The rpm bucket's level now."""

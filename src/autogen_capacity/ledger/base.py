@@ -55,6 +55,8 @@ class KeyUsage:
     """Seconds of cooldown left."""
     exhausted_for: float = 0.0
     """Seconds left before an exhausted key is routed to again."""
+    live_limit: int | None = None
+    """An adaptive key's live concurrency limit now (``None``: not adaptive, or not tracked by this ledger)."""
 
 
 LedgerSnapshot = Mapping[str, KeyUsage]
@@ -181,6 +183,11 @@ class CapacityLedger(Protocol):
         Raises:
             QueueFull: every key already has its ``max_queue`` callers waiting (of this class or higher).
         """
+        ...
+
+    async def observe(self, lease: Lease, *, throttled: bool) -> None:
+        """What ``lease``'s call answered, told before the lease is released: throttled (a 429) or served. An
+        adaptive contract's key learns its live limit from it."""
         ...
 
     async def service_time(self, key: str) -> float | None:

@@ -71,8 +71,9 @@ class InMemoryLedger:
 
     def _status(self, state: KeyState, capacity: AgentCapacity, now: float) -> KeyStatus:
         free: int | None = None
-        if capacity.max_concurrent is not None:
-            free = capacity.max_concurrent - state.in_flight - len(state.reserved)
+        slots = state.slots(capacity)
+        if slots is not None:
+            free = slots - state.in_flight - len(state.reserved)
             if state.reserved and asyncio.current_task() in state.reserved:
                 free += 1  # the slot handed to this caller
         return key_status(
@@ -80,7 +81,7 @@ class InMemoryLedger:
             exhausted_until=state.exhausted_until,
             cooldown_until=state.cooldown_until,
             free_slots=free,
-            max_concurrent=capacity.max_concurrent,
+            max_concurrent=slots,
             rate_level=state.bucket_level(capacity.rpm, now) if capacity.rpm is not None else 0.0,
             rpm=capacity.rpm,
             tokens_used=state.tokens_in_window(now) if capacity.tpm is not None else 0,
@@ -101,15 +102,47 @@ class InMemoryLedger:
             state.reserved.discard(asyncio.current_task())
         state.in_flight += 1
         state.acquired += 1
-        return Lease(key, str(next(self._ids)), now, self._release)
+        lease = Lease(key, str(next(self._ids)), now, self._release)
+        if state.live is not None:
+            state.live.on_admitted(state.in_flight, now)
+            state.admitted_with[lease.lease_id] = state.in_flight
+        return lease
 
     async def _release(self, lease: Lease) -> None:
         state = self._keys.get(lease.key)
         if state is None:  # the ledger was closed under the lease
             return
         state.in_flight -= 1
+        state.admitted_with.pop(lease.lease_id, None)
         self._service.observe(lease.key, max(self._now() - lease.acquired_at, 0.0))
         self._hand_over(state)
+
+    async def observe(self, lease: Lease, *, throttled: bool) -> None:
+        """What ``lease``'s call answered (before it is released): an adaptive key's live limit drops on a
+        throttled answer (once per burst) and climbs back as the key serves at its limit without one."""
+        state = self._keys.get(lease.key)
+        live = state.live if state is not None else None
+        if state is None or live is None or lease.lease_id not in state.admitted_with:
+            return
+        now = self._now()
+        in_flight = state.admitted_with[lease.lease_id]
+        before = live.limit
+        if throttled:
+            live.on_throttled(now, in_flight=in_flight, admitted_at=lease.acquired_at)
+        else:
+            live.on_success(now - lease.acquired_at, in_flight, now, admitted_at=lease.acquired_at)
+        if live.limit != before:
+            change = live.last_change
+            logger.info(
+                "autogen_capacity.live_limit_changed",
+                key=lease.key,
+                old=before,
+                new=live.limit,
+                reason=change.reason if change is not None else None,
+            )
+            for _ in range(max(live.limit - before, 0)):  # room for more: wake as many waiters
+                if not self._hand_over(state):
+                    break
 
     def _hand_over(self, state: KeyState) -> bool:
         """Wake the oldest live waiter and reserve the freed slot for its task. ``False``: nobody waits."""
@@ -282,6 +315,7 @@ class InMemoryLedger:
                 tokens_last_minute=state.tokens_in_window(now),
                 cooling_down_for=max(0.0, state.cooldown_until - now),
                 exhausted_for=max(0.0, state.exhausted_until - now),
+                live_limit=state.live.limit if state.live is not None else None,
             )
             for key, state in self._keys.items()
         }

@@ -382,6 +382,10 @@ class RedisLedger:
         is not honoured across processes yet: waiters are served in arrival order whatever their class."""
         return PollingQueue(self, waits)
 
+    async def observe(self, lease: Lease, *, throttled: bool) -> None:
+        """Adaptive limits are in-process only for now: a RedisLedger key keeps its declared limit."""
+        return None
+
     async def service_time(self, key: str) -> float | None:
         """Not measured across processes yet: ``None`` (no deadline fails fast on a RedisLedger key's wait)."""
         return None
