@@ -33,10 +33,11 @@ from ._compat import (
     SyncSelectorFunc,
 )
 from ._container import GroupChatMemberOverloaded
+from ._engine import Admission, Candidate
 from ._logging import logger
 from ._turn_reports import TurnReports
 from ._turns import TeamPolicy
-from .admission import Admission, Candidate, admit_one
+from .admission import admit_one
 from .events import CapacityExhaustedEvent, MemberOverloadedEvent
 from .exceptions import CapacityExhausted, LedgerUnavailable
 from .ledger import KeyStatus

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .admission import Candidate
+from ._engine import Candidate
 from .contracts import AgentCapacity, AggregateMode, declared_contract, ledger_key
 from .exceptions import CapacityConfigWarning, ContractError
 from .ledger import KeyStatus

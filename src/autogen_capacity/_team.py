@@ -21,12 +21,13 @@ from . import telemetry
 from ._compat import CandidateFuncType, GroupChatTermination, SelectorFuncType
 from ._config import CapacityArguments, CapacityAwareGroupChatConfig, load_team_config
 from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
+from ._engine import Candidate
 from ._hazards import unrelayed_event_types, warn_about_client_retries
 from ._manager import CapacityAwareGroupChatManager
 from ._plan import DEFAULT_EXHAUSTED_TTL_S, aggregate_mode, default_routing, plan_members
 from ._relay import relaying_factory
 from ._turns import TeamPolicy, TurnKeeper
-from .admission import Candidate, admit_one, settle
+from .admission import admit_one, settle
 from .contracts import AgentCapacity, RetryBudget, ledger_key
 from .deadlines import deadline_from
 from .events import CAPACITY_EVENT_TYPES

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from autogen_agentchat.messages import BaseAgentEvent
 
+from ._engine import WaitReport
 from ._logging import info_enabled, logger
 from ._plan import MemberPlan
-from .admission import WaitReport
 from .events import CapacityDeferredEvent, CapacityWaitEvent, Deferral
 from .ledger import KeyStatus
 

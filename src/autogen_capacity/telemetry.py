@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Counter, Histogram, MeterProvider, Observation
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
-    from .admission import Candidate
+    from ._engine import Candidate
 
 try:
     from opentelemetry import metrics as _metrics

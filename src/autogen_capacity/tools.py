@@ -23,12 +23,13 @@ from typing_extensions import Self
 
 from ._compat import AgentToolConfig, TaskRunnerTool, TaskRunnerToolArgs, TeamToolConfig
 from ._container import tokens_used
+from ._engine import Candidate
 from ._hazards import warn_about_client_retries
 from ._logging import logger
 from ._plan import DEFAULT_EXHAUSTED_TTL_S, UNBOUNDED
 from ._team import CapacityAwareGroupChat
 from ._turn_undo import TurnCheckpoint, checkpoint
-from .admission import Candidate, admit_one, record_overload, settle
+from .admission import admit_one, record_overload, settle
 from .contracts import AgentCapacity, declared_contract, ledger_key
 from .exceptions import CapacityExhausted
 from .ledger import CapacityLedger, default_ledger

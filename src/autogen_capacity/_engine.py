@@ -1,0 +1,383 @@
+"""The admission engine's attempt loop, shared by the team's manager, :func:`~autogen_capacity.acquire` and the
+capacity-aware tools. The rules it follows are stated in :mod:`autogen_capacity.admission`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from . import telemetry
+from ._logging import logger
+from .contracts import AgentCapacity
+from .deadlines import should_fail_fast
+from .exceptions import CapacityExhausted
+from .ledger import CapacityLedger, KeyStatus, Lease
+from .ledger.base import PollingQueue, WaitQueue
+from .priority import Priority
+from .testing import _backoff_cap, _record_pass
+
+__all__ = [
+    "Admission",
+    "Admitted",
+    "Candidate",
+    "Observer",
+    "Order",
+    "WaitReport",
+    "capped",
+    "exhausted_reason",
+]
+
+IDLE = KeyStatus(1.0)
+ROUTED_AROUND = KeyStatus(0.0, "exhausted")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One provider that may take the work: what is checked, leased and waited for."""
+
+    name: str
+    key: str
+    contract: AgentCapacity
+    """The key's limits and the backoff schedule a caller follows while waiting for it."""
+    leased: bool = True
+    """Whether admission takes a lease on ``key`` (``False``: nothing is limited, only cooldowns are seen)."""
+    checked: bool = True
+    """Whether the ledger is asked at all (``False``: a provider with no contract and no cooldown: idle)."""
+    probe: Callable[[], Awaitable[KeyStatus]] | None = None
+    """A nested team's own status (its key's, with its members' headroom): replaces the ledger's status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    candidate: Candidate
+    lease: Lease | None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitReport:
+    """Why and how long an admission waits: for events and logs."""
+
+    statuses: Mapping[str, KeyStatus]
+    window: Literal["backoff", "cooldown"]
+    retry: int
+    max_retries: int
+    delay: float
+
+
+Order = Callable[[list[Candidate], Mapping[str, KeyStatus]], Awaitable[list[Candidate]]]
+"""Candidates with headroom in preference order (routing, a selector's pick)."""
+
+
+class Observer(Protocol):
+    """What the caller of an admission is told: the deferrals next to the admitted candidate, each wait."""
+
+    async def deferred(self, statuses: Mapping[str, KeyStatus], admitted: str | None) -> None: ...
+
+    async def waiting(self, report: WaitReport) -> None: ...
+
+
+class Admission:
+    """The attempt loop of one caller (a team's manager, a tool, :func:`acquire`).
+
+    Args:
+        ledger: Where usage is read and leases are taken.
+        observer: Told about deferrals and waits.
+        spend_retry: A team-wide retry budget: called once per spent retry after the first, ``False`` ends
+            the admission exhausted.
+        should_stop: Re-checked at least every ``poll_s`` while waiting (a termination condition); ``True``
+            ends the admission with ``None``.
+        team: The name of the team that admits (for telemetry), if any.
+        priority: The caller's class in the keys' waiting lines (``critical``, ``default``, ``sheddable``).
+    """
+
+    __slots__ = ("_ledger", "_observer", "_poll_s", "_priority", "_should_stop", "_spend_retry", "_team")
+
+    def __init__(
+        self,
+        ledger: CapacityLedger,
+        *,
+        observer: Observer | None = None,
+        spend_retry: Callable[[], bool] | None = None,
+        should_stop: Callable[[], Awaitable[bool]] | None = None,
+        poll_s: float | None = None,
+        team: str | None = None,
+        priority: Priority = "default",
+    ) -> None:
+        self._ledger = ledger
+        self._priority: Priority = priority
+        self._team = team
+        self._observer = observer
+        self._spend_retry = spend_retry
+        self._should_stop = should_stop
+        self._poll_s = poll_s
+
+    async def status(self, candidate: Candidate) -> KeyStatus:
+        """Whether ``candidate`` can be admitted now: the one definition the loop, waits and reports share."""
+        if candidate.probe is not None:
+            return await candidate.probe()
+        if not candidate.checked:
+            return IDLE
+        return await self._ledger.status(candidate.key, candidate.contract)
+
+    async def _statuses(self, candidates: Sequence[Candidate], routed_around: frozenset[str]) -> dict[str, KeyStatus]:
+        """Every candidate's :meth:`status`, the ledger's read in one call (a key shared under two different
+        contracts is read once per contract)."""
+        asked: dict[str, AgentCapacity] = {}
+        for c in candidates:
+            if c.checked and c.probe is None and c.name not in routed_around:
+                asked.setdefault(c.key, c.contract)
+        found = await self._ledger.statuses(asked) if asked else {}
+        statuses: dict[str, KeyStatus] = {}
+        for c in candidates:
+            if c.name in routed_around:
+                statuses[c.name] = ROUTED_AROUND
+            elif c.probe is not None:
+                statuses[c.name] = await c.probe()
+            elif not c.checked:
+                statuses[c.name] = IDLE
+            elif asked[c.key] == c.contract:
+                statuses[c.name] = found[c.key]
+            else:
+                statuses[c.name] = await self._ledger.status(c.key, c.contract)
+        return statuses
+
+    async def admit(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        order: Order | None = None,
+        routed_around: frozenset[str] = frozenset(),
+        deadline: float | None = None,
+    ) -> Admitted | None:
+        """Admit the first candidate in ``order`` whose key admits, waiting by contract while none does.
+
+        With a ``deadline`` (loop time), it never waits past it, never starts a turn the time left cannot
+        cover (the key's observed time per lease), and ends at once when its expected wait in line already
+        exceeds the time left (fail fast, with the expected wait as ``retry_after``).
+
+        Returns the admitted candidate and its lease, or ``None`` when ``should_stop`` said so while waiting.
+
+        Raises:
+            CapacityExhausted: nobody could be admitted within the contract or the deadline (``QueueFull``:
+                every line is full, or this caller was shed for a higher class).
+        """
+        loop = asyncio.get_running_loop()
+        started = window_end = bound = loop.time()
+        if deadline is not None and started >= deadline:
+            raise CapacityExhausted("Capacity exhausted: the run's deadline has passed")
+        retries = passes = 0
+        queue: WaitQueue | None = None
+        wait: telemetry.WaitSpan | None = None  # only when it waits
+        try:
+            while True:
+                passes += 1
+                statuses = await self._statuses(candidates, routed_around)
+                admitted = await self._try(candidates, statuses, order)
+                if admitted is not None:
+                    if deadline is not None:
+                        await self._turn_fits(admitted, deadline - loop.time(), candidates, statuses)
+                    telemetry.admitted(admitted.candidate, statuses, candidates, started, self._team, wait)
+                    if self._observer is not None:
+                        await self._observer.deferred(statuses, admitted.candidate.name)
+                    return admitted
+                usable = [c for c in candidates if statuses[c.name].blocked_by != "exhausted"]
+                if not usable:
+                    raise _exhausted("every candidate is exhausted or out of retries", candidates, statuses)
+                schedule = usable[0].contract
+                now = loop.time()
+                if now >= window_end:
+                    if retries == 0 and window_end == bound:  # the first refusal: the whole wait's bound
+                        bound = now + capped(schedule.backoff_total()) + schedule.max_retry_after_ms / 1000
+                        if deadline is not None:
+                            bound = min(bound, deadline)
+                    if queue is None:
+                        queue = await self._join(usable)
+                    _fail_fast(queue.expected_wait(), bound - now, deadline, candidates, statuses)
+                    window, delay = self._next_window(candidates, usable, statuses, retries)
+                    if window == "backoff":
+                        retries += 1
+                    if now + delay > bound:
+                        delay = bound - now
+                        if delay <= 0:
+                            why = (
+                                "the run's deadline passed while waiting"
+                                if bound == deadline
+                                else "waited as long as the contract allows"
+                            )
+                            raise _exhausted(why, candidates, statuses)
+                    window_end = now + delay
+                    wait = telemetry.waiting(wait, statuses, candidates, window, retries, delay, self._team)
+                    if self._observer is not None:
+                        await self._observer.deferred(statuses, None)
+                        await self._observer.waiting(
+                            WaitReport(statuses, window, retries, schedule.max_caller_retries, delay)
+                        )
+                if queue is None:
+                    queue = await self._join(usable)
+                timeout = window_end - now
+                if self._should_stop is not None and self._poll_s is not None:
+                    timeout = min(timeout, self._poll_s)
+                await queue.wait(timeout)
+                if self._should_stop is not None and await self._should_stop():
+                    telemetry.stopped(wait)
+                    return None
+        except BaseException as error:  # exhausted, cancelled, the ledger failed
+            telemetry.failed(wait, error)
+            raise
+        finally:
+            _record_pass(passes)
+            if queue is not None:
+                await queue.leave()
+
+    async def _join(self, usable: Sequence[Candidate]) -> WaitQueue:
+        """A place in the lines of every usable candidate's key, kept for the whole admission."""
+        waits = {c.key: c.contract for c in usable if c.checked}
+        join = getattr(self._ledger, "join_queue", None)
+        if join is None:
+            return PollingQueue(self._ledger, waits)
+        queue: WaitQueue = await join(waits, priority=self._priority)
+        return queue
+
+    async def _turn_fits(
+        self, admitted: Admitted, remaining: float, candidates: Sequence[Candidate], statuses: Mapping[str, KeyStatus]
+    ) -> None:
+        """Refuse to start a turn that the time left before the deadline cannot cover (the key's observed time
+        per lease): give the lease back and end the admission.
+
+        Raises:
+            CapacityExhausted: the turn would not fit.
+        """
+        service_time = getattr(self._ledger, "service_time", None)
+        takes = await service_time(admitted.candidate.key) if service_time is not None else None
+        if remaining > 0 and (takes is None or not should_fail_fast(takes, remaining)):
+            return
+        if admitted.lease is not None:
+            await admitted.lease.release()
+        if takes is None:
+            raise _exhausted("the run's deadline has passed", candidates, statuses)
+        logger.warning(
+            "autogen_capacity.fail_fast",
+            key=admitted.candidate.key,
+            takes_s=round(takes, 3),
+            left_s=round(remaining, 3),
+        )
+        raise _exhausted(
+            f"a turn of {admitted.candidate.name!r} takes about {takes:.3f}s and only {max(remaining, 0):.3f}s are "
+            "left before the run's deadline",
+            candidates,
+            statuses,
+            retry_after=takes,
+        )
+
+    def _next_window(
+        self,
+        candidates: Sequence[Candidate],
+        usable: Sequence[Candidate],
+        statuses: Mapping[str, KeyStatus],
+        retries: int,
+    ) -> tuple[Literal["backoff", "cooldown"], float]:
+        """The next wait: until the soonest cooldown ends (free), or the schedule's next delay (a retry).
+
+        Raises:
+            CapacityExhausted: every usable candidate cools down past ``max_retry_after_ms``, the retries
+                are spent, or the team's retry budget is.
+        """
+        schedule = usable[0].contract
+        cooling = _soonest_cooldown(usable, statuses)
+        if cooling is not None and cooling > schedule.max_retry_after_ms / 1000:
+            if all(statuses[c.name].blocked_by == "cooldown" for c in usable):
+                raise _exhausted(
+                    f"the provider asked to wait {cooling:.1f}s, longer than max_retry_after_ms "
+                    f"({schedule.max_retry_after_ms} ms) allows",
+                    candidates,
+                    statuses,
+                    retry_after=cooling,
+                )
+            cooling = None  # another candidate may free up first: wait by the schedule
+        if cooling is not None:
+            return "cooldown", cooling
+        retry = retries + 1
+        if retry > schedule.max_caller_retries:
+            raise _exhausted(
+                f"nothing was admitted after {schedule.max_caller_retries} retries",
+                candidates,
+                statuses,
+                retry_after=_soonest(statuses),
+            )
+        if retry > 1 and self._spend_retry is not None and not self._spend_retry():
+            raise _exhausted("the team's retry budget is spent", candidates, statuses)
+        return "backoff", capped(schedule.delay(retry))
+
+    async def _try(
+        self, candidates: Sequence[Candidate], statuses: dict[str, KeyStatus], order: Order | None
+    ) -> Admitted | None:
+        open_ = [c for c in candidates if statuses[c.name].blocked_by is None]
+        if not open_:
+            return None
+        for candidate in await order(open_, statuses) if order is not None else open_:
+            if not candidate.leased:
+                return Admitted(candidate, None)
+            held = await self._ledger.try_acquire(candidate.key, candidate.contract)
+            if held is not None:
+                return Admitted(candidate, held)
+            statuses[candidate.name] = await self.status(candidate)  # lost the race: report why
+        return None
+
+
+def _exhausted(
+    why: str,
+    candidates: Sequence[Candidate],
+    statuses: Mapping[str, KeyStatus],
+    *,
+    retry_after: float | None = None,
+) -> CapacityExhausted:
+    return CapacityExhausted(exhausted_reason(why, candidates, statuses), retry_after=retry_after)
+
+
+def exhausted_reason(why: str, candidates: Sequence[Candidate], statuses: Mapping[str, KeyStatus]) -> str:
+    """The one "Capacity exhausted" message: why, then each candidate and what held it back."""
+    held = ", ".join(f"{c.name}: {statuses[c.name].blocked_by or 'lost the race'}" for c in candidates)
+    return f"Capacity exhausted: {why} ({held})"
+
+
+def _fail_fast(
+    expected: float | None,
+    remaining: float,
+    deadline: float | None,
+    candidates: Sequence[Candidate],
+    statuses: Mapping[str, KeyStatus],
+) -> None:
+    """End a wait that cannot succeed in time: the expected wait in line already exceeds the time the contract
+    (or the run's deadline) leaves.
+
+    Raises:
+        CapacityExhausted: it would not, carrying the expected wait as ``retry_after``.
+    """
+    if expected is None or not should_fail_fast(expected, remaining):
+        return
+    limit = "the run's deadline" if deadline is not None else "the contract"
+    logger.warning("autogen_capacity.fail_fast", expected_s=round(expected, 3), left_s=round(remaining, 3), limit=limit)
+    raise _exhausted(
+        f"the expected wait in line ({expected:.3f}s) exceeds the {max(remaining, 0):.3f}s {limit} leaves",
+        candidates,
+        statuses,
+        retry_after=expected,
+    )
+
+
+def _soonest_cooldown(usable: Sequence[Candidate], statuses: Mapping[str, KeyStatus]) -> float | None:
+    waits = [s.ready_in for c in usable if (s := statuses[c.name]).blocked_by == "cooldown" and s.ready_in]
+    return min(waits) if waits else None
+
+
+def _soonest(statuses: Mapping[str, KeyStatus]) -> float | None:
+    ready = [s.ready_in for s in statuses.values() if s.ready_in is not None]
+    return min(ready) if ready else None
+
+
+def capped(seconds: float) -> float:
+    """A delay or a hint, capped by :func:`autogen_capacity.testing.no_backoff` when it is on."""
+    cap = _backoff_cap()
+    return seconds if cap is None else min(seconds, cap)
