@@ -71,3 +71,27 @@ def test_api_reference_lists_every_public_name() -> None:
     reference = (Path(__file__).parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
     missing = [name for name in autogen_capacity.__all__ if name != "__version__" and f"`{name}`" not in reference]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("LedgerClosedError", "autogen_capacity.exceptions.LedgerClosed"),
+        ("Overload", "autogen_capacity.overload.OverloadSignal"),
+        ("CapacityAwareGroupChatManager", "autogen_capacity._manager.CapacityAwareGroupChatManager"),
+        ("CapacityAwareManagerState", "autogen_capacity._manager.CapacityAwareManagerState"),
+    ],
+)
+def test_names_of_0_1_0_still_resolve_with_a_deprecation_warning(old: str, new: str) -> None:
+    """A name 0.1.0 exported and this release renamed or made internal still works, for one release, and says so."""
+    module, _, name = new.rpartition(".")
+    with pytest.warns(DeprecationWarning, match=old):
+        found = getattr(autogen_capacity, old)
+    assert found is getattr(importlib.import_module(module), name)
+    assert old not in autogen_capacity.__all__
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    """Only the deprecated names resolve through the module's ``__getattr__``."""
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = autogen_capacity.Nope  # type: ignore[attr-defined]

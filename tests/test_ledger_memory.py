@@ -13,7 +13,7 @@ from autogen_capacity import (
     KeyStatus,
     KeyUsage,
     Lease,
-    LedgerClosedError,
+    LedgerClosed,
     QueueFull,
     default_ledger,
 )
@@ -650,11 +650,11 @@ class TestClose:
         ],
     )
     async def test_calls_after_aclose_raise(self, call: object) -> None:
-        """Every call after aclose raises LedgerClosedError."""
+        """Every call after aclose raises LedgerClosed."""
         ledger = InMemoryLedger()
         await ledger.aclose()
 
-        with pytest.raises(LedgerClosedError, match="closed"):
+        with pytest.raises(LedgerClosed, match="closed"):
             await call(ledger)  # type: ignore[operator]
 
     async def test_release_after_aclose_is_a_no_op(self) -> None:

@@ -21,7 +21,7 @@ from autogen_capacity import (
     InMemoryLedger,
     KeyStatus,
     Lease,
-    LedgerClosedError,
+    LedgerClosed,
     LedgerUnavailable,
     QueueFull,
 )
@@ -464,13 +464,13 @@ class TestPipelining:
     async def test_acquire_on_its_way_when_the_ledger_closes_is_given_back(
         self, observed: tuple[_ObservedClient, RedisLedger], make_ledger: MakeLedger
     ) -> None:
-        """Closing the ledger while an acquire is on its way refuses it with LedgerClosedError and gives back
+        """Closing the ledger while an acquire is on its way refuses it with LedgerClosed and gives back
         whatever it was granted."""
         client, ledger = observed
         cap = AgentCapacity(max_concurrent=1)
         closing: list[asyncio.Task[None]] = []
         client.before = lambda: closing.append(asyncio.ensure_future(ledger.aclose()))
-        with pytest.raises(LedgerClosedError):
+        with pytest.raises(LedgerClosed):
             await ledger.try_acquire("k", cap)
         client.before = lambda: None
         await asyncio.gather(*closing)
@@ -495,11 +495,11 @@ class TestPipelining:
             tasks[1].cancel()  # aclose() is waiting for this batch
 
         client.before = first_batch
-        with pytest.raises(LedgerClosedError):
+        with pytest.raises(LedgerClosed):
             await ledger.try_acquire("k", cap)
         second, closing = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(closing, asyncio.CancelledError)
-        assert isinstance(second, LedgerClosedError)  # refused by the closing ledger, not cancelled
+        assert isinstance(second, LedgerClosed)  # refused by the closing ledger, not cancelled
 
     async def test_failed_orphan_handler_is_logged(
         self, observed: tuple[_ObservedClient, RedisLedger], caplog: pytest.LogCaptureFixture
@@ -546,7 +546,7 @@ class TestPipelining:
 
 class TestLifecycle:
     async def test_closed_ledger_refuses_work(self, make_ledger: MakeLedger) -> None:
-        """After aclose the ledger raises LedgerClosedError; held leases were given back."""
+        """After aclose the ledger raises LedgerClosed; held leases were given back."""
         closing, other = make_ledger(), make_ledger()
         cap = AgentCapacity(max_concurrent=1)
         lease = await closing.try_acquire("k", cap)
@@ -554,11 +554,11 @@ class TestLifecycle:
         await closing.aclose()
         await lease.release()  # a no-op
         assert await other.try_acquire("k", cap) is not None
-        with pytest.raises(LedgerClosedError):
+        with pytest.raises(LedgerClosed):
             await closing.try_acquire("k", cap)
-        with pytest.raises(LedgerClosedError):
+        with pytest.raises(LedgerClosed):
             await closing.snapshot()
-        with pytest.raises(LedgerClosedError):
+        with pytest.raises(LedgerClosed):
             await closing.wait_for_change({"k": cap}, timeout=1)
 
     async def test_given_client_is_not_closed(self, redis_server: RedisServer) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from autogen_capacity import Overload, Overloaded, classify_overload
+from autogen_capacity import Overloaded, OverloadSignal, classify_overload
 
 
 class Response:
@@ -58,59 +58,65 @@ THROTTLED_429 = SDKError(status_code=429, response=Response(429, {"Retry-After":
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
-        pytest.param(THROTTLED_429, Overload("throttled", 7.0), id="status_code+Retry-After"),
+        pytest.param(THROTTLED_429, OverloadSignal("throttled", 7.0), id="status_code+Retry-After"),
         pytest.param(
             SDKError(status_code=429, response=Response(429, {"retry-after": "1.5"})),
-            Overload("throttled", 1.5),
+            OverloadSignal("throttled", 1.5),
             id="lowercase-retry-after-fractional",
         ),
         pytest.param(
             SDKError(status_code=429, response=Response(429, {"retry-after-ms": "250", "Retry-After": "9"})),
-            Overload("throttled", 0.25),
+            OverloadSignal("throttled", 0.25),
             id="retry-after-ms-wins",
         ),
         pytest.param(
             SDKError(status_code=429, response=Response(429, {"retry-after-ms": "junk", "Retry-After": "9"})),
-            Overload("throttled", 9.0),
+            OverloadSignal("throttled", 9.0),
             id="bad-retry-after-ms-falls-back",
         ),
         pytest.param(
             SDKError(status_code=429, response=Response(429, {"Retry-After": "-3"})),
-            Overload("throttled", 0.0),
+            OverloadSignal("throttled", 0.0),
             id="negative-clamped",
         ),
         pytest.param(
             SDKError(status_code=429, response=Response(429, {"Retry-After": "inf"})),
-            Overload("throttled", None),
+            OverloadSignal("throttled", None),
             id="infinite-ignored",
         ),
         pytest.param(
             SDKError(status_code=429, response=Response(429, {"Retry-After": "soon"})),
-            Overload("throttled", None),
+            OverloadSignal("throttled", None),
             id="garbage-ignored",
         ),
-        pytest.param(SDKError(status_code=429), Overload("throttled", None), id="no-response"),
+        pytest.param(SDKError(status_code=429), OverloadSignal("throttled", None), id="no-response"),
         pytest.param(
-            SDKError(status=429, headers={"Retry-After": "4"}), Overload("throttled", 4.0), id="status+own-headers"
+            SDKError(status=429, headers={"Retry-After": "4"}),
+            OverloadSignal("throttled", 4.0),
+            id="status+own-headers",
         ),
-        pytest.param(SDKError(status_code=503), Overload("throttled", None), id="503"),
+        pytest.param(SDKError(status_code=503), OverloadSignal("throttled", None), id="503"),
         pytest.param(
-            SDKError(response=Response(429, {"Retry-After": "3"})), Overload("throttled", 3.0), id="response-only"
+            SDKError(response=Response(429, {"Retry-After": "3"})), OverloadSignal("throttled", 3.0), id="response-only"
         ),
-        pytest.param(SDKError(status_code=402), Overload("exhausted"), id="402"),
+        pytest.param(SDKError(status_code=402), OverloadSignal("exhausted"), id="402"),
         pytest.param(
             SDKError(status_code=429, body={"error": {"code": "insufficient_quota"}}),
-            Overload("exhausted"),
+            OverloadSignal("exhausted"),
             id="quota-in-body",
         ),
-        pytest.param(SDKError(status_code=429, code="insufficient_quota"), Overload("exhausted"), id="quota-code"),
-        pytest.param(Overloaded(), Overload("throttled", None), id="Overloaded"),
-        pytest.param(Overloaded(retry_after=2.0), Overload("throttled", 2.0), id="Overloaded-hint"),
-        pytest.param(Overloaded(kind="exhausted"), Overload("exhausted", None), id="Overloaded-exhausted"),
-        pytest.param(chained(RuntimeError("wrapped"), THROTTLED_429), Overload("throttled", 7.0), id="raise-from"),
+        pytest.param(
+            SDKError(status_code=429, code="insufficient_quota"), OverloadSignal("exhausted"), id="quota-code"
+        ),
+        pytest.param(Overloaded(), OverloadSignal("throttled", None), id="Overloaded"),
+        pytest.param(Overloaded(retry_after=2.0), OverloadSignal("throttled", 2.0), id="Overloaded-hint"),
+        pytest.param(Overloaded(kind="exhausted"), OverloadSignal("exhausted", None), id="Overloaded-exhausted"),
+        pytest.param(
+            chained(RuntimeError("wrapped"), THROTTLED_429), OverloadSignal("throttled", 7.0), id="raise-from"
+        ),
         pytest.param(
             chained(RuntimeError("while handling"), THROTTLED_429, explicit=False),
-            Overload("throttled", 7.0),
+            OverloadSignal("throttled", 7.0),
             id="implicit-context",
         ),
         pytest.param(suppressed(ValueError("bad input"), THROTTLED_429), None, id="from-None-ends-chain"),
@@ -121,7 +127,7 @@ THROTTLED_429 = SDKError(status_code=429, response=Response(429, {"Retry-After":
         pytest.param(SDKError(status_code="429"), None, id="string-is-not-a-status"),
     ],
 )
-def test_classify_overload(exc: BaseException, expected: Overload | None) -> None:
+def test_classify_overload(exc: BaseException, expected: OverloadSignal | None) -> None:
     """Each SDK shape is classified as throttled (with its hint), exhausted, or an ordinary error."""
     assert classify_overload(exc) == expected
 
@@ -141,7 +147,7 @@ def test_http_date_in_the_past_is_zero() -> None:
     """An HTTP date already past means "retry now"."""
     past = format_datetime(dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc), usegmt=True)
     exc = SDKError(status_code=503, response=Response(503, {"Retry-After": past}))
-    assert classify_overload(exc) == Overload("throttled", 0.0)
+    assert classify_overload(exc) == OverloadSignal("throttled", 0.0)
 
 
 def test_a_cyclic_chain_terminates() -> None:
@@ -176,13 +182,13 @@ class TestOpenAI:
     def test_rate_limit_error_with_retry_after(self, openai: Any, httpx: Any) -> None:
         """openai.RateLimitError with Retry-After is throttled with that hint."""
         exc = openai.RateLimitError("slow down", response=self.response(httpx, 429, {"Retry-After": "7"}), body=None)
-        assert classify_overload(exc) == Overload("throttled", 7.0)
+        assert classify_overload(exc) == OverloadSignal("throttled", 7.0)
 
     def test_rate_limit_error_with_retry_after_ms(self, openai: Any, httpx: Any) -> None:
         """openai's own retry-after-ms header wins over Retry-After."""
         headers = {"retry-after-ms": "1500", "retry-after": "9"}
         exc = openai.RateLimitError("slow down", response=self.response(httpx, 429, headers), body=None)
-        assert classify_overload(exc) == Overload("throttled", 1.5)
+        assert classify_overload(exc) == OverloadSignal("throttled", 1.5)
 
     def test_insufficient_quota_is_exhausted(self, openai: Any, httpx: Any) -> None:
         """A 429 whose body says insufficient_quota is a spent entitlement, never retried."""
@@ -192,12 +198,12 @@ class TestOpenAI:
             "code": "insufficient_quota",
         }
         exc = openai.RateLimitError("quota", response=self.response(httpx, 429), body=body)
-        assert classify_overload(exc) == Overload("exhausted")
+        assert classify_overload(exc) == OverloadSignal("exhausted")
 
     def test_service_unavailable_is_throttled(self, openai: Any, httpx: Any) -> None:
         """A 503 APIStatusError is throttled."""
         exc = openai.APIStatusError("unavailable", response=self.response(httpx, 503), body=None)
-        assert classify_overload(exc) == Overload("throttled", None)
+        assert classify_overload(exc) == OverloadSignal("throttled", None)
 
     def test_server_error_and_timeout_are_ordinary(self, openai: Any, httpx: Any) -> None:
         """A 500 and a timeout are not overload signals."""
@@ -208,7 +214,7 @@ class TestOpenAI:
     def test_wrapped_rate_limit_error(self, openai: Any, httpx: Any) -> None:
         """An error raised from an openai.RateLimitError is classified by its cause."""
         cause = openai.RateLimitError("slow down", response=self.response(httpx, 429, {"Retry-After": "2"}), body=None)
-        assert classify_overload(chained(RuntimeError("model call failed"), cause)) == Overload("throttled", 2.0)
+        assert classify_overload(chained(RuntimeError("model call failed"), cause)) == OverloadSignal("throttled", 2.0)
 
 
 def _reset_429(headers: dict[str, str]) -> SDKError:
@@ -231,7 +237,7 @@ class TestRateLimitReset:
     @pytest.mark.parametrize("value", ["soon", "1x", "s", "", "1s garbage"])
     def test_malformed_is_no_hint(self, value: str) -> None:
         """A malformed reset gives no hint (the caller's schedule applies)."""
-        assert classify_overload(_reset_429({"x-ratelimit-reset-requests": value})) == Overload("throttled", None)
+        assert classify_overload(_reset_429({"x-ratelimit-reset-requests": value})) == OverloadSignal("throttled", None)
 
     def test_the_spent_limit_decides(self) -> None:
         """With remaining tokens at 0 and requests left, the tokens' reset is the wait."""
@@ -241,14 +247,14 @@ class TestRateLimitReset:
             "x-ratelimit-remaining-tokens": "0",
             "x-ratelimit-reset-tokens": "6m0s",
         }
-        assert classify_overload(_reset_429(headers)) == Overload("throttled", 360.0)
+        assert classify_overload(_reset_429(headers)) == OverloadSignal("throttled", 360.0)
 
     def test_without_remaining_the_later_reset(self) -> None:
         """Without x-ratelimit-remaining-*, the later of the two resets is waited for."""
         headers = {"x-ratelimit-reset-requests": "2s", "x-ratelimit-reset-tokens": "500ms"}
-        assert classify_overload(_reset_429(headers)) == Overload("throttled", 2.0)
+        assert classify_overload(_reset_429(headers)) == OverloadSignal("throttled", 2.0)
 
     def test_retry_after_wins(self) -> None:
         """Retry-After, when present, is the provider's word; the resets are not read."""
         headers = {"retry-after": "3", "x-ratelimit-reset-requests": "6m0s"}
-        assert classify_overload(_reset_429(headers)) == Overload("throttled", 3.0)
+        assert classify_overload(_reset_429(headers)) == OverloadSignal("throttled", 3.0)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from autogen_capacity import AgentCapacity, CapacityExhausted, InMemoryLedger, Overload, acquire
+from autogen_capacity import AgentCapacity, CapacityExhausted, InMemoryLedger, OverloadSignal, acquire
 from autogen_capacity.admission import record_overload
 from autogen_capacity.testing import FakeLoopClock, _backoff_cap, count_admission_passes, no_backoff, settle
 
@@ -163,7 +163,7 @@ class TestNoBackoff:
             max_concurrent=1, backoff_initial_ms=10_000, backoff_ceiling_ms=10_000, max_caller_retries=2
         )
         with no_backoff():
-            hint = Overload("throttled", 30.0)
+            hint = OverloadSignal("throttled", 30.0)
             out_for = await record_overload(ledger, "k", hint, overloads=1, schedule=cap, exhausted_ttl_s=60)
             assert out_for == 0.001
             held = await asyncio.wait_for(acquire("k", cap, ledger=ledger), 5)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib as _importlib
+import warnings as _warnings
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from ._config import CapacityAwareGroupChatConfig
-from ._manager import CapacityAwareGroupChatManager, CapacityAwareManagerState
 from ._team import CapacityAwareGroupChat
 from .admission import acquire, lease
 from .contracts import AgentCapacity, AggregateMode, RetryBudget
@@ -22,8 +23,9 @@ from .exceptions import (
     CapacityConfigWarning,
     CapacityError,
     CapacityExhausted,
+    ConfigError,
     ContractError,
-    LedgerClosedError,
+    LedgerClosed,
     LedgerUnavailable,
     Overloaded,
     QueueFull,
@@ -41,7 +43,7 @@ from .ledger import (
     ledger_from_config,
 )
 from .ledger.redis import RedisLedger
-from .overload import Overload, OverloadClassifier, classify_overload
+from .overload import OverloadClassifier, OverloadSignal, classify_overload
 from .routing import Routing
 from .tools import (
     CapacityAwareAgentTool,
@@ -64,8 +66,6 @@ __all__ = [
     "CapacityAwareAgentToolConfig",
     "CapacityAwareGroupChat",
     "CapacityAwareGroupChatConfig",
-    "CapacityAwareGroupChatManager",
-    "CapacityAwareManagerState",
     "CapacityAwareTeamTool",
     "CapacityAwareTeamToolConfig",
     "CapacityConfigWarning",
@@ -75,19 +75,20 @@ __all__ = [
     "CapacityExhaustedEvent",
     "CapacityLedger",
     "CapacityWaitEvent",
+    "ConfigError",
     "ContractError",
     "Deferral",
     "InMemoryLedger",
     "KeyStatus",
     "KeyUsage",
     "Lease",
-    "LedgerClosedError",
+    "LedgerClosed",
     "LedgerConfig",
     "LedgerSnapshot",
     "LedgerUnavailable",
     "MemberOverloadedEvent",
-    "Overload",
     "OverloadClassifier",
+    "OverloadSignal",
     "Overloaded",
     "QueueFull",
     "RedisLedger",
@@ -100,3 +101,26 @@ __all__ = [
     "lease",
     "ledger_from_config",
 ]
+
+_DEPRECATED = {
+    "CapacityAwareGroupChatManager": (
+        "autogen_capacity._manager",
+        "an internal of the team (AutoGen exports no managers)",
+    ),
+    "CapacityAwareManagerState": ("autogen_capacity._manager", "an internal of the team"),
+    "LedgerClosedError": ("autogen_capacity.exceptions", "renamed LedgerClosed"),
+    "Overload": ("autogen_capacity.overload", "renamed OverloadSignal"),
+}
+"""Names 0.1.0 exported, kept for one release: each access warns with a ``DeprecationWarning``."""
+
+
+def __getattr__(name: str) -> object:
+    if name not in _DEPRECATED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, why = _DEPRECATED[name]
+    _warnings.warn(
+        f"autogen_capacity.{name} is deprecated ({why}) and goes away in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(_importlib.import_module(module), name)

@@ -222,7 +222,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
                 member=message.name,
                 key=plan.key,
                 kind=message.kind,
-                out_for=round(out_for, 3),
+                out_for_s=round(out_for, 3),
                 given_up=message.given_up,
                 error=message.error.error_message,
             )

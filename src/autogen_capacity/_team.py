@@ -31,7 +31,7 @@ from .admission import admit_one, settle
 from .contracts import AgentCapacity, RetryBudget, ledger_key
 from .deadlines import deadline_from
 from .events import CAPACITY_EVENT_TYPES
-from .exceptions import CapacityExhausted, LedgerUnavailable
+from .exceptions import CapacityExhausted, ConfigError, LedgerUnavailable
 from .ledger import CapacityLedger, KeyStatus, Lease, default_ledger
 from .ledger.config import LedgerConfig, ledger_config_of, ledger_from_config
 from .overload import OverloadClassifier, classify_overload
@@ -176,9 +176,9 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         )
         resolved: Routing = arguments.routing or default_routing(model_client is not None)
         if resolved == "selector" and model_client is None:
-            raise ValueError("routing='selector' needs a model_client to pick speakers.")
+            raise ConfigError("routing='selector' needs a model_client to pick speakers.")
         if resolved != "selector" and model_client is not None:
-            raise ValueError(f"a model_client is only used with routing='selector', not routing={resolved!r}.")
+            raise ConfigError(f"a model_client is only used with routing='selector', not routing={resolved!r}.")
         message_types = list(custom_message_types or [])
         message_types += [t for t in CAPACITY_EVENT_TYPES if t not in message_types]
         super().__init__(

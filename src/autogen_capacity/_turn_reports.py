@@ -67,7 +67,7 @@ class TurnReports:
             window=report.window,
             attempt=report.retry,
             max_retries=report.max_retries,
-            delay=round(report.delay, 3),
+            delay_s=round(report.delay, 3),
         )
         await self._emit(
             lambda: CapacityWaitEvent(

@@ -14,7 +14,7 @@ from .admission import record_overload, settle
 from .contracts import AgentCapacity, RetryBudget
 from .exceptions import CapacityError, LedgerUnavailable
 from .ledger import CapacityLedger, Lease
-from .overload import Overload
+from .overload import OverloadSignal
 from .priority import Priority
 from .routing import Routing
 
@@ -81,7 +81,7 @@ class TurnKeeper:
             self.ledger_failed(error)
             raise
 
-    async def overloaded(self, name: str, overload: Overload) -> Verdict:
+    async def overloaded(self, name: str, overload: OverloadSignal) -> Verdict:
         """``name``'s turn ended in overload: cool its key down (or mark it exhausted), then free its slot."""
         plan = self.plans[name]
         count = self._overloads[name] = self._overloads.get(name, 0) + 1

@@ -31,7 +31,7 @@ from ._logging import logger
 from .contracts import AgentCapacity
 from .exceptions import CapacityExhausted, QueueFull
 from .ledger import CapacityLedger, Lease, default_ledger
-from .overload import Overload
+from .overload import OverloadSignal
 from .priority import Priority
 
 __all__ = [
@@ -56,7 +56,7 @@ _rng = random.Random()
 async def record_overload(
     ledger: CapacityLedger,
     key: str,
-    overload: Overload,
+    overload: OverloadSignal,
     *,
     overloads: int,
     schedule: AgentCapacity,

@@ -1,12 +1,19 @@
 """The errors autogen_capacity raises on purpose.
 
 * CapacityError                       base for everything raised on purpose
-  x ContractError (ValueError)        contracts conflict with the team (unknown or duplicate participant names)
+  x ConfigError (ValueError)          a team's or a ledger's configuration cannot work (routing and model client
+                                      disagree, an unset ledger URL variable, a file the audit cannot read)
+    x ContractError                   contracts conflict with the team (unknown or duplicate participant names)
   x CapacityExhausted                 no participant could take the work within the contract; .snapshot, .retry_after
-    x QueueFull                       a key's ``max_queue`` waiters are already waiting: refused at once
+    x QueueFull                       a key's ``max_queue`` waiters are already waiting, or this one was shed
+      x LineFull                      (``autogen_capacity.priority``) a full line has nobody of a lower class to shed
   x LedgerUnavailable                 the ledger's backend (Redis) cannot be reached; never silent admission
-  x LedgerClosedError (RuntimeError)  a ledger used after ``aclose()``
+  x LedgerClosed (RuntimeError)       a ledger used after ``aclose()``
 * Overloaded                          raised by an agent or tool on purpose to signal overload (not a CapacityError)
+
+Names: an error is named for the condition it reports (``CapacityExhausted``, ``QueueFull``, ``LedgerClosed``);
+the base classes end in ``Error``. ``LedgerClosedError`` is a deprecated alias of ``LedgerClosed`` for one
+release.
 
 Warnings (``warnings.warn``: shown once per place, filterable like any other):
 
@@ -26,8 +33,9 @@ __all__ = [
     "CapacityConfigWarning",
     "CapacityError",
     "CapacityExhausted",
+    "ConfigError",
     "ContractError",
-    "LedgerClosedError",
+    "LedgerClosed",
     "LedgerUnavailable",
     "Overloaded",
     "QueueFull",
@@ -47,7 +55,12 @@ class CapacityConfigWarning(UserWarning):
     """
 
 
-class ContractError(CapacityError, ValueError):
+class ConfigError(CapacityError, ValueError):
+    """A team's or a ledger's configuration cannot work: routing and model client disagree, a ledger's URL
+    variable is unset, a config file cannot be read. Also a ``ValueError``, as before."""
+
+
+class ContractError(ConfigError):
     """Contracts conflict with the team: a ``capacities`` entry names no participant, and the like."""
 
 
@@ -83,7 +96,7 @@ class LedgerUnavailable(CapacityError):
     """The ledger's backend cannot be reached. Admission is refused rather than granted blindly."""
 
 
-class LedgerClosedError(CapacityError, RuntimeError):
+class LedgerClosed(CapacityError, RuntimeError):
     """A ledger was used after :meth:`aclose`."""
 
 
@@ -109,3 +122,7 @@ class Overloaded(Exception):
         super().__init__(message)
         self.retry_after = retry_after
         self.kind: Literal["throttled", "exhausted"] = kind
+
+
+LedgerClosedError = LedgerClosed
+"""Deprecated alias of :class:`LedgerClosed` (0.1.0's name), kept for one release."""

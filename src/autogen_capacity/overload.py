@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from .exceptions import Overloaded
 
-__all__ = ["Overload", "OverloadClassifier", "classify_overload"]
+__all__ = ["OverloadClassifier", "OverloadSignal", "classify_overload"]
 
 _THROTTLED_STATUS = frozenset({429, 503})
 _EXHAUSTED_STATUS = 402
@@ -21,7 +21,7 @@ _MAX_CHAIN = 8
 
 
 @dataclass(frozen=True, slots=True)
-class Overload:
+class OverloadSignal:
     """What an overload signal means for routing."""
 
     kind: Literal["throttled", "exhausted"]
@@ -30,11 +30,11 @@ class Overload:
     """The provider's hint (Retry-After), in seconds; it replaces the backoff schedule for that wait."""
 
 
-OverloadClassifier = Callable[[BaseException], "Overload | None"]
-"""Maps an exception to an :class:`Overload`, or ``None`` when it is an ordinary error."""
+OverloadClassifier = Callable[[BaseException], "OverloadSignal | None"]
+"""Maps an exception to an :class:`OverloadSignal`, or ``None`` when it is an ordinary error."""
 
 
-def classify_overload(exc: BaseException) -> Overload | None:
+def classify_overload(exc: BaseException) -> OverloadSignal | None:
     """Classify ``exc`` (or an exception it was raised from) as an overload signal.
 
     Recognised: :class:`~autogen_capacity.Overloaded`; a ``status_code`` or ``status`` of 429 or 503 on the
@@ -61,16 +61,18 @@ def classify_overload(exc: BaseException) -> Overload | None:
     return None
 
 
-def _classify_one(exc: BaseException) -> Overload | None:
+def _classify_one(exc: BaseException) -> OverloadSignal | None:
     if isinstance(exc, Overloaded):
-        return Overload(exc.kind, exc.retry_after)
+        return OverloadSignal(exc.kind, exc.retry_after)
     response = getattr(exc, "response", None)
     status = _status(exc) or _status(response)
     if status == _EXHAUSTED_STATUS or _error_code(exc) in _EXHAUSTED_CODES:
-        return Overload("exhausted")
+        return OverloadSignal("exhausted")
     if status in _THROTTLED_STATUS:
         # Headers live on the response (httpx: openai, anthropic) or on the exception itself (aiohttp).
-        return Overload("throttled", _retry_after(getattr(response, "headers", None) or getattr(exc, "headers", None)))
+        return OverloadSignal(
+            "throttled", _retry_after(getattr(response, "headers", None) or getattr(exc, "headers", None))
+        )
     return None
 
 
@@ -167,3 +169,7 @@ def _duration(text: str) -> float | None:
 def _seconds(value: float) -> float | None:
     """A hint as non-negative seconds; ``inf`` or ``nan`` is no hint (it would take a key out forever)."""
     return max(value, 0.0) if math.isfinite(value) else None
+
+
+Overload = OverloadSignal
+"""Deprecated alias of :class:`OverloadSignal` (0.1.0's name), kept for one release."""

@@ -183,7 +183,7 @@ class _Caller:
             tool=self.name,
             key=self.key,
             kind=kind,
-            out_for=round(out_for, 3),
+            out_for_s=round(out_for, 3),
             retries=retries,
             max_retries=self.contract.max_caller_retries,
             error=repr(error),

@@ -21,7 +21,7 @@ from autogen_capacity import (
     KeyStatus,
     KeyUsage,
     Lease,
-    LedgerClosedError,
+    LedgerClosed,
     LedgerSnapshot,
     LedgerUnavailable,
     Overloaded,
@@ -107,7 +107,7 @@ async def use_admission() -> None:
     except CapacityExhausted as exhausted:
         keys: Mapping[str, object] = exhausted.snapshot
         print(keys)  # noqa: T201
-    except (LedgerClosedError, LedgerUnavailable, ContractError) as error:
+    except (LedgerClosed, LedgerUnavailable, ContractError) as error:
         base: CapacityError = error
         print(base)  # noqa: T201
 

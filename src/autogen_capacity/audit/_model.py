@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..contracts import AgentCapacity, AggregateMode
+from ..exceptions import ConfigError
 
 PROVIDER = "autogen_capacity.CapacityAwareGroupChat"
 
@@ -19,7 +20,7 @@ Level = Literal["error", "warning"]
 Number = int | float | None
 
 
-class UnusableConfig(ValueError):
+class UnusableConfig(ConfigError):
     """The file cannot be audited at all: missing, not JSON, or not a team's component config."""
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..exceptions import ConfigError
 from .base import CapacityLedger
 from .memory import default_ledger
 
@@ -71,13 +72,13 @@ class LedgerConfig(BaseModel):
         """The Redis URL, read from the environment variable ``url_env``.
 
         Raises:
-            ValueError: the provider is not Redis, or the variable is unset or empty (the message names it).
+            ConfigError: the provider is not Redis, or the variable is unset or empty (the message names it).
         """
         if self.provider != "redis" or self.url_env is None:
-            raise ValueError(f"a {self.provider!r} ledger has no Redis URL")
+            raise ConfigError(f"a {self.provider!r} ledger has no Redis URL")
         url = os.environ.get(self.url_env, "").strip()
         if not url:
-            raise ValueError(
+            raise ConfigError(
                 f"the team's ledger config reads the Redis URL from the environment variable {self.url_env}, "
                 f"which is not set (set it to e.g. redis://localhost:6379/0)"
             )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .._logging import logger
 from ..contracts import AgentCapacity
 from ..deadlines import ServiceTimes
-from ..exceptions import LedgerClosedError, QueueFull
+from ..exceptions import LedgerClosed, QueueFull
 from ..priority import DEFAULT_AGING_S, LineFull, Priority
 from ._limits import bucket_burst, key_status
 from ._memory_lines import KeyState, MemoryQueue, Waiter, resolve
@@ -50,7 +50,7 @@ class InMemoryLedger:
 
     def _state(self, key: str) -> KeyState:
         if self._closed:
-            raise LedgerClosedError("the ledger is closed")
+            raise LedgerClosed("the ledger is closed")
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = KeyState(key, self._aging_s)
@@ -305,7 +305,7 @@ class InMemoryLedger:
     async def snapshot(self) -> LedgerSnapshot:
         """Usage per key."""
         if self._closed:
-            raise LedgerClosedError("the ledger is closed")
+            raise LedgerClosed("the ledger is closed")
         now = self._now()
         return {
             key: KeyUsage(

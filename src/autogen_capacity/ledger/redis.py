@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._logging import logger
 from ..contracts import AgentCapacity
-from ..exceptions import LedgerClosedError, LedgerUnavailable, QueueFull
+from ..exceptions import LedgerClosed, LedgerUnavailable, QueueFull
 from ..priority import Priority
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_scripts import register as register_scripts
@@ -217,7 +217,7 @@ class RedisLedger:
         on_orphan: OnOrphan | None = None,
     ) -> Any:
         if self._closed:
-            raise LedgerClosedError("the ledger is closed")
+            raise LedgerClosed("the ledger is closed")
         try:
             return await self._pipeline.run(script, [self._name(key, p) for p in parts], args, on_orphan=on_orphan)
         except self._unreachable as exc:
@@ -229,10 +229,10 @@ class RedisLedger:
         """Admit one unit of work on ``key`` now (one atomic script), or return ``None``. Never blocks.
 
         Raises:
-            LedgerClosedError: the ledger is (or was closed while admitting; what it granted is given back).
+            LedgerClosed: the ledger is (or was closed while admitting; what it granted is given back).
         """
         if self._closed:
-            raise LedgerClosedError("the ledger is closed")
+            raise LedgerClosed("the ledger is closed")
         lease_id = uuid.uuid4().hex  # the request id: a retried script cannot take a second slot
         self._admitting[lease_id] = key
         try:
@@ -241,7 +241,7 @@ class RedisLedger:
             if not self._closed:  # else aclose() gives it back, granted or not
                 del self._admitting[lease_id]
         if self._closed:
-            raise LedgerClosedError("the ledger was closed while admitting")
+            raise LedgerClosed("the ledger was closed while admitting")
         if int(reply[0]) != 1:
             self._wakeups.refused(key)
             return None
@@ -315,7 +315,7 @@ class RedisLedger:
             LedgerUnavailable: Redis cannot be reached.
         """
         if self._closed:
-            raise LedgerClosedError("the ledger is closed")
+            raise LedgerClosed("the ledger is closed")
         loop = asyncio.get_running_loop()
         now = loop.time()
         await self._wakeups.listen(timeout)  # subscribed before looking, so no release slips through
@@ -393,7 +393,7 @@ class RedisLedger:
     async def snapshot(self) -> LedgerSnapshot:
         """Usage per key of the namespace (found with ``SCAN``), across every process."""
         if self._closed:
-            raise LedgerClosedError("the ledger is closed")
+            raise LedgerClosed("the ledger is closed")
         try:
             keys = await retrying(self._scan_keys, within=self._retry_for, unreachable=self._unreachable)
         except self._unreachable as exc:
