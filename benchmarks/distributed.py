@@ -72,7 +72,7 @@ async def _redis_cell(
     """One cascade cell on a RedisLedger, with the scripts and batches counted over the measurement window."""
     from redis.asyncio import Redis
 
-    warmup_s, window_s, grace_s = timing
+    warmup_s, window_s, _ = timing
     ledger = _timed_redis_ledger(url, namespace)
     counter = Redis.from_url(url)
     counts: dict[str, int] = {}
@@ -124,7 +124,9 @@ async def run(quick: bool) -> dict[str, Any]:
                             runs[backend].append(await _redis_cell(server.url, namespace, k, turns, timing))
             memory = median([r["goodput_ratio"] for r in runs["memory"]])
             redis = median([r["goodput_ratio"] for r in runs["redis"]])
-            ratios = [r["goodput_ratio"] / m["goodput_ratio"] for r, m in zip(runs["redis"], runs["memory"])]
+            ratios = [
+                r["goodput_ratio"] / m["goodput_ratio"] for r, m in zip(runs["redis"], runs["memory"], strict=True)
+            ]
             rows.append(
                 {
                     "k": k,
