@@ -233,3 +233,40 @@ class TestAdmissionOnRedis:
         assert counts.pop("status") >= 5  # one a pass
         assert counts == {"enter_queue": 1, "leave_queue": 1, "acquire": 1}
         await admitted.lease.release()
+
+
+class TestLostRace:
+    async def test_status_after_a_refused_acquire_is_the_refusals(self, make_ledger: MakeLedger) -> None:
+        """The task whose acquire was just refused reads that key's status from the refusal (no script); another
+        key, another task, or a later read asks Redis."""
+        holder, ledger = make_ledger(), make_ledger()
+        assert await holder.try_acquire("k", ONE) is not None
+        assert await ledger.status("k", ONE) is not None  # the scripts are loaded on the server
+        counted = _Counted(ledger)
+        assert await ledger.try_acquire("k", ONE) is None
+        assert (await ledger.status("k", ONE)).blocked_by == "slots"
+        assert counted.by_name == {"acquire": 1}
+        assert (await ledger.status("k", ONE)).blocked_by == "slots"  # used once only
+        assert counted.by_name == {"acquire": 1, "status": 1}
+        assert await ledger.try_acquire("k", ONE) is None
+        assert (await asyncio.create_task(ledger.status("k", ONE))).blocked_by == "slots"
+        assert counted.by_name == {"acquire": 2, "status": 2}
+        assert await ledger.try_acquire("k", ONE) is None
+        await asyncio.sleep(0.05)
+        assert (await ledger.status("k", ONE)).blocked_by == "slots"
+        assert counted.by_name == {"acquire": 3, "status": 3}
+
+    async def test_a_change_made_here_is_seen(self, make_ledger: MakeLedger) -> None:
+        """A release (or a cooldown) through the same ledger after the refusal makes the next status read ask
+        Redis."""
+        ledger = make_ledger()
+        cap = AgentCapacity(max_concurrent=1)
+        held = await ledger.try_acquire("k", cap)
+        assert held is not None
+        assert await ledger.try_acquire("k", cap) is None
+        await held.release()
+        assert (await ledger.status("k", cap)).blocked_by is None
+        assert await ledger.try_acquire("k", cap) is not None
+        assert await ledger.try_acquire("k", cap) is None
+        await ledger.cooldown("k", 5)
+        assert (await ledger.status("k", cap)).blocked_by == "cooldown"
