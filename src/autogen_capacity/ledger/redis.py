@@ -100,7 +100,6 @@ class RedisLedger:
         "_owns_client",
         "_pipeline",
         "_queues",
-        "_refused",
         "_releasing",
         "_renew_now",
         "_renew_pending",
@@ -150,7 +149,6 @@ class RedisLedger:
         self._releasing: dict[str, str] = {}  # lease id -> key of every release that has not reached Redis yet
         self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
         self._queues: dict[asyncio.Task[Any], RedisQueue] = {}  # the place each waiting task holds
-        self._refused: _Refusal | None = None  # the status the last refused acquire saw
         self._epochs: dict[str, str] = {}  # key -> the epoch this process last saw it in
         self._renew_now: asyncio.Future[None] | None = None  # the heartbeat's pause, cut short by _renew_soon
         self._renew_pending = False
@@ -237,7 +235,6 @@ class RedisLedger:
         """
         if self._closed:
             raise LedgerClosedError("the ledger is closed")
-        self._refused = None
         lease_id = uuid.uuid4().hex  # the request id: a retried script cannot take a second slot
         self._admitting[lease_id] = key
         try:
@@ -249,8 +246,6 @@ class RedisLedger:
             raise LedgerClosedError("the ledger was closed while admitting")
         if int(reply[0]) != 1:
             self._wakeups.refused(key)
-            loop = asyncio.get_running_loop()
-            self._refused = (asyncio.current_task(), key, capacity, loop.time(), _key_status(reply[1:4]))
             return None
         self._wakeups.admitted(key)
         queue = self._queues.get(asyncio.current_task()) if self._queues else None  # type: ignore[arg-type]
@@ -276,7 +271,6 @@ class RedisLedger:
         return [0, "0", "slots", ""]  # the epoch kept changing under us: refuse, the caller tries again
 
     async def _release(self, lease: Lease) -> None:
-        self._refused = None  # a change made here: the next status read asks Redis
         if self._held.pop(lease.lease_id, None) is not None:  # else given back by aclose() already
             await self._give_back(lease.key, lease.lease_id)
 
@@ -308,14 +302,7 @@ class RedisLedger:
             await self._leave_queues(waiter_id, [key])
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
-        """Whether ``key`` would admit now, its headroom, and why not. Asked by the task whose acquire on ``key``
-        was just refused (the engine reporting why it lost a race), with no change made through this ledger since,
-        it is the status that acquire's script saw."""
-        refused, self._refused = self._refused, None
-        loop = asyncio.get_running_loop()
-        fresh = refused is not None and loop.time() - refused[3] <= _REFUSAL_FRESH_S
-        if fresh and refused is not None and refused[:3] == (asyncio.current_task(), key, capacity):
-            return refused[4]
+        """Whether ``key`` would admit now, its headroom, and why not."""
         reply = await self._run(self._scripts.status, key, _STATE, [*_limits(capacity), *self._epoch_args(key)])
         self._saw_epoch(key, reply[3])
         status = _key_status(reply[:3])
@@ -348,18 +335,15 @@ class RedisLedger:
 
     async def record_tokens(self, key: str, tokens: int) -> None:
         """Debit ``tokens`` from the key's tpm window."""
-        self._refused = None
         if tokens > 0:
             await self._run(self._scripts.record_tokens, key, ("tokens", "meta"), [uuid.uuid4().hex, int(tokens)])
 
     async def cooldown(self, key: str, seconds: float) -> None:
         """Take ``key`` out of admission for ``seconds`` (extends, never shortens, a cooldown)."""
-        self._refused = None
         await self._run(self._scripts.set_until, key, ("meta",), ["cd", float(seconds)])
 
     async def mark_exhausted(self, key: str, seconds: float) -> None:
         """Refuse ``key`` to every process sharing the namespace for ``seconds``."""
-        self._refused = None
         await self._run(self._scripts.set_until, key, ("meta",), ["ex", float(seconds)])
 
     async def statuses(self, keys: Mapping[str, AgentCapacity]) -> dict[str, KeyStatus]:
@@ -560,9 +544,6 @@ def _connection_options() -> dict[str, Any]:
     }
 
 
-_Refusal = tuple["asyncio.Task[Any] | None", str, AgentCapacity, float, KeyStatus]
-_REFUSAL_FRESH_S = 0.002
-"""How recent a refused acquire must be for its status to answer the same task's status read of the same key."""
 _LISTEN_WAIT_S = 1.0
 """How long joining a line waits for the wake-up listener's first subscription attempt, at most."""
 _READY_MARGIN_S = 0.001
