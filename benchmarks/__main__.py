@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from . import cascade, ledger, overhead, real_agents, scale
+from . import cascade, distributed, ledger, overhead, real_agents, scale
 from ._report import plot, print_tables, write_json
 from ._stats import machine
 
@@ -20,6 +20,7 @@ SCENARIOS = {
     "scale": scale.run,
     "ledger": ledger.run,
     "real_agents": real_agents.run,
+    "distributed": distributed.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

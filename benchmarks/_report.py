@@ -119,6 +119,21 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
                 _f(r["cpu_ratio_to_round_robin"], 3), _f(r["meets_target"]),
             )  # fmt: skip
         console.print(table)
+    if "distributed" in report:
+        dist = report["distributed"]
+        table = Table(title="6. Distributed: the cascade (ours_exact) on one process, RedisLedger vs InMemoryLedger")
+        columns = ("K", "memory of limit", "Redis of limit", "Redis / memory", "scripts/turn", "round trips/turn")
+        for column in (*columns, "CPU memory", "CPU Redis", ">= 0.75"):
+            table.add_column(column, justify="right")
+        for r in dist["results"]:
+            table.add_row(
+                str(r["k"]), _f(r["memory_goodput_ratio"], 3), _f(r["redis_goodput_ratio"], 3),
+                _f(r["redis_to_memory"], 3), _f(r["scripts_per_turn"], 1), _f(r["round_trips_per_turn"], 2),
+                _f(r["memory_cpu_busy"]), _f(r["redis_cpu_busy"]), _f(r["meets_target"]),
+            )  # fmt: skip
+        console.print(table)
+        if dist["note"]:
+            console.print(dist["note"])
 
 
 def write_json(report: dict[str, Any], out: Path) -> Path:

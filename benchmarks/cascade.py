@@ -96,12 +96,12 @@ def _random_selector(rng: random.Random) -> Any:
 class _Cell:
     """One contestant at one K: the backend, the counters, and the workers."""
 
-    def __init__(self, kind: str, k: int, turns: int, seed: int) -> None:
+    def __init__(self, kind: str, k: int, turns: int, seed: int, ledger: Any = None) -> None:
         self.kind = kind
         self.k = k
         self.turns = turns
         self.backend = Backend(dict(LIMITS), SERVICE_S)
-        self.ledger = _TimedLedger()
+        self.ledger = ledger if ledger is not None else _TimedLedger()  # any ledger with a ``leased`` SlotClock
         self.rng = random.Random(seed)
         self.good: list[tuple[str, float]] = []  # (member, time) of every turn of a successful run
         self.latencies: list[tuple[float, float]] = []  # (start, seconds) of every successful run
@@ -166,8 +166,11 @@ def _complete(result: TaskResult, turns: int) -> bool:
     return len(result.messages) == turns + 1 and not (result.stop_reason or "").startswith("Capacity exhausted")
 
 
-async def _measure(kind: str, k: int, turns: int, warmup_s: float, window_s: float, grace_s: float) -> dict[str, Any]:
-    cell = _Cell(kind, k, turns, seed=k)
+async def _measure(
+    kind: str, k: int, turns: int, warmup_s: float, window_s: float, grace_s: float, *, ledger: Any = None
+) -> dict[str, Any]:
+    """One cell; ``ledger``: our team's ledger instead of a fresh in-memory one (it must record ``leased``)."""
+    cell = _Cell(kind, k, turns, seed=k, ledger=ledger)
     loop = asyncio.get_running_loop()
     begin = loop.time()
     window = (begin + warmup_s, begin + warmup_s + window_s)

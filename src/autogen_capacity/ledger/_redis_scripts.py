@@ -240,22 +240,28 @@ ENTER_QUEUE = (
     + """
 -- KEYS: slots, meta, tokens, waiters, epoch. ARGV: waiter id, ttl, max_concurrent, rpm, tpm, max_queue,
 -- known epoch, fence_s.
--- Returns {queued, headroom, reason, ready_in, epoch}; reason '' means the key admits now (nothing queued).
+-- Returns {queued, headroom, reason, ready_in, epoch}; reason '' means the key admits now. The waiter is queued
+-- whatever the status (its place is kept until it leaves), unless max_queue waiters are queued already.
 local now = clock()
 local id, fence = epoch(KEYS[5], ARGV[7], now, ARGV[8])
 local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), opt(ARGV[4]),
   opt(ARGV[5]), fence)
-if not reason then return {0, fmt(headroom), '', '', id} end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return {1, fmt(headroom), reason or '', fmt(ready_in), id} end
 local max_queue = opt(ARGV[6])
 if max_queue and redis.call('ZCARD', KEYS[4]) >= max_queue then
-  return {0, fmt(headroom), reason, fmt(ready_in), id}
+  return {0, fmt(headroom), reason or '', fmt(ready_in), id}
 end
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1])
 keep_zset(KEYS[4], now)
-return {1, fmt(headroom), reason, fmt(ready_in), id}
+return {1, fmt(headroom), reason or '', fmt(ready_in), id}
 """
 )
+
+LEAVE_QUEUE = """
+-- KEYS: waiters. ARGV: waiter id. Returns 1 when the waiter was queued.
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
 
 RECORD_TOKENS = (
     _PRELUDE
@@ -310,6 +316,7 @@ class Scripts(NamedTuple):
     renew: AsyncScript
     status: AsyncScript
     enter_queue: AsyncScript
+    leave_queue: AsyncScript
     record_tokens: AsyncScript
     set_until: AsyncScript
     usage: AsyncScript
@@ -317,5 +324,5 @@ class Scripts(NamedTuple):
 
 def register(client: Redis) -> Scripts:
     """Register every script on ``client``."""
-    sources = (ACQUIRE, RELEASE, RENEW, STATUS, ENTER_QUEUE, RECORD_TOKENS, SET_UNTIL, USAGE)
+    sources = (ACQUIRE, RELEASE, RENEW, STATUS, ENTER_QUEUE, LEAVE_QUEUE, RECORD_TOKENS, SET_UNTIL, USAGE)
     return Scripts(*(client.register_script(source) for source in sources))

@@ -14,11 +14,33 @@ from .._logging import logger
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["PUBSUB_IDLE_S", "WakeUps", "describe", "resolve", "text"]
+__all__ = ["PUBSUB_IDLE_S", "Place", "WakeUps", "describe", "resolve", "text"]
 
 PUBSUB_IDLE_S = 15.0
 """How long the listener waits for a message before checking its connection again."""
 _RECONNECT_MAX_S = 2.0
+
+
+class Place:
+    """One caller's place in this process' lines, kept from one wait to the next: ``future`` is resolved with
+    ``True`` by a wake-up (with ``False`` by the caller's own timer) and replaced by a fresh one after each wait.
+    A place whose wake-up has not been waited for yet is passed over by the next wake-up, as the oldest waiter
+    that was already woken is (``woken_by``: the key whose release or refill woke it, until it is used)."""
+
+    __slots__ = ("future", "woken_by")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[bool] = loop.create_future()
+        self.woken_by: str | None = None
+
+    def wake(self, key: str | None = None, *, woken: bool = True) -> bool:
+        """Resolve the current future (``False``: it was already resolved or given up)."""
+        if self.future.done():
+            return False
+        self.future.set_result(woken)
+        if woken:
+            self.woken_by = key
+        return True
 
 
 class WakeUps:
@@ -43,7 +65,7 @@ class WakeUps:
         self._url = url
         self._on_reconnect = on_reconnect
         self._reconnect_max_s = min(reconnect_max_s, _RECONNECT_MAX_S)
-        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, deque[Place]] = {}
         self._ready: dict[str, asyncio.TimerHandle] = {}
         self._chain: set[str] = set()  # keys whose refill woke a waiter
         self._listener: asyncio.Task[None] | None = None
@@ -63,12 +85,12 @@ class WakeUps:
         if not self._closing and (self._listener is None or self._listener.done()):
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
-    def add(self, waiter: asyncio.Future[None], keys: Iterable[str]) -> None:
+    def add(self, waiter: Place, keys: Iterable[str]) -> None:
         """Queue ``waiter`` (last) on each of ``keys``."""
         for key in keys:
             self._waiters.setdefault(key, deque()).append(waiter)
 
-    def forget(self, waiter: asyncio.Future[None], keys: Iterable[str]) -> None:
+    def forget(self, waiter: Place, keys: Iterable[str]) -> None:
         """Take ``waiter`` off the queues of ``keys``."""
         for key in keys:
             queue = self._waiters.get(key)
@@ -76,6 +98,10 @@ class WakeUps:
                 queue.remove(waiter)
                 if not queue:
                     del self._waiters[key]
+
+    def waiting_on(self, key: str) -> bool:
+        """Whether a caller of this process waits for ``key``."""
+        return key in self._waiters
 
     def ready_at(self, key: str, when: float) -> None:
         """Wake the oldest waiter on ``key`` at loop time ``when`` (its refill or cooldown's end), unless its
@@ -90,7 +116,7 @@ class WakeUps:
     def admitted(self, key: str) -> None:
         """An admission on ``key``: when a refill woke it, the refill may admit more, so wake the next waiter."""
         if key in self._chain:
-            self._wake_oldest(key)
+            self.wake_oldest(key)
 
     def refused(self, key: str) -> None:
         """A refusal on ``key``: the refill is used up."""
@@ -104,7 +130,7 @@ class WakeUps:
         self._ready.clear()
         for waiters in self._waiters.values():
             for waiter in waiters:
-                resolve(waiter)
+                waiter.wake()
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
@@ -112,13 +138,11 @@ class WakeUps:
     def _on_ready(self, key: str) -> None:
         del self._ready[key]
         self._chain.add(key)
-        self._wake_oldest(key)
+        self.wake_oldest(key)
 
-    def _wake_oldest(self, key: str) -> None:
-        for waiter in self._waiters.get(key, ()):
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def wake_oldest(self, key: str) -> bool:
+        """Wake the oldest waiter on ``key`` that is not woken already (``False``: there is none)."""
+        return any(waiter.wake(key) for waiter in self._waiters.get(key, ()))
 
     async def _listen(self) -> None:
         """Wake the oldest waiter for each released key; resubscribe whenever Redis comes back (and then say so:
@@ -134,7 +158,7 @@ class WakeUps:
                         continue
                     kind = text(message["type"])
                     if kind == "message":
-                        self._wake_oldest(text(message["data"]))
+                        self.wake_oldest(text(message["data"]))
                     elif kind == "subscribe":
                         if failures:
                             logger.info("autogen_capacity.ledger_reconnected", url=self._url)
@@ -143,7 +167,7 @@ class WakeUps:
                         self._listening.set()
                         for waiters in self._waiters.values():  # a release may have been missed meanwhile
                             for waiter in waiters:
-                                resolve(waiter)
+                                waiter.wake()
             except Exception as exc:  # a background task: log, back off, resubscribe
                 if self._closing:
                     return

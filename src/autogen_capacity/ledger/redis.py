@@ -15,9 +15,10 @@ from ..contracts import AgentCapacity
 from ..exceptions import LedgerClosed, LedgerUnavailable, QueueFull
 from ..priority import Priority
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
+from ._redis_queue import RedisQueue
 from ._redis_scripts import register as register_scripts
-from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, resolve, text
-from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot, PollingQueue, WaitQueue
+from ._redis_wakeups import PUBSUB_IDLE_S, Place, WakeUps, describe, resolve, text
+from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot, WaitQueue
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -99,6 +100,7 @@ class RedisLedger:
         "_ns",
         "_owns_client",
         "_pipeline",
+        "_queues",
         "_releasing",
         "_renew_now",
         "_renew_pending",
@@ -147,6 +149,7 @@ class RedisLedger:
         self._admitting: dict[str, str] = {}  # lease id -> key of every acquire on its way
         self._releasing: dict[str, str] = {}  # lease id -> key of every release that has not reached Redis yet
         self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
+        self._queues: dict[asyncio.Task[Any], RedisQueue] = {}  # the place each waiting task holds
         self._epochs: dict[str, str] = {}  # key -> the epoch this process last saw it in
         self._renew_now: asyncio.Future[None] | None = None  # the heartbeat's pause, cut short by _renew_soon
         self._renew_pending = False
@@ -246,6 +249,9 @@ class RedisLedger:
             self._wakeups.refused(key)
             return None
         self._wakeups.admitted(key)
+        queue = self._queues.get(asyncio.current_task()) if self._queues else None  # type: ignore[arg-type]
+        if queue is not None and queue.place.woken_by == key:
+            queue.place.woken_by = None  # the wake-up was used: nothing to pass on when it leaves
         self._held[lease_id] = key
         self._ensure_heartbeat()
         return Lease(key, lease_id, asyncio.get_running_loop().time(), self._release)
@@ -292,7 +298,7 @@ class RedisLedger:
             await self._give_back(key, lease_id)
 
     async def _leave_entered_queue(self, key: str, waiter_id: str, reply: Sequence[Any]) -> None:
-        """A wait was cancelled while its ``enter_queue`` script was on the way: leave the queue it entered."""
+        """A join was cancelled while its ``enter_queue`` script was on the way: leave the queue it entered."""
         if int(reply[0]) == 1:
             await self._leave_queues(waiter_id, [key])
 
@@ -300,7 +306,10 @@ class RedisLedger:
         """Whether ``key`` would admit now, its headroom, and why not."""
         reply = await self._run(self._scripts.status, key, _STATE, [*_limits(capacity), *self._epoch_args(key)])
         self._saw_epoch(key, reply[3])
-        return _key_status(reply[:3])
+        status = _key_status(reply[:3])
+        if status.ready_in is not None and self._wakeups.waiting_on(key):  # keeps the key's timer up to date
+            self._wakeups.ready_at(key, asyncio.get_running_loop().time() + status.ready_in + _READY_MARGIN_S)
+        return status
 
     async def headroom(self, key: str, capacity: AgentCapacity) -> float:
         """How much more ``key`` can take now, from 0 to 1."""
@@ -308,56 +317,22 @@ class RedisLedger:
 
     async def wait_for_change(self, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
         """Wait for a release on one of the keys (this process' oldest waiter first), a refill or a
-        cooldown's end, at most ``timeout`` seconds.
+        cooldown's end, at most ``timeout`` seconds; ``True`` at once when one of them admits now.
 
         Raises:
             QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
             LedgerUnavailable: Redis cannot be reached.
         """
-        if self._closed:
-            raise LedgerClosed("the ledger is closed")
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        await self._wakeups.listen(timeout)  # subscribed before looking, so no release slips through
-        waiter: asyncio.Future[None] = loop.create_future()
-        waiter_id = uuid.uuid4().hex
-        self._wakeups.add(waiter, waits)
-        queued: list[str] = []
-        timer: asyncio.TimerHandle | None = None
+        queue = await self.join_queue(waits)
+        assert isinstance(queue, RedisQueue)
         try:
-            wake_in = timeout
-            for key, capacity in waits.items():
-                args: list[str | float] = [waiter_id, self._ttl, *_limits(capacity), _opt(capacity.max_queue)]
-                on_orphan = functools.partial(self._leave_entered_queue, key, waiter_id)
-                args += self._epoch_args(key)
-                reply = await self._run(self._scripts.enter_queue, key, _QUEUE, args, on_orphan=on_orphan)
-                self._saw_epoch(key, reply[4])
-                if int(reply[0]) == 1:
-                    queued.append(key)
-                status = _key_status(reply[1:4])
-                if status.blocked_by is None:
-                    return True
-                if status.ready_in is not None:
-                    if int(reply[0]) == 1:  # one timer per key wakes this process' oldest waiter, not all of them
-                        self._wakeups.ready_at(key, loop.time() + status.ready_in + _READY_MARGIN_S)
-                    else:
-                        wake_in = min(wake_in, status.ready_in)
-            if waits and not queued:
-                logger.warning("autogen_capacity.queue_full", keys=list(waits))
-                raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
-            self._wakeups.forget(waiter, [key for key in waits if key not in queued])
-            self._waiting[waiter_id] = tuple(queued)
-            self._ensure_heartbeat()
-            timer = loop.call_at(now + max(wake_in, 0.0), resolve, waiter)
-            await waiter
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._wakeups.forget(waiter, waits)
-            if not self._closed:  # else aclose() leaves the queues
-                self._waiting.pop(waiter_id, None)
-                await self._leave_queues(waiter_id, queued)
-        return wake_in < timeout or loop.time() < now + timeout
+            woken = await queue.wait(timeout)
+        except BaseException:
+            await queue.leave()  # woken, then cancelled before using the wake-up: it passes to the next waiter
+            raise
+        queue.place.woken_by = None  # the caller tries after this returns: what woke it is its to use
+        await queue.leave()
+        return woken
 
     async def record_tokens(self, key: str, tokens: int) -> None:
         """Debit ``tokens`` from the key's tpm window."""
@@ -378,9 +353,72 @@ class RedisLedger:
         return dict(zip(keys, found, strict=True))
 
     async def join_queue(self, waits: Mapping[str, AgentCapacity], *, priority: Priority = "default") -> WaitQueue:
-        """A place in the waiting lines of ``waits``' keys; each wait enters and leaves them again. ``priority``
-        is not honoured across processes yet: waiters are served in arrival order whatever their class."""
-        return PollingQueue(self, waits)
+        """Take a place in the waiting lines of ``waits``' keys, kept until :meth:`WaitQueue.leave`: queued in Redis
+        once (one pipelined batch, counted against ``max_queue``, renewed by the heartbeat), so a wait costs no
+        Redis command and one that times out keeps its place. A release wakes this process' oldest waiter on its
+        key; a refill or a cooldown's end, one timer per key (kept up to date by every status read). ``priority``
+        is not honoured across processes yet: waiters are served in arrival order whatever their class.
+
+        Raises:
+            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
+            LedgerUnavailable: Redis cannot be reached.
+        """
+        if self._closed:
+            raise LedgerClosed("the ledger is closed")
+        loop = asyncio.get_running_loop()
+        await self._wakeups.listen(_LISTEN_WAIT_S)  # subscribed before looking, so no release slips through
+        place, waiter_id = Place(loop), uuid.uuid4().hex
+        self._wakeups.add(place, waits)
+        try:
+            replies = await asyncio.gather(*(self._enter(key, capacity, waiter_id) for key, capacity in waits.items()))
+        except BaseException as exc:
+            self._wakeups.forget(place, waits)
+            if isinstance(exc, Exception):  # a cancelled join leaves what it entered when the replies arrive
+                await self._leave_queues(waiter_id, list(waits))
+            raise
+        queued: list[str] = []
+        own_wake: float | None = None
+        for key, reply in zip(waits, replies, strict=True):
+            self._saw_epoch(key, reply[4])
+            status = _key_status(reply[1:4])
+            if int(reply[0]) == 1:
+                queued.append(key)
+            if status.blocked_by is None:
+                place.wake(key)  # admits now: the first wait returns at once
+            elif status.ready_in is not None:
+                ready = loop.time() + status.ready_in + _READY_MARGIN_S
+                if int(reply[0]) == 1:  # one timer per key wakes this process' oldest waiter, not all of them
+                    self._wakeups.ready_at(key, ready)
+                else:
+                    own_wake = ready if own_wake is None else min(own_wake, ready)
+        self._wakeups.forget(place, [key for key in waits if key not in queued])
+        if waits and not queued:
+            logger.warning("autogen_capacity.queue_full", keys=list(waits))
+            raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
+        queue = RedisQueue(waiter_id, place, tuple(queued), own_wake, self._leave)
+        self._waiting[waiter_id] = queue.keys
+        if queue.task is not None:
+            self._queues[queue.task] = queue
+        self._ensure_heartbeat()
+        return queue
+
+    async def _enter(self, key: str, capacity: AgentCapacity, waiter_id: str) -> Any:
+        args: list[str | float] = [waiter_id, self._ttl, *_limits(capacity), _opt(capacity.max_queue)]
+        args += self._epoch_args(key)
+        on_orphan = functools.partial(self._leave_entered_queue, key, waiter_id)
+        return await self._run(self._scripts.enter_queue, key, _QUEUE, args, on_orphan=on_orphan)
+
+    async def _leave(self, queue: RedisQueue) -> None:
+        """Leave the lines of ``queue`` here and in Redis (one pipelined batch); a wake-up it was given and did not
+        use wakes the next waiter on that key."""
+        self._wakeups.forget(queue.place, queue.keys)
+        if queue.task is not None and self._queues.get(queue.task) is queue:
+            del self._queues[queue.task]
+        woken_by = queue.place.woken_by
+        if woken_by is not None:
+            self._wakeups.wake_oldest(woken_by)
+        if not self._closed and self._waiting.pop(queue.waiter_id, None) is not None:  # else aclose() leaves
+            await self._leave_queues(queue.waiter_id, queue.keys)
 
     async def observe(self, lease: Lease, *, throttled: bool) -> None:
         """Adaptive limits are in-process only for now: a RedisLedger key keeps its declared limit."""
@@ -436,9 +474,10 @@ class RedisLedger:
     # -- queues -----------------------------------------------------------------------------------------
 
     async def _leave_queues(self, waiter_id: str, keys: Sequence[str]) -> None:
-        for key in keys:
-            with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
-                await self._client.zrem(self._name(key, "waiters"), waiter_id)
+        """Take ``waiter_id`` off the Redis lines of ``keys`` (one pipelined batch)."""
+        script = self._scripts.leave_queue
+        with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
+            await asyncio.gather(*(self._pipeline.run(script, [self._name(k, "waiters")], [waiter_id]) for k in keys))
 
     # -- renewal ---------------------------------------------------------------------------------------
 
@@ -515,6 +554,8 @@ def _connection_options() -> dict[str, Any]:
     }
 
 
+_LISTEN_WAIT_S = 1.0
+"""How long joining a line waits for the wake-up listener's first subscription attempt, at most."""
 _READY_MARGIN_S = 0.001
 """Waking a moment after Redis' reported refill or cooldown's end, so the loop clock does not wake it early."""
 

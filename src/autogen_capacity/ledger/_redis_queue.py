@@ -1,0 +1,67 @@
+"""A caller's place in the Redis ledger's waiting lines, entered once and kept across waits until it leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from ._redis_wakeups import Place
+
+__all__ = ["RedisQueue"]
+
+
+class RedisQueue:
+    """One caller's place in the waiting lines of several keys of a ``RedisLedger``: queued in Redis (counted
+    against ``max_queue``, renewed by the heartbeat) and in this process' wake-up lines from ``join_queue`` to
+    :meth:`leave`, so a wait that times out keeps its place, and waiting again costs no Redis command."""
+
+    __slots__ = ("_left", "_on_leave", "_own_wake", "keys", "place", "task", "waiter_id")
+
+    def __init__(
+        self,
+        waiter_id: str,
+        place: Place,
+        keys: tuple[str, ...],
+        own_wake: float | None,
+        on_leave: Callable[[RedisQueue], Awaitable[None]],
+    ) -> None:
+        self.waiter_id = waiter_id
+        self.place = place
+        self.keys = keys
+        """The keys it is queued on (a key whose line was full is not among them)."""
+        self.task = asyncio.current_task()
+        self._own_wake = own_wake
+        """When a key this caller could not queue on (``max_queue``) admits again by itself, if known."""
+        self._on_leave = on_leave
+        self._left = False
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a wake-up (one that came since the last wait counts at once) or ``timeout``."""
+        place = self.place
+        loop = asyncio.get_running_loop()
+        if not place.future.done():
+            place.woken_by = None  # the wake-up before the last wait was used by the attempt since
+            until = loop.time() + max(timeout, 0.0)
+            if self._own_wake is not None and self._own_wake < until:
+                until = self._own_wake
+            timer = loop.call_at(until, lambda: place.wake(woken=False))
+            try:
+                await place.future
+            finally:
+                timer.cancel()
+        now = loop.time()
+        woken = place.future.result() or (self._own_wake is not None and now >= self._own_wake)
+        if self._own_wake is not None and now >= self._own_wake:
+            self._own_wake = None
+        place.future = loop.create_future()
+        return woken
+
+    def expected_wait(self) -> float | None:
+        """Not known across processes yet (no shared lease hold times): ``None``."""
+        return None
+
+    async def leave(self) -> None:
+        """Leave every line (a second call does nothing); a wake-up this caller did not use passes on."""
+        if not self._left:
+            self._left = True
+            await self._on_leave(self)

@@ -1,0 +1,235 @@
+"""RedisLedger.join_queue on a real redis-server: a place in the lines taken once and kept across waits."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from autogen_capacity import AgentCapacity, QueueFull
+from autogen_capacity.admission import Admission, Candidate
+from autogen_capacity.ledger.redis import RedisLedger
+from redis_server import RedisServer, redis_server_fixture  # noqa: F401  (registers the fixture)
+
+pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
+pytestmark = pytest.mark.redis
+
+MakeLedger = Callable[..., RedisLedger]
+ONE = AgentCapacity(max_concurrent=1)
+
+
+@pytest.fixture(name="make_ledger")
+async def _make_ledger(redis_server: RedisServer) -> AsyncIterator[MakeLedger]:
+    """Ledgers (separate clients, as separate processes would have) sharing one fresh namespace."""
+    namespace = f"queue-{uuid.uuid4().hex[:8]}"
+    ledgers: list[RedisLedger] = []
+
+    def make(**kwargs: Any) -> RedisLedger:
+        kwargs.setdefault("namespace", namespace)
+        ledger = RedisLedger(redis_server.url, **kwargs)
+        ledgers.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in ledgers:
+        await ledger.aclose()
+
+
+class _Counted:
+    """Counts the batches (round trips) a ledger sends and the scripts in them."""
+
+    def __init__(self, ledger: RedisLedger) -> None:
+        self.batches = self.scripts = 0
+        self.by_name: dict[str, int] = {}
+        names = {script.sha: name for name, script in ledger._scripts._asdict().items()}
+        pipeline = ledger._pipeline
+        send = pipeline._pipeline
+
+        async def counted(calls: Any) -> list[Any]:
+            self.batches += 1
+            self.scripts += len(calls)
+            for call in calls:
+                name = names[call.script.sha]
+                self.by_name[name] = self.by_name.get(name, 0) + 1
+            return await send(calls)
+
+        pipeline._pipeline = counted  # type: ignore[method-assign]
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+class TestJoinQueue:
+    async def test_joins_once_and_waits_without_commands(self, make_ledger: MakeLedger) -> None:
+        """Joining is one round trip for every key; waits (timed out ones included) send nothing to Redis; the
+        waiter stays counted in Redis across them until it leaves (one round trip)."""
+        holder, waiter = make_ledger(), make_ledger()
+        assert await holder.try_acquire("a", ONE) is not None
+        assert await holder.try_acquire("b", ONE) is not None
+        await (await waiter.join_queue({"a": ONE})).leave()  # the scripts are loaded on the server
+        counted = _Counted(waiter)
+        queue = await waiter.join_queue({"a": ONE, "b": ONE})
+        assert (counted.batches, counted.scripts) == (1, 2)
+        for _ in range(3):
+            assert await queue.wait(0.05) is False
+            snapshot = await holder.snapshot()
+            assert (snapshot["a"].waiting, snapshot["b"].waiting) == (1, 1)
+        assert (counted.batches, counted.scripts) == (1, 2)
+        await queue.leave()
+        assert (counted.batches, counted.scripts) == (2, 4)
+        snapshot = await holder.snapshot()
+        assert (snapshot["a"].waiting, snapshot["b"].waiting) == (0, 0)
+        await queue.leave()  # a second leave does nothing
+        assert counted.batches == 2
+
+    async def test_keeps_its_fifo_place_across_a_timed_out_wait(self, make_ledger: MakeLedger) -> None:
+        """The older of two waiters times out, waits again after the younger one began waiting, and is still the
+        one a release wakes."""
+        holder, waiters = make_ledger(), make_ledger()
+        lease = await holder.try_acquire("k", ONE)
+        assert lease is not None
+        older = await waiters.join_queue({"k": ONE})
+        younger = await waiters.join_queue({"k": ONE})
+        assert await older.wait(0.05) is False
+        younger_waits = asyncio.create_task(younger.wait(20))
+        await _settle()
+        older_waits = asyncio.create_task(older.wait(20))
+        await _settle()
+        await lease.release()
+        assert await asyncio.wait_for(older_waits, 10) is True
+        await asyncio.sleep(0.2)
+        assert not younger_waits.done()
+        await older.leave()  # without using the wake-up: it passes to the younger waiter
+        assert await asyncio.wait_for(younger_waits, 10) is True
+        await younger.leave()
+
+    async def test_a_wake_up_between_waits_counts_at_once(self, make_ledger: MakeLedger) -> None:
+        """A release heard while the caller was not waiting ends its next wait at once."""
+        holder, waiter = make_ledger(), make_ledger()
+        lease = await holder.try_acquire("k", ONE)
+        assert lease is not None
+        queue = await waiter.join_queue({"k": ONE})
+        assert await queue.wait(0.01) is False
+        await lease.release()
+        await asyncio.sleep(0.3)  # the release is published and heard meanwhile
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await queue.wait(20) is True
+        assert loop.time() - started < 0.1
+        await queue.leave()
+
+    async def test_a_key_that_admits_at_join_ends_the_first_wait(self, make_ledger: MakeLedger) -> None:
+        """Joining the line of a key that admits now makes the first wait return at once (the place is kept)."""
+        ledger = make_ledger()
+        queue = await ledger.join_queue({"k": ONE})
+        assert await queue.wait(20) is True
+        assert (await ledger.snapshot())["k"].waiting == 1
+        assert await queue.wait(0.01) is False
+        await queue.leave()
+
+    async def test_a_used_wake_up_is_not_passed_on(self, make_ledger: MakeLedger) -> None:
+        """A waiter woken by a release that then takes the slot leaves without waking the next waiter."""
+        holder, waiters = make_ledger(), make_ledger()
+        lease = await holder.try_acquire("k", ONE)
+        assert lease is not None
+        joined = asyncio.Event()
+
+        async def take() -> Any:  # in one task, as the engine does: join, wait, acquire, leave
+            first = await waiters.join_queue({"k": ONE})
+            joined.set()
+            assert await first.wait(20) is True
+            held = await waiters.try_acquire("k", ONE)
+            await first.leave()
+            return held
+
+        taking = asyncio.create_task(take())
+        await joined.wait()
+        second = await waiters.join_queue({"k": ONE})
+        second_waits = asyncio.create_task(second.wait(20))
+        await _settle()
+        await lease.release()
+        held = await asyncio.wait_for(taking, 10)
+        assert held is not None
+        await asyncio.sleep(0.2)
+        assert not second_waits.done()
+        await held.release()
+        assert await asyncio.wait_for(second_waits, 10) is True
+        await second.leave()
+
+    async def test_queue_full_at_join_counted_across_processes(self, make_ledger: MakeLedger) -> None:
+        """max_queue counts a joined waiter across its waits in every process: joining a full line raises
+        QueueFull; a join with room on another key queues there only; leaving makes room."""
+        a, b = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=1, max_queue=1)
+        assert await a.try_acquire("k", cap) is not None
+        assert await a.try_acquire("other", ONE) is not None
+        queue = await a.join_queue({"k": cap})
+        assert await queue.wait(0.01) is False
+        with pytest.raises(QueueFull):
+            await b.join_queue({"k": cap})
+        partly = await b.join_queue({"k": cap, "other": ONE})
+        snapshot = await b.snapshot()
+        assert (snapshot["k"].waiting, snapshot["other"].waiting) == (1, 1)
+        await partly.leave()
+        await queue.leave()
+        again = await b.join_queue({"k": cap})
+        assert (await b.snapshot())["k"].waiting == 1
+        await again.leave()
+
+    async def test_cooldown_end_wakes_a_joined_waiter(self, make_ledger: MakeLedger) -> None:
+        """A cooldown's end wakes the waiter from the key's timer; a cooldown extended meanwhile moves the timer
+        with the next status read."""
+        ledger = make_ledger()
+        await ledger.cooldown("k", 0.2)
+        queue = await ledger.join_queue({"k": ONE})
+        await ledger.cooldown("k", 0.6)
+        assert (await ledger.status("k", ONE)).blocked_by == "cooldown"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await queue.wait(20) is True  # the first timer: the caller looks again and waits on
+        assert (await ledger.status("k", ONE)).blocked_by == "cooldown"
+        assert await queue.wait(20) is True
+        assert (await ledger.status("k", ONE)).blocked_by is None
+        assert loop.time() - started < 5
+        await queue.leave()
+
+    async def test_aclose_wakes_and_leaves(self, make_ledger: MakeLedger) -> None:
+        """Closing the ledger wakes a joined waiter and takes it off the Redis lines; leaving afterwards is
+        harmless."""
+        holder, ledger = make_ledger(), make_ledger()
+        assert await holder.try_acquire("k", ONE) is not None
+        queue = await ledger.join_queue({"k": ONE})
+        waiting = asyncio.create_task(queue.wait(20))
+        await _settle()
+        await ledger.aclose()
+        assert await asyncio.wait_for(waiting, 5) is True
+        await queue.leave()
+        assert (await holder.snapshot())["k"].waiting == 0
+
+
+class TestAdmissionOnRedis:
+    async def test_an_admission_that_waits_joins_once(self, make_ledger: MakeLedger) -> None:
+        """The engine's waits on a RedisLedger: one join and one leave whatever the number of passes, each pass
+        one status read, and one acquire once the key admits."""
+        holder, ledger = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=1, backoff_initial_ms=30, backoff_ceiling_ms=30, max_caller_retries=50)
+        lease = await holder.try_acquire("k", cap)
+        assert lease is not None
+        await (await ledger.join_queue({"k": cap})).leave()  # the scripts are loaded on the server
+        assert await ledger.status("k", cap) is not None
+        counted = _Counted(ledger)
+        admitting = asyncio.create_task(Admission(ledger).admit([Candidate("k", "k", cap)]))
+        await asyncio.sleep(0.35)  # about ten windows of 30 ms, each a pass
+        await lease.release()
+        admitted = await asyncio.wait_for(admitting, 10)
+        assert admitted is not None
+        assert admitted.lease is not None
+        counts = counted.by_name
+        assert counts.pop("status") >= 5  # one a pass
+        assert counts == {"enter_queue": 1, "leave_queue": 1, "acquire": 1}
+        await admitted.lease.release()
