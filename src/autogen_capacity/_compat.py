@@ -7,16 +7,19 @@ them. Everything private is imported here and nowhere else (``tests/test_compat.
 and the private attributes the library reads on AutoGen's objects (:data:`PRIVATE_ATTRIBUTES`).
 
 Transcribed bodies (code copied from AutoGen because no hook exists) live next to their users and say so:
-``CapacityAwareAgentContainer._run_turn`` (``ChatAgentContainer.handle_request``), the manager's
-``_candidates`` / ``_explicit_speaker`` (``SelectorGroupChatManager.select_speaker``), and ``_relay`` (which
-frame of ``ChatAgentContainer.handle_request`` consumes a nested team's stream).
+``CapacityAwareAgentContainer._run_turn`` (``ChatAgentContainer.handle_request``) and ``_relay`` (which frame
+of ``ChatAgentContainer.handle_request`` consumes a nested team's stream); the selector's candidate rules
+(``SelectorGroupChatManager.select_speaker``) are transcribed here, at the end.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from importlib.metadata import version
+from typing import cast
 
+from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from autogen_agentchat.teams._group_chat._chat_agent_container import ChatAgentContainer
 from autogen_agentchat.teams._group_chat._events import (
     GroupChatAgentResponse,
@@ -72,6 +75,8 @@ __all__ = [
     "TaskRunnerToolArgs",
     "TeamToolConfig",
     "problems",
+    "selector_candidates",
+    "selector_func_speaker",
 ]
 
 WRITTEN_AGAINST = "0.7.5"
@@ -181,3 +186,49 @@ def problems() -> list[str]:
             continue
         found += [f"{module_name}.{name} moved" for name in names if not hasattr(module, name)]
     return found
+
+
+# -- bodies transcribed from AutoGen 0.7.5's SelectorGroupChatManager.select_speaker --------------------------
+
+
+async def selector_func_speaker(
+    manager: SelectorGroupChatManager, thread: Sequence[BaseAgentEvent | BaseChatMessage]
+) -> str | None:
+    """The speaker ``selector_func`` names (``None``: it names nobody, or there is no ``selector_func``), checked
+    as SelectorGroupChat checks it."""
+    if manager._selector_func is None:
+        return None
+    if manager._is_selector_func_async:
+        speaker = await cast(AsyncSelectorFunc, manager._selector_func)(thread)
+    else:
+        speaker = cast(SyncSelectorFunc, manager._selector_func)(thread)
+    if speaker is not None and speaker not in manager._participant_names:
+        raise ValueError(
+            f"Selector function returned an invalid speaker name: {speaker}. "
+            f"Expected one of: {manager._participant_names}."
+        )
+    return speaker
+
+
+async def selector_candidates(
+    manager: SelectorGroupChatManager, thread: Sequence[BaseAgentEvent | BaseChatMessage]
+) -> list[str]:
+    """``candidate_func``'s names, else every participant (less the previous speaker when repeats are not
+    allowed), as SelectorGroupChat builds them."""
+    if manager._candidate_func is not None:
+        if manager._is_candidate_func_async:
+            names = await cast(AsyncCandidateFunc, manager._candidate_func)(thread)
+        else:
+            names = cast(SyncCandidateFunc, manager._candidate_func)(thread)
+        if not names:
+            raise ValueError("Candidate function must return a non-empty list of participant names.")
+        if not all(name in manager._participant_names for name in names):
+            raise ValueError(
+                f"Candidate function returned invalid participant names: {names}. "
+                f"Expected one of: {manager._participant_names}."
+            )
+        return list(names)
+    names = manager._participant_names
+    if manager._previous_speaker is not None and not manager._allow_repeated_speaker and len(names) > 1:
+        return [name for name in names if name != manager._previous_speaker]
+    return list(names)

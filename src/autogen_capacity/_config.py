@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from autogen_agentchat.base import ChatAgent, Team, TerminationCondition
-from autogen_core import ComponentModel
+from autogen_core import ComponentBase, ComponentModel
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._plan import DEFAULT_EXHAUSTED_TTL_S
 from .contracts import AgentCapacity, RetryBudget
-from .ledger.config import LedgerConfig
+from .ledger.config import LedgerConfig, ledger_config_of
 from .priority import Priority
+
+if TYPE_CHECKING:
+    from ._team import CapacityAwareGroupChat
 from .routing import Routing
 
 __all__ = ["CapacityArguments", "CapacityAwareGroupChatConfig", "load_team_config"]
@@ -97,3 +100,35 @@ def load_team_config(config: CapacityAwareGroupChatConfig, default_prompt: str) 
         "max_turns": config.max_turns,
         "emit_team_events": config.emit_team_events,
     }
+
+
+def team_config(team: CapacityAwareGroupChat, default_prompt: str) -> CapacityAwareGroupChatConfig:
+    """The component config of ``team``: what :func:`load_team_config` rebuilds it from."""
+
+    def dump(component: ComponentBase[BaseModel] | None) -> ComponentModel | None:
+        return component.dump_component() if component is not None else None
+
+    return CapacityAwareGroupChatConfig(
+        name=team._name,
+        description=team._description,
+        participants=[participant.dump_component() for participant in team._participants],
+        model_client=dump(team._model_client),
+        termination_condition=dump(team._termination_condition),
+        max_turns=team._max_turns,
+        emit_team_events=team._emit_team_events,
+        capacity=team._declared_capacity,
+        capacities=team._capacities,
+        routing=team._routing,
+        on_exhausted=team._on_exhausted,
+        retry_budget=team._retry_budget,
+        selector_capacity=team._selector_capacity,
+        exhausted_ttl_s=team._exhausted_ttl_s,
+        selector_prompt=None if team._selector_prompt == default_prompt else team._selector_prompt,
+        allow_repeated_speaker=team._allow_repeated_speaker,
+        max_selector_attempts=team._max_selector_attempts,
+        priority=team._priority,
+        deadline_s=team._deadline_s,
+        model_client_streaming=team._model_client_streaming,
+        model_context=dump(team._model_context),
+        ledger=team._ledger_config if team._ledger_given is None else ledger_config_of(team._ledger_given),
+    )

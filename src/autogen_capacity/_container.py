@@ -28,7 +28,13 @@ from .exceptions import LedgerUnavailable
 from .ledger import Lease
 from .overload import OverloadClassifier
 
-__all__ = ["GRANTED_LEASE", "CapacityAwareAgentContainer", "GroupChatMemberOverloaded", "tokens_used"]
+__all__ = [
+    "GRANTED_LEASE",
+    "CapacityAwareAgentContainer",
+    "GroupChatMemberOverloaded",
+    "take_granted_lease",
+    "tokens_used",
+]
 
 GRANTED_LEASE: ContextVar[Lease | None] = ContextVar("autogen_capacity_granted_lease", default=None)
 """The lease a parent team took on a nested team's own key for the turn it runs (the nested team runs under it
@@ -46,6 +52,14 @@ class GroupChatMemberOverloaded(BaseModel):
     given_up: bool
     """Overloaded on every retry its contract allows: routed around for the rest of the run."""
     error: SerializableException
+
+
+def take_granted_lease(key: str) -> Lease | None:
+    """The lease a parent took on ``key`` for the nested team now starting its run, if any. It is taken: the
+    team's own members (its runtime starts from this context) do not see it."""
+    granted = GRANTED_LEASE.get()
+    GRANTED_LEASE.set(None)
+    return granted if granted is not None and granted.key == key and not granted.released else None
 
 
 def tokens_used(messages: Iterable[BaseAgentEvent | BaseChatMessage]) -> int:

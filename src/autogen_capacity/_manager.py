@@ -17,8 +17,6 @@ from pydantic import Field
 
 from . import telemetry
 from ._compat import (
-    AsyncCandidateFunc,
-    AsyncSelectorFunc,
     CandidateFuncType,
     GroupChatAgentResponse,
     GroupChatMessage,
@@ -29,8 +27,8 @@ from ._compat import (
     SelectorFuncType,
     SelectorGroupChatManager,
     SerializableException,
-    SyncCandidateFunc,
-    SyncSelectorFunc,
+    selector_candidates,
+    selector_func_speaker,
 )
 from ._container import GroupChatMemberOverloaded
 from ._engine import Admission, Candidate
@@ -321,38 +319,11 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
 
     async def _explicit_speaker(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str | None:
         """The speaker named by ``selector_func``, which is waited for rather than replaced."""
-        if self._selector_func is None:
-            return None
-        if self._is_selector_func_async:
-            speaker = await cast(AsyncSelectorFunc, self._selector_func)(thread)
-        else:
-            speaker = cast(SyncSelectorFunc, self._selector_func)(thread)
-        if speaker is not None and speaker not in self._participant_names:
-            raise ValueError(
-                f"Selector function returned an invalid speaker name: {speaker}. "
-                f"Expected one of: {self._participant_names}."
-            )
-        return speaker
+        return await selector_func_speaker(self, thread)
 
     async def _candidates(self, thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> list[str]:
-        """``candidate_func``'s names, else every participant (less the previous speaker when repeats are
-        not allowed), as SelectorGroupChat builds them."""
-        if self._candidate_func is not None:
-            if self._is_candidate_func_async:
-                names = await cast(AsyncCandidateFunc, self._candidate_func)(thread)
-            else:
-                names = cast(SyncCandidateFunc, self._candidate_func)(thread)
-            if not names:
-                raise ValueError("Candidate function must return a non-empty list of participant names.")
-            if not all(name in self._participant_names for name in names):
-                raise ValueError(
-                    f"Candidate function returned invalid participant names: {names}. "
-                    f"Expected one of: {self._participant_names}."
-                )
-            return list(names)
-        if self._previous_speaker is not None and not self._allow_repeated_speaker and len(self._participant_names) > 1:
-            return [name for name in self._participant_names if name != self._previous_speaker]
-        return list(self._participant_names)
+        """The candidates, as SelectorGroupChat builds them."""
+        return await selector_candidates(self, thread)
 
     async def _order(self, open_: list[Candidate], statuses: Mapping[str, KeyStatus]) -> list[Candidate]:
         """Candidates with headroom in preference order: rotation, headroom rank, or the selector's pick first."""

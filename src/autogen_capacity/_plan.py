@@ -14,8 +14,8 @@ from typing import Protocol, runtime_checkable
 
 from ._engine import Candidate
 from .contracts import AgentCapacity, AggregateMode, declared_contract, ledger_key
-from .exceptions import CapacityConfigWarning, ContractError
-from .ledger import KeyStatus
+from .exceptions import CapacityConfigWarning, ConfigError, ContractError
+from .ledger import CapacityLedger, KeyStatus
 from .routing import Routing
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "aggregate_mode",
     "default_routing",
     "plan_members",
+    "resolve_routing",
+    "team_status",
 ]
 
 UNBOUNDED = AgentCapacity()
@@ -89,6 +91,20 @@ def default_routing(has_model_client: bool) -> Routing:
     return "selector" if has_model_client else "headroom"
 
 
+def resolve_routing(routing: Routing | None, *, has_model_client: bool) -> Routing:
+    """The team's routing: the one named, else :func:`default_routing`.
+
+    Raises:
+        ConfigError: selector routing without a model client, or a model client with another routing.
+    """
+    resolved = routing or default_routing(has_model_client)
+    if resolved == "selector" and not has_model_client:
+        raise ConfigError("routing='selector' needs a model_client to pick speakers.")
+    if resolved != "selector" and has_model_client:
+        raise ConfigError(f"a model_client is only used with routing='selector', not routing={resolved!r}.")
+    return resolved
+
+
 def aggregate_mode(routing: Routing | str) -> AggregateMode:
     """How a team's members' contracts add up: a ``pipeline`` (round robin: every member speaks in turn, the
     slowest bounds the team) or a ``pool`` (any one member serves a turn)."""
@@ -139,3 +155,25 @@ def _warn_about_capacity_attribute(name: str, participant: object) -> None:
             CapacityConfigWarning,
             stacklevel=4,  # this function, plan_members, the team's __init__, the caller
         )
+
+
+async def team_status(
+    ledger: CapacityLedger,
+    key: str,
+    declared: AgentCapacity | None,
+    plans: Mapping[str, MemberPlan],
+    routing: Routing,
+) -> KeyStatus:
+    """A capacity-aware team's live status as a participant of a parent team: its own key's (a parent waits for
+    that key and takes its one lease), with the headroom capped by its members' (the best member for a pool, the
+    worst for a pipeline). Saturated members lower the headroom but do not block: the team waits for them
+    itself, by its own contract."""
+    own = await ledger.status(key, declared) if declared is not None else KeyStatus(1.0)
+    if own.blocked_by is not None:
+        return own
+    contracted = [p for p in plans.values() if p.contract is not None]
+    if not contracted or (len(contracted) < len(plans) and aggregate_mode(routing) == "pool"):
+        return own
+    found = await ledger.statuses({p.key: p.contract for p in contracted if p.contract is not None})
+    pick = min if aggregate_mode(routing) == "pipeline" else max
+    return KeyStatus(min(pick(status.headroom for status in found.values()), own.headroom))

@@ -3,37 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import sys
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from autogen_agentchat.base import ChatAgent, TaskResult, Team, TerminationCondition
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory
 from autogen_agentchat.teams import BaseGroupChat, SelectorGroupChat
-from autogen_core import AgentRuntime, CancellationToken, Component, ComponentBase, ComponentModel
+from autogen_core import AgentRuntime, CancellationToken, Component
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import ChatCompletionClient
-from pydantic import BaseModel
 from typing_extensions import Self
 
 from . import telemetry
-from ._compat import CandidateFuncType, GroupChatTermination, SelectorFuncType
-from ._config import CapacityArguments, CapacityAwareGroupChatConfig, load_team_config
-from ._container import GRANTED_LEASE, CapacityAwareAgentContainer, tokens_used
+from ._compat import CandidateFuncType, SelectorFuncType
+from ._config import CapacityArguments, CapacityAwareGroupChatConfig, load_team_config, team_config
+from ._container import CapacityAwareAgentContainer, take_granted_lease, tokens_used
 from ._engine import Candidate
 from ._hazards import unrelayed_event_types, warn_about_client_retries
 from ._manager import CapacityAwareGroupChatManager
-from ._plan import DEFAULT_EXHAUSTED_TTL_S, aggregate_mode, default_routing, plan_members
+from ._plan import DEFAULT_EXHAUSTED_TTL_S, aggregate_mode, plan_members, resolve_routing, team_status
 from ._relay import relaying_factory
 from ._turns import TeamPolicy, TurnKeeper
 from .admission import admit_one, settle
 from .contracts import AgentCapacity, RetryBudget, ledger_key
 from .deadlines import deadline_from
 from .events import CAPACITY_EVENT_TYPES
-from .exceptions import CapacityExhausted, ConfigError, LedgerUnavailable
+from .exceptions import CapacityExhausted, LedgerUnavailable
 from .ledger import CapacityLedger, KeyStatus, Lease, default_ledger
-from .ledger.config import LedgerConfig, ledger_config_of, ledger_from_config
+from .ledger.config import LedgerConfig, ledger_from_config
 from .overload import OverloadClassifier, classify_overload
 from .priority import Priority
 from .routing import Routing
@@ -52,13 +52,11 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
     plus capacity contracts. With no contracts it behaves exactly like RoundRobinGroupChat (or, with a
     model client, like SelectorGroupChat).
 
-    Each turn: candidates (all participants, less the previous speaker when repeats are not allowed, or
-    ``candidate_func``) -> preference order (``routing``) -> capacity filter -> an atomic lease on the
-    member's key, released when its response or error arrives, or when the run ends however it ends.
-    Members at their limit are deferred (with an event); when nobody has headroom the team waits by the
-    preferred candidate's backoff schedule and, past its retries, ends with a stop reason that starts with
-    ``Capacity exhausted`` (or raises :class:`~autogen_capacity.CapacityExhausted`). A member that answers
-    429 or Retry-After is cooled down and its turn goes to another member.
+    Each turn: candidates -> preference order (``routing``) -> capacity filter -> an atomic lease on the
+    member's key, released once what the turn taught is recorded. Members at their limit are deferred (with an
+    event); when nobody has headroom the team waits by contract (see ``docs/overload.md``) and, past it, ends
+    with ``Capacity exhausted`` (or raises :class:`~autogen_capacity.CapacityExhausted`). A member that
+    answers 429 is cooled down and its turn goes to another member.
 
     Args:
         participants: The agents and teams in the group chat; names must be unique.
@@ -100,14 +98,11 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         termination_condition, max_turns, runtime, custom_message_types, emit_team_events: As in
             RoundRobinGroupChat. The capacity events are registered automatically.
 
-    The capacity arguments (``capacity``, ``capacities``, ``routing``, ``on_exhausted``, ``retry_budget``,
-    ``selector_capacity``, ``exhausted_ttl_s``, ``max_selector_attempts``) are validated by the rules the
-    component config uses; a contract may be given as a mapping, validated into an
-    :class:`~autogen_capacity.AgentCapacity` as the config does.
+    The capacity arguments are validated by the rules the component config uses (a contract may be a mapping).
 
     Raises:
         pydantic.ValidationError: A capacity argument the config would refuse (a ``ValueError``, naming the field).
-        ValueError: Routing and model client disagree, or a participant name is duplicated.
+        ConfigError: Routing and model client disagree. ``ValueError``: a participant name is duplicated.
         ContractError: ``capacities`` names no participant.
 
     Warns:
@@ -174,11 +169,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
                 "deadline_s": deadline_s,
             }
         )
-        resolved: Routing = arguments.routing or default_routing(model_client is not None)
-        if resolved == "selector" and model_client is None:
-            raise ConfigError("routing='selector' needs a model_client to pick speakers.")
-        if resolved != "selector" and model_client is not None:
-            raise ConfigError(f"a model_client is only used with routing='selector', not routing={resolved!r}.")
+        resolved = resolve_routing(arguments.routing, has_model_client=model_client is not None)
         message_types = list(custom_message_types or [])
         message_types += [t for t in CAPACITY_EVENT_TYPES if t not in message_types]
         super().__init__(
@@ -218,8 +209,6 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         self._plans = plan_members(self._name, self._participants, self._capacities)
         self._turns = TurnKeeper(self._plans, arguments.exhausted_ttl_s, rng)
         warn_about_client_retries(self._participants)
-
-    # ----------------------------------------------------------------- contracts
 
     @property
     def declared_capacity(self) -> AgentCapacity | None:
@@ -270,17 +259,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         and takes its one lease), with the headroom capped by its members' (the best member for a pool, the
         worst for a pipeline). Saturated members lower the headroom but do not block: the team waits for them
         itself, by its own contract."""
-        ledger = self.ledger
-        declared = self._declared_capacity
-        own = await ledger.status(self.key, declared) if declared is not None else KeyStatus(1.0)
-        if own.blocked_by is not None:
-            return own
-        members = [await ledger.status(p.key, p.contract) for p in self._plans.values() if p.contract is not None]
-        if not members or (len(members) < len(self._plans) and self._routing != "round_robin"):
-            return own
-        pick = min if aggregate_mode(self._routing) == "pipeline" else max
-        headroom = pick(status.headroom for status in members)
-        return KeyStatus(min(headroom, own.headroom))
+        return await team_status(self.ledger, self.key, self._declared_capacity, self._plans, self._routing)
 
     # ----------------------------------------------------------------- running
 
@@ -339,9 +318,8 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
     async def _own_lease(self, cancellation_token: CancellationToken | None) -> Lease:
         """The run's lease on the team's own key: the one its parent took for this turn, else a new one."""
         assert self._declared_capacity is not None
-        granted = GRANTED_LEASE.get()
-        GRANTED_LEASE.set(None)  # not for this team's own members: its runtime starts from this context
-        if granted is not None and granted.key == self.key and not granted.released:
+        granted = take_granted_lease(self.key)
+        if granted is not None:
             return granted
         own = Candidate(self.key, self.key, self._declared_capacity)
         admission = asyncio.ensure_future(
@@ -361,30 +339,15 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
     # ----------------------------------------------------------------- wiring into BaseGroupChat
 
     def _create_group_chat_manager_factory(
-        self,
-        name: str,
-        group_topic_type: str,
-        output_topic_type: str,
-        participant_topic_types: list[str],
-        participant_names: list[str],
-        participant_descriptions: list[str],
-        output_message_queue: asyncio.Queue[BaseAgentEvent | BaseChatMessage | GroupChatTermination],
-        termination_condition: TerminationCondition | None,
-        max_turns: int | None,
-        message_factory: MessageFactory,
+        self, *base: Any, **named: Any
     ) -> Callable[[], CapacityAwareGroupChatManager]:
+        """The manager, built with BaseGroupChat's arguments (``base``/``named``, as AutoGen passes them) and the
+        team's own (its policy is read when the runtime builds the manager, on the running loop)."""
+
         def _factory() -> CapacityAwareGroupChatManager:
             return CapacityAwareGroupChatManager(
-                name,
-                group_topic_type,
-                output_topic_type,
-                participant_topic_types,
-                participant_names,
-                participant_descriptions,
-                output_message_queue,
-                termination_condition,
-                max_turns,
-                message_factory,
+                *base,
+                **named,
                 policy=self._policy(),
                 model_client=self._model_client,
                 selector_prompt=self._selector_prompt,
@@ -415,55 +378,18 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         )
 
     def _create_participant_factory(
-        self,
-        parent_topic_type: str,
-        output_topic_type: str,
-        agent: ChatAgent | Team,
-        message_factory: MessageFactory,
+        self, parent_topic_type: str, output_topic_type: str, agent: ChatAgent | Team, message_factory: MessageFactory
     ) -> Callable[[], CapacityAwareAgentContainer]:
-        def _factory() -> CapacityAwareAgentContainer:
-            return CapacityAwareAgentContainer(
-                parent_topic_type,
-                output_topic_type,
-                self._group_chat_manager_topic_type,
-                agent,
-                message_factory,
-                self._classify,
-                self._turns,
-            )
-
-        return _factory
-
-    # ----------------------------------------------------------------- component config
+        manager_topic_type = self._group_chat_manager_topic_type
+        return functools.partial(
+            CapacityAwareAgentContainer,
+            *(parent_topic_type, output_topic_type, manager_topic_type, agent, message_factory),
+            self._classify,
+            self._turns,
+        )
 
     def _to_config(self) -> CapacityAwareGroupChatConfig:
-        def dump(component: ComponentBase[BaseModel] | None) -> ComponentModel | None:
-            return component.dump_component() if component is not None else None
-
-        return CapacityAwareGroupChatConfig(
-            name=self._name,
-            description=self._description,
-            participants=[participant.dump_component() for participant in self._participants],
-            model_client=dump(self._model_client),
-            termination_condition=dump(self._termination_condition),
-            max_turns=self._max_turns,
-            emit_team_events=self._emit_team_events,
-            capacity=self._declared_capacity,
-            capacities=self._capacities,
-            routing=self._routing,
-            on_exhausted=self._on_exhausted,
-            retry_budget=self._retry_budget,
-            selector_capacity=self._selector_capacity,
-            exhausted_ttl_s=self._exhausted_ttl_s,
-            selector_prompt=None if self._selector_prompt == DEFAULT_SELECTOR_PROMPT else self._selector_prompt,
-            allow_repeated_speaker=self._allow_repeated_speaker,
-            max_selector_attempts=self._max_selector_attempts,
-            priority=self._priority,
-            deadline_s=self._deadline_s,
-            model_client_streaming=self._model_client_streaming,
-            model_context=dump(self._model_context),
-            ledger=self._ledger_config if self._ledger_given is None else ledger_config_of(self._ledger_given),
-        )
+        return team_config(self, DEFAULT_SELECTOR_PROMPT)
 
     @classmethod
     def _from_config(cls, config: CapacityAwareGroupChatConfig) -> Self:
