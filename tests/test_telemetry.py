@@ -306,6 +306,19 @@ class TestLedgerGauges:
         assert otel.points(telemetry.IN_FLIGHT) == []  # closed: no longer reported
         await held.release()
 
+    async def test_an_adaptive_keys_live_limit_is_a_gauge(self, otel: Otel) -> None:
+        """An adaptive key reports its live limit, which drops after a throttled answer."""
+        ledger, contract = InMemoryLedger(), AgentCapacity(max_concurrent=4, adaptive=True)
+        leases = [await ledger.try_acquire("a", contract) for _ in range(4)]
+        await ledger.observe(leases[0], throttled=True)  # type: ignore[arg-type]
+        async with telemetry.observe_ledger(ledger, {"a": contract}) as observer:
+            await observer.refresh()
+            live = await asyncio.to_thread(otel.values, telemetry.LIVE_LIMIT)
+        assert live == {attrs(key="a"): 2}
+        for lease in leases:
+            assert lease is not None
+            await lease.release()
+
     async def test_the_loop_refreshes_what_the_gauges_read(self, otel: Otel) -> None:
         """The observer's task reads the ledger again every interval."""
         ledger, contract = InMemoryLedger(), AgentCapacity(max_concurrent=2)
