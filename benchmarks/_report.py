@@ -248,7 +248,14 @@ def _cascade_figure(cascade: dict[str, Any]) -> Figure:
         ]
         goodput.bar(xs, ratios, width, yerr=spread, capsize=3, label=readable(kind), color=f"C{index}")
         calls = [r.get("amplification_max", r["amplification"]) for r in cells]
-        amplification.bar(xs, calls, width, label=readable(kind), color=f"C{index}")
+        finite = [c for c in calls if math.isfinite(c)]
+        amplification.bar(
+            [x for x, c in zip(xs, calls, strict=True) if math.isfinite(c)], finite, width, label=readable(kind),
+            color=f"C{index}",
+        )  # fmt: skip
+        for x, c in zip(xs, calls, strict=True):
+            if not math.isfinite(c):  # no run succeeded: every call was wasted
+                amplification.annotate("no turn\ncompleted", (x, 1.0), ha="center", va="bottom", fontsize=8)
     for i, service in enumerate(services):
         target = targets.get(str(service), {})
         if "goodput_ratio_min" in target:

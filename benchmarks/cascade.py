@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -270,6 +271,7 @@ async def _measure(
             "not_leased": 1e3 * (slot_s - leased_s) / done if done else math.nan,
         },
         "cpu_busy": cpu,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -305,6 +307,7 @@ def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         row[f"{key}_max"] = max(r[key] for r in runs)
     row["repeats"] = len(runs)
     row["goodput_ratio_per_repeat"] = [round(r["goodput_ratio"], 4) for r in runs]
+    row["load_average_per_repeat"] = [r["load_average"] for r in runs]
     return row
 
 
