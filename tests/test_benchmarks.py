@@ -28,6 +28,9 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     assert {"members", "contestant", "us_per_turn", "ratio_to_round_robin"} <= report["overhead"]["results"][0].keys()
     cascade_keys = {"goodput_ratio", "amplification", "rejected_429", "runs_failed", "run_latency_p99_s", "jain"}
     assert cascade_keys <= report["cascade"]["results"][0].keys()
+    assert {row["service_ms"] for row in report["cascade"]["results"]} == {20}  # the 200 ms cell: full runs only
+    assert report["cascade"]["k"] == 128
+    assert report["overhead"]["target_ratio"] == 1.05
     assert {"growth_100_to_1000", "ledger_bytes_per_key"} <= report["scale"].keys()
     assert {"ledger", "tasks", "ops_s", "p99_ms"} <= report["ledger"]["results"][0].keys()
     real_keys = {"turns", "contestant", "s_per_run", "ratio_to_round_robin", "meets_target"}
