@@ -425,3 +425,23 @@ class TestWiring:
         tool = CapacityAwareAgentTool(writer, AgentCapacity(max_concurrent=1), InMemoryLedger())
         await tool.run(TaskRunnerToolArgs(task="write"), CancellationToken())
         assert calls == []
+
+
+async def test_an_agent_that_keeps_no_state_needs_no_checkpoint() -> None:
+    """An agent with BaseChatAgent's own save_state/load_state (nothing to restore) costs nothing per turn."""
+    from agents import WorkerAgent
+
+    agent = WorkerAgent("w")
+    calls: list[str] = []
+    real = agent.save_state
+
+    async def spy() -> Mapping[str, Any]:
+        calls.append("save_state")
+        return await real()
+
+    agent.save_state = spy  # type: ignore[method-assign]
+
+    found = await checkpoint(agent)
+    await found.restore()
+
+    assert calls == []

@@ -137,7 +137,7 @@ class Admission:
                 statuses[c.name] = await c.probe()
             elif not c.checked:
                 statuses[c.name] = IDLE
-            elif asked[c.key] == c.contract:
+            elif asked[c.key] is c.contract or asked[c.key] == c.contract:
                 statuses[c.name] = found[c.key]
             else:
                 statuses[c.name] = await self._ledger.status(c.key, c.contract)

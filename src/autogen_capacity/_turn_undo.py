@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
 from autogen_agentchat.base import ChatAgent, Team
 from autogen_core.memory import ListMemory
 from autogen_core.model_context import (
@@ -75,6 +75,7 @@ _MOVED = (
 
 _MISSING: Any = object()
 _plain_assistant: dict[type[Any], bool] = {}
+_stateless: dict[type[Any], bool] = {}
 
 
 class TurnCheckpoint:
@@ -132,7 +133,7 @@ async def checkpoint(agent: ChatAgent | Team) -> TurnCheckpoint:
     Returns:
         The checkpoint; call :meth:`~TurnCheckpoint.restore` on it to undo the turn (at most once).
     """
-    if isinstance(agent, Team):
+    if isinstance(agent, Team) or _keeps_no_state(agent):
         return _NOTHING
     if isinstance(agent, AssistantAgent) and _is_plain_assistant(agent):
         context = agent.model_context
@@ -140,6 +141,17 @@ async def checkpoint(agent: ChatAgent | Team) -> TurnCheckpoint:
         if type(context) in APPEND_ONLY_CONTEXTS and isinstance(messages, list) and _memory_appends(agent):
             return _ContextCheckpoint(agent.name, context, messages)
     return _StateCheckpoint(agent, await agent.save_state())
+
+
+def _keeps_no_state(agent: ChatAgent) -> bool:
+    """Whether the agent saves and loads no state of its own (``BaseChatAgent``'s ``save_state``/``load_state``):
+    its saved state would restore nothing, so its turn needs no checkpoint (cached by class)."""
+    cls = type(agent)
+    stateless = _stateless.get(cls)
+    if stateless is None:
+        stateless = all(_defined_by(cls, name) is BaseChatAgent for name in ("save_state", "load_state"))
+        _stateless[cls] = stateless
+    return stateless
 
 
 def _is_plain_assistant(agent: AssistantAgent) -> bool:

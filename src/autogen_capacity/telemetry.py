@@ -200,7 +200,8 @@ def admitted(
         return
     waited = asyncio.get_running_loop().time() - started
     found.wait.record(waited, found.attrs(team, candidate.key, _member(candidate, team)))
-    _deferred(found, statuses, candidates, candidate.name, team)
+    if wait is not None or any(s.blocked_by is not None for s in statuses.values()):
+        _deferred(found, statuses, candidates, candidate.name, team)
     if wait is not None:
         wait.end("admitted", candidate, team)
 
