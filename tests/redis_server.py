@@ -12,13 +12,26 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-__all__ = ["REDIS_SERVER", "RedisServer", "free_port", "redis_server_fixture", "running_redis"]
+if TYPE_CHECKING:
+    from autogen_capacity import RedisLedger
+
+__all__ = [
+    "REDIS_SERVER",
+    "MakeLedger",
+    "RedisServer",
+    "free_port",
+    "make_ledger_fixture",
+    "redis_server_fixture",
+    "running_redis",
+]
 
 REDIS_SERVER = shutil.which("redis-server")
 """Path of the ``redis-server`` binary, or ``None`` when it is not installed."""
@@ -104,3 +117,26 @@ def redis_server_fixture() -> Iterator[RedisServer]:
         pytest.skip(SKIP_REASON)
     with running_redis() as server:
         yield server
+
+
+MakeLedger = Callable[..., "RedisLedger"]
+
+
+@pytest.fixture(name="make_ledger")
+async def make_ledger_fixture(redis_server: RedisServer) -> AsyncIterator[MakeLedger]:
+    """Build ledgers (separate clients, as separate processes would have) sharing one fresh namespace; they are
+    closed after the test."""
+    from autogen_capacity import RedisLedger
+
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    ledgers: list[RedisLedger] = []
+
+    def make(**kwargs: Any) -> RedisLedger:
+        kwargs.setdefault("namespace", namespace)
+        ledger = RedisLedger(redis_server.url, **kwargs)
+        ledgers.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in ledgers:
+        await ledger.aclose()

@@ -26,30 +26,12 @@ from autogen_capacity import (
     QueueFull,
 )
 from autogen_capacity.ledger.redis import INSTALL_HINT, RedisLedger
-from redis_server import RedisServer, free_port, redis_server_fixture  # noqa: F401  (registers the fixture)
+from redis_server import MakeLedger, RedisServer, free_port
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
 pytestmark = pytest.mark.redis
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-MakeLedger = Callable[..., RedisLedger]
-
-
-@pytest.fixture(name="make_ledger")
-async def _make_ledger(redis_server: RedisServer) -> AsyncIterator[MakeLedger]:
-    """Build ledgers (separate clients, as separate processes would have) sharing one fresh namespace."""
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-    ledgers: list[RedisLedger] = []
-
-    def make(**kwargs: Any) -> RedisLedger:
-        kwargs.setdefault("namespace", namespace)
-        ledger = RedisLedger(redis_server.url, **kwargs)
-        ledgers.append(ledger)
-        return ledger
-
-    yield make
-    for ledger in ledgers:
-        await ledger.aclose()
 
 
 @pytest.fixture(name="redis_ledger")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -12,30 +10,12 @@ import pytest
 from autogen_capacity import AgentCapacity, QueueFull
 from autogen_capacity.admission import Admission, Candidate
 from autogen_capacity.ledger.redis import RedisLedger
-from redis_server import RedisServer, redis_server_fixture  # noqa: F401  (registers the fixture)
+from redis_server import MakeLedger
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
 pytestmark = pytest.mark.redis
 
-MakeLedger = Callable[..., RedisLedger]
 ONE = AgentCapacity(max_concurrent=1)
-
-
-@pytest.fixture(name="make_ledger")
-async def _make_ledger(redis_server: RedisServer) -> AsyncIterator[MakeLedger]:
-    """Ledgers (separate clients, as separate processes would have) sharing one fresh namespace."""
-    namespace = f"queue-{uuid.uuid4().hex[:8]}"
-    ledgers: list[RedisLedger] = []
-
-    def make(**kwargs: Any) -> RedisLedger:
-        kwargs.setdefault("namespace", namespace)
-        ledger = RedisLedger(redis_server.url, **kwargs)
-        ledgers.append(ledger)
-        return ledger
-
-    yield make
-    for ledger in ledgers:
-        await ledger.aclose()
 
 
 class _Counted:

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 
 from autogen_capacity import AgentCapacity, LedgerUnavailable
 from autogen_capacity.ledger.redis import RedisLedger
-from redis_server import RedisServer, redis_server_fixture  # noqa: F401  (registers the fixture)
+from redis_server import MakeLedger, RedisServer
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
 pytestmark = pytest.mark.redis
@@ -25,25 +25,17 @@ pytestmark = pytest.mark.redis
 SRC = Path(__file__).resolve().parent.parent / "src"
 TTL_S = 3.0
 """Short leases: a renewal period (and a fence) of one second."""
-MakeLedger = Callable[..., RedisLedger]
 
 
 @pytest.fixture(name="make_ledger")
-async def _make_ledger(redis_server: RedisServer) -> AsyncIterator[MakeLedger]:
-    """Ledgers on one fresh namespace (separate clients, as separate processes have), closed after the test."""
-    namespace = f"restart-{uuid.uuid4().hex[:8]}"
-    ledgers: list[RedisLedger] = []
+def _short_leases(make_ledger: MakeLedger) -> MakeLedger:
+    """The shared ledger factory with short leases (a renewal period, and a fence, of one second)."""
 
     def make(**kwargs: Any) -> RedisLedger:
-        kwargs.setdefault("namespace", namespace)
         kwargs.setdefault("lease_ttl_s", TTL_S)
-        ledger = RedisLedger(redis_server.url, **kwargs)
-        ledgers.append(ledger)
-        return ledger
+        return make_ledger(**kwargs)
 
-    yield make
-    for ledger in ledgers:
-        await ledger.aclose()
+    return make
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> float:

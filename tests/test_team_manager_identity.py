@@ -5,7 +5,6 @@ through the runtime's public API as a ``RoundRobinGroupChatManager`` and compare
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -34,17 +33,6 @@ class _InputTask2(BaseModel):
 
 
 STRUCTURED = [StructuredMessage[_InputTask1], StructuredMessage[_InputTask2]]
-
-
-@pytest.fixture(name="runtime", params=["embedded", "single_threaded"])
-async def _runtime(request: pytest.FixtureRequest) -> AsyncIterator[SingleThreadedAgentRuntime | None]:
-    if request.param == "embedded":
-        yield None
-        return
-    runtime = SingleThreadedAgentRuntime()
-    runtime.start()
-    yield runtime
-    await runtime.stop()
 
 
 async def _manager(team: CapacityAwareGroupChat, manager_type: type[Any]) -> Any:

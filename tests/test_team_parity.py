@@ -12,7 +12,7 @@ behaviour and the ``capacity`` case proves parity. Where the expectation is too 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import pytest
@@ -305,17 +305,6 @@ def _make_selector(impl: Impl) -> Callable[..., BaseGroupChat]:
         return _selector(impl, participants, model_client, **kwargs)
 
     return make
-
-
-@pytest.fixture(name="runtime", params=["embedded", "single_threaded"])
-async def _runtime(request: pytest.FixtureRequest) -> AsyncIterator[SingleThreadedAgentRuntime | None]:
-    if request.param == "embedded":
-        yield None
-        return
-    runtime = SingleThreadedAgentRuntime()
-    runtime.start()
-    yield runtime
-    await runtime.stop()
 
 
 # ----------------------------------------------------------------------------------------------
