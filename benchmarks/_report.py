@@ -293,6 +293,7 @@ def _cascade_figure(cascade: dict[str, Any]) -> Figure:
     )
     for ax in (goodput, amplification):
         ax.set_xticks(range(len(services)), labels)
+        ax.set_xlabel("backend service time per call (ms)")
     _legend(fig, [goodput, amplification])
     return fig
 
