@@ -7,19 +7,17 @@ import functools
 import itertools
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._logging import logger
 from ..contracts import AgentCapacity
 from ..deadlines import ServiceTimes
 from ..exceptions import LedgerClosed, QueueFull
 from ..priority import DEFAULT_AGING_S, LineFull, Priority
+from ._config_model import LedgerConfig
 from ._limits import bucket_burst, key_status
 from ._memory_lines import KeyState, MemoryQueue, Waiter, resolve
 from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, WaitQueue
-
-if TYPE_CHECKING:
-    from .config import LedgerConfig
 
 __all__ = ["InMemoryLedger", "default_ledger"]
 
@@ -60,10 +58,7 @@ class InMemoryLedger:
     def config(self) -> LedgerConfig | None:
         """``{"provider": "memory"}`` for a :func:`default_ledger` (what a loaded team gets back), else
         ``None``: a private ledger object cannot be named in config."""
-        from .config import LedgerConfig
-
-        is_default = any(ledger is self for ledger in _default_ledgers.values())
-        return LedgerConfig(provider="memory") if is_default else None
+        return LedgerConfig(provider="memory") if is_default_ledger(self) else None
 
     @staticmethod
     def _now() -> float:
@@ -354,3 +349,8 @@ def default_ledger() -> InMemoryLedger:
     if ledger is None or ledger._closed:
         ledger = _default_ledgers[loop] = InMemoryLedger()
     return ledger
+
+
+def is_default_ledger(ledger: InMemoryLedger) -> bool:
+    """Whether ``ledger`` is a :func:`default_ledger` (of some event loop)."""
+    return any(found is ledger for found in _default_ledgers.values())

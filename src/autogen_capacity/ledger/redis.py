@@ -19,6 +19,7 @@ from .._logging import logger
 from ..contracts import AgentCapacity
 from ..exceptions import LedgerClosed, LedgerUnavailable, QueueFull
 from ..priority import Priority
+from ._config_model import DEFAULT_LEASE_TTL_S, INSTALL_HINT, LedgerConfig
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_queue import RedisQueue
 from ._redis_scripts import register as register_scripts
@@ -29,12 +30,9 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-    from .config import LedgerConfig
 
 __all__ = ["RedisLedger"]
 
-INSTALL_HINT = "RedisLedger needs redis-py: pip install autogen-capacity[redis]"
-DEFAULT_LEASE_TTL_S = 30.0
 """Seconds a lease outlives its holder's last renewal (see docs/distributed.md for how it was chosen)."""
 DEFAULT_UNAVAILABLE_AFTER_S = 5.0
 """Seconds a call retries a lost connection before raising LedgerUnavailable."""
