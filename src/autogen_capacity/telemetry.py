@@ -20,25 +20,22 @@ Spans: an admission that has to wait is a ``capacity.wait`` span (never one for 
 the current trace, next to AutoGen's ``invoke_agent`` spans, with its candidates, reason, attempts and outcome;
 each backoff window, cooldown and the exhaustion is a span event.
 
-Why this module is over 400 lines: the instruments, the engine's hooks and the ledger gauges share one lazily
-built set of instruments and the providers it is bound to; splitting them is left for the next round.
+The gauges' observations are kept by ``_telemetry_gauges``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._logging import logger
+from ._telemetry_gauges import KEY, LedgerObserver, observe_headroom, observe_in_flight, observe_live_limit
 from .contracts import AgentCapacity
 from .exceptions import CapacityExhausted
 from .ledger.base import CapacityLedger, KeyStatus
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import CallbackOptions, Counter, Histogram, MeterProvider, Observation
+    from opentelemetry.metrics import Counter, Histogram, MeterProvider
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
     from ._engine import Candidate
@@ -74,7 +71,6 @@ HEADROOM = "autogen_capacity.headroom"
 LIVE_LIMIT = "autogen_capacity.live_limit"
 WAIT_SPAN = "capacity.wait"
 
-KEY = "autogen_capacity.key"
 TEAM = "autogen_capacity.team"
 AGENT_NAME = "gen_ai.agent.name"  # the GenAI semantic conventions' name, as AutoGen's invoke_agent spans set it
 _WAIT_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -107,13 +103,13 @@ class _Instruments:
             EXHAUSTED_RUNS, unit="{run}", description="Team runs that ended 'Capacity exhausted'."
         )
         meter.create_observable_gauge(
-            IN_FLIGHT, [_observe_in_flight], unit="{lease}", description="Leases held now, per ledger key."
+            IN_FLIGHT, [observe_in_flight], unit="{lease}", description="Leases held now, per ledger key."
         )
         meter.create_observable_gauge(
-            HEADROOM, [_observe_headroom], unit="1", description="How much more a key can take, 0 to 1."
+            HEADROOM, [observe_headroom], unit="1", description="How much more a key can take, 0 to 1."
         )
         meter.create_observable_gauge(
-            LIVE_LIMIT, [_observe_live_limit], unit="{lease}", description="An adaptive key's live concurrency limit."
+            LIVE_LIMIT, [observe_live_limit], unit="{lease}", description="An adaptive key's live concurrency limit."
         )
         self.attributes: dict[str | None, dict[str, dict[str, Mapping[str, str]]]] = {}
         """Attribute mappings by team, key and member: built once, not on every turn."""
@@ -339,82 +335,6 @@ class WaitSpan:
         span.end()
 
 
-# ----------------------------------------------------------------- ledger gauges
-
-
-class LedgerObserver:
-    """Feeds the ``in_flight``, ``headroom`` and ``live_limit`` gauges from one ledger.
-
-    The SDK reads observable gauges in its export thread (or wherever ``collect`` is called, the loop's thread
-    included), where the ledger cannot be awaited: calling back into the loop from there would block the export
-    (or deadlock when the loop itself collects), and an :class:`InMemoryLedger` is not thread-safe. So a task on
-    the loop refreshes the observations every ``interval_s`` (the snapshot plus each contract key's status),
-    and the callbacks only read the last tuple it built: a gauge is at most ``interval_s`` old. When the ledger
-    fails, the gauges report nothing until it answers again (no stale values).
-
-    .. versionadded:: 0.2.0
-    """
-
-    __slots__ = ("_contracts", "_ledger", "_task", "headroom", "in_flight", "interval_s", "live_limit")
-
-    def __init__(
-        self, ledger: CapacityLedger, contracts: Mapping[str, AgentCapacity] | None, interval_s: float
-    ) -> None:
-        self._ledger = ledger
-        self._contracts = dict(contracts or {})
-        self.interval_s = interval_s
-        self.in_flight: tuple[tuple[int, Mapping[str, str]], ...] = ()
-        self.headroom: tuple[tuple[float, Mapping[str, str]], ...] = ()
-        self.live_limit: tuple[tuple[int, Mapping[str, str]], ...] = ()
-        self._task: asyncio.Task[None] | None = None
-
-    async def refresh(self) -> None:
-        """Read the ledger now (on the loop) and publish what the gauges report next."""
-        try:
-            snapshot = await self._ledger.snapshot()
-            statuses = {key: await self._ledger.status(key, c) for key, c in self._contracts.items()}
-        except Exception as error:
-            self.in_flight = self.headroom = self.live_limit = ()
-            logger.warning("autogen_capacity.observe_failed", ledger=repr(self._ledger), error=repr(error))
-            return
-        keys = sorted({*snapshot, *self._contracts})
-        self.in_flight = tuple((u.in_flight if (u := snapshot.get(k)) else 0, {KEY: k}) for k in keys)
-        self.headroom = tuple((s.headroom, {KEY: k}) for k, s in sorted(statuses.items()))
-        self.live_limit = tuple((u.live_limit, {KEY: k}) for k, u in sorted(snapshot.items()) if u.live_limit)
-
-    async def _run(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(self.interval_s)
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="autogen_capacity.observe_ledger")
-        global _observers
-        _observers = (*_observers, self)
-
-    async def aclose(self) -> None:
-        """Stop refreshing; the gauges stop reporting this ledger."""
-        global _observers
-        _observers = tuple(o for o in _observers if o is not self)
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def __aenter__(self) -> LedgerObserver:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-_observers: tuple[LedgerObserver, ...] = ()
-"""Replaced, never mutated: the export thread iterates over a tuple the loop does not change under it."""
-
-
 def observe_ledger(
     ledger: CapacityLedger,
     contracts: Mapping[str, AgentCapacity] | None = None,
@@ -437,15 +357,3 @@ def observe_ledger(
     observer = LedgerObserver(ledger, contracts, interval_s)
     observer._start()
     return observer
-
-
-def _observe_in_flight(options: CallbackOptions) -> list[Observation]:
-    return [_metrics.Observation(v, a) for o in _observers for v, a in o.in_flight]
-
-
-def _observe_headroom(options: CallbackOptions) -> list[Observation]:
-    return [_metrics.Observation(v, a) for o in _observers for v, a in o.headroom]
-
-
-def _observe_live_limit(options: CallbackOptions) -> list[Observation]:
-    return [_metrics.Observation(v, a) for o in _observers for v, a in o.live_limit]
