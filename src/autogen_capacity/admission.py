@@ -8,10 +8,15 @@ release, a refill or a cooldown's end, within a window:
 * while a usable candidate cools down after an overload, the window lasts until the soonest cooldown ends
   (the provider's word extends a wait, never shortens it) and costs no retry; a cooldown longer than the
   contract's ``max_retry_after_ms`` is not waited out: the admission ends at once, carrying ``retry_after``;
-* otherwise window *k* lasts the schedule's *k*-th (jittered) delay, and a window that ends with the
-  candidates still refused spends retry *k*; past ``max_caller_retries`` the admission ends exhausted;
+* otherwise window *k* lasts the schedule's *k*-th delay exactly (jitter spreads only the cooldowns a caller
+  picks itself), and a window that ends with the candidates still refused spends retry *k*; past
+  ``max_caller_retries`` the admission ends exhausted;
 * a wake-up that loses the race to another caller costs nothing: the window goes on;
-* in all, an admission never waits longer than its schedule plus ``max_retry_after_ms``.
+* in all, an admission never waits longer than its schedule plus ``max_retry_after_ms``, nor past a deadline
+  (and it ends at once when its expected wait in line already exceeds the time left: fail fast).
+
+Under overload a freed slot goes to the oldest waiter of the highest priority class present (``critical``,
+``default``, ``sheddable``; a long wait ages up), and past ``max_queue`` a lower class is shed first.
 
 Every pass that admits nobody awaits a real wake source (a wake-up, the window's end, the termination poll).
 What a turn taught is written before its slot is handed on: :func:`record_overload` and
