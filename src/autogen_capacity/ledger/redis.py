@@ -22,8 +22,9 @@ from ..priority import Priority
 from ._config_model import DEFAULT_LEASE_TTL_S, INSTALL_HINT, LedgerConfig
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_queue import RedisQueue
+from ._redis_renewal import LeaseRenewal
 from ._redis_scripts import register as register_scripts
-from ._redis_wakeups import PUBSUB_IDLE_S, Place, WakeUps, describe, resolve, text
+from ._redis_wakeups import PUBSUB_IDLE_S, Place, WakeUps, describe, text
 from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot, WaitQueue
 
 if TYPE_CHECKING:
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 
 __all__ = ["RedisLedger"]
-
-"""Seconds a lease outlives its holder's last renewal (see docs/distributed.md for how it was chosen)."""
 DEFAULT_UNAVAILABLE_AFTER_S = 5.0
 """Seconds a call retries a lost connection before raising LedgerUnavailable."""
 _MAX_CONNECTIONS = 64
@@ -45,7 +44,7 @@ _PARTS = frozenset({"slots", "meta", "tokens", "waiters", "released"})
 _REASONS: dict[str, BlockReason] = {r: r for r in ("slots", "rate", "tpm", "cooldown", "exhausted")}
 
 
-class RedisLedger:
+class RedisLedger(LeaseRenewal):
     """A :class:`~autogen_capacity.CapacityLedger` on a Redis server, shared by many processes and hosts.
 
     Every admission is one atomic Lua script that checks and takes slots, the rpm bucket, the tpm window,
@@ -183,28 +182,6 @@ class RedisLedger:
     @property
     def _channel(self) -> str:
         return f"{self._ns}:wake"
-
-    @property
-    def _period(self) -> float:
-        """The renewal period, which is also how long a key is fenced after Redis lost its data."""
-        return self._ttl / 3
-
-    def _epoch_args(self, key: str) -> list[str | float]:
-        return [self._epochs.get(key, ""), self._period]
-
-    def _saw_epoch(self, key: str, epoch: object) -> None:
-        """Remember the key's epoch; a new one means Redis lost its data: put every held lease back at once."""
-        seen, known = text(epoch), self._epochs.get(key)
-        self._epochs[key] = seen
-        if known is not None and known != seen:
-            logger.warning("autogen_capacity.ledger_epoch_changed", key=key, url=self._url)
-            self._renew_soon()
-
-    def _renew_soon(self) -> None:
-        """Renew every held lease now (Redis is back, or lost its data), not at the next period."""
-        self._renew_pending = True
-        if self._renew_now is not None:
-            resolve(self._renew_now)
 
     def _name(self, key: str, part: str) -> str:
         return f"{self._ns}:{{{key}}}:{part}"
@@ -481,63 +458,6 @@ class RedisLedger:
         script = self._scripts.leave_queue
         with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
             await asyncio.gather(*(self._pipeline.run(script, [self._name(k, "waiters")], [waiter_id]) for k in keys))
-
-    # -- renewal ---------------------------------------------------------------------------------------
-
-    def _ensure_heartbeat(self) -> None:
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.get_running_loop().create_task(self._renew_while_held())
-        self._wakeups.start()  # its connection breaks as soon as Redis goes away: a restart is seen at once
-
-    async def _renew_while_held(self) -> None:
-        """Every renewal period (at a fixed rate), or at once when Redis came back or lost its data: push the
-        expiry of every held lease and queued waiter, put back leases Redis lost, and retry releases that did
-        not land. Stops when there is nothing left to do."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self._period
-        while self._held or self._waiting or self._releasing:
-            if not self._renew_pending:
-                self._renew_now = loop.create_future()
-                timer = loop.call_at(due, resolve, self._renew_now)
-                try:
-                    await self._renew_now
-                finally:
-                    timer.cancel()
-                    self._renew_now = None
-            self._renew_pending = False
-            if loop.time() >= due:  # a regular round (not one brought forward): the next one a period later
-                due = max(due + self._period, loop.time() + self._period / 2)
-            await self._renew_all()
-            for lease_id, key in list(self._releasing.items()):
-                await self._give_back(key, lease_id)
-
-    async def _renew_all(self) -> None:
-        leases: dict[str, list[str]] = {}
-        waiters: dict[str, list[str]] = {}
-        for lease_id, key in self._held.items():
-            leases.setdefault(key, []).append(lease_id)
-        for waiter_id, keys in self._waiting.items():
-            for key in keys:
-                waiters.setdefault(key, []).append(waiter_id)
-        await asyncio.gather(
-            *(self._renew_key(k, leases.get(k, []), waiters.get(k, [])) for k in leases.keys() | waiters.keys())
-        )
-
-    async def _renew_key(self, key: str, lease_ids: list[str], waiter_ids: list[str], known: str | None = None) -> None:
-        """Renew (and put back, when Redis lost them) ``key``'s leases and waiters of this process."""
-        known = self._epochs.get(key, "") if known is None else known
-        try:
-            reply = await self._pipeline.run(
-                self._scripts.renew,
-                [self._name(key, p) for p in ("slots", "released", "waiters", "epoch")],
-                [self._ttl, len(lease_ids), known, self._period, *lease_ids, *waiter_ids],
-            )
-        except Exception as exc:  # a background task: the next round tries again
-            logger.warning("autogen_capacity.renew_failed", key=key, url=self._url, error=describe(exc))
-            return
-        self._epochs[key] = text(reply[0])
-        for lease_id in reply[1:]:
-            logger.warning("autogen_capacity.lease_restored", key=key, lease_id=text(lease_id))
 
 
 def _connection_options() -> dict[str, Any]:
