@@ -26,7 +26,12 @@ truncate Lua numbers to integers).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
+
+from ..contracts import AgentCapacity
+from ._redis_wakeups import text
+from .base import BlockReason, KeyStatus
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -326,3 +331,20 @@ def register(client: Redis) -> Scripts:
     """Register every script on ``client``."""
     sources = (ACQUIRE, RELEASE, RENEW, STATUS, ENTER_QUEUE, LEAVE_QUEUE, RECORD_TOKENS, SET_UNTIL, USAGE)
     return Scripts(*(client.register_script(source) for source in sources))
+
+
+REASONS: dict[str, BlockReason] = {r: r for r in ("slots", "rate", "tpm", "cooldown", "exhausted")}
+"""A status script's reason, as the ledger protocol names it."""
+
+
+def limit_args(capacity: AgentCapacity) -> list[str]:
+    return [opt_arg(capacity.max_concurrent), opt_arg(capacity.rpm), opt_arg(capacity.tpm)]
+
+
+def opt_arg(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def key_status_of(reply: Sequence[object]) -> KeyStatus:
+    headroom, reason, ready_in = (text(v) for v in reply)
+    return KeyStatus(float(headroom), REASONS.get(reason), float(ready_in) if ready_in else None)

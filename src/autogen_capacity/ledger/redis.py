@@ -1,14 +1,13 @@
 """The Redis ledger: one set of limits for every process and host that shares a Redis server.
 
-Why this module is over 400 lines: it is the one class that implements the ledger protocol on Redis (admission,
-release, waiting lines, fencing after data loss, lease renewal); its scripts, pipelining, wake-ups and waiting
-places are in the ``_redis_*`` modules already. Splitting the class further is left for the next round.
+The class is split by job: admission, release, status and snapshots here; the waiting lines in
+``_redis_lines``, lease renewal and epochs in ``_redis_renewal``; scripts, pipelining, wake-ups and a caller's
+place in ``_redis_scripts``, ``_redis_pipeline``, ``_redis_wakeups`` and ``_redis_queue``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import uuid
 from collections.abc import Mapping, Sequence
@@ -17,15 +16,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._logging import logger
 from ..contracts import AgentCapacity
-from ..exceptions import LedgerClosed, LedgerUnavailable, QueueFull
-from ..priority import Priority
+from ..exceptions import LedgerClosed, LedgerUnavailable
 from ._config_model import DEFAULT_LEASE_TTL_S, INSTALL_HINT, LedgerConfig
+from ._redis_lines import READY_MARGIN_S, WaitingLines
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_queue import RedisQueue
 from ._redis_renewal import LeaseRenewal
+from ._redis_scripts import key_status_of, limit_args
 from ._redis_scripts import register as register_scripts
-from ._redis_wakeups import PUBSUB_IDLE_S, Place, WakeUps, describe, text
-from .base import BlockReason, KeyStatus, KeyUsage, Lease, LedgerSnapshot, WaitQueue
+from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, text
+from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -37,14 +37,12 @@ DEFAULT_UNAVAILABLE_AFTER_S = 5.0
 """Seconds a call retries a lost connection before raising LedgerUnavailable."""
 _MAX_CONNECTIONS = 64
 _STATE = ("slots", "meta", "tokens", "epoch")
-_QUEUE = ("slots", "meta", "tokens", "waiters", "epoch")
 _USAGE = ("slots", "meta", "tokens", "waiters")
 _REREGISTER_TRIES = 3
 _PARTS = frozenset({"slots", "meta", "tokens", "waiters", "released"})
-_REASONS: dict[str, BlockReason] = {r: r for r in ("slots", "rate", "tpm", "cooldown", "exhausted")}
 
 
-class RedisLedger(LeaseRenewal):
+class RedisLedger(LeaseRenewal, WaitingLines):
     """A :class:`~autogen_capacity.CapacityLedger` on a Redis server, shared by many processes and hosts.
 
     Every admission is one atomic Lua script that checks and takes slots, the rpm bucket, the tpm window,
@@ -241,7 +239,7 @@ class RedisLedger(LeaseRenewal):
         put them back first (the script refuses to admit before that)."""
         for _ in range(_REREGISTER_TRIES):
             holding = any(k == key for k in self._held.values())
-            args = [lease_id, self._ttl, *_limits(capacity), *self._epoch_args(key), "1" if holding else "0"]
+            args = [lease_id, self._ttl, *limit_args(capacity), *self._epoch_args(key), "1" if holding else "0"]
             on_orphan = functools.partial(self._give_back_granted, key, lease_id)
             reply = await self._run(self._scripts.acquire, key, _STATE, args, on_orphan=on_orphan)
             epoch = reply[-1]
@@ -277,42 +275,18 @@ class RedisLedger(LeaseRenewal):
         if int(reply[0]) == 1:
             await self._give_back(key, lease_id)
 
-    async def _leave_entered_queue(self, key: str, waiter_id: str, reply: Sequence[Any]) -> None:
-        """A join was cancelled while its ``enter_queue`` script was on the way: leave the queue it entered."""
-        if int(reply[0]) == 1:
-            await self._leave_queues(waiter_id, [key])
-
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
         """Whether ``key`` would admit now, its headroom, and why not."""
-        reply = await self._run(self._scripts.status, key, _STATE, [*_limits(capacity), *self._epoch_args(key)])
+        reply = await self._run(self._scripts.status, key, _STATE, [*limit_args(capacity), *self._epoch_args(key)])
         self._saw_epoch(key, reply[3])
-        status = _key_status(reply[:3])
+        status = key_status_of(reply[:3])
         if status.ready_in is not None and self._wakeups.waiting_on(key):  # keeps the key's timer up to date
-            self._wakeups.ready_at(key, asyncio.get_running_loop().time() + status.ready_in + _READY_MARGIN_S)
+            self._wakeups.ready_at(key, asyncio.get_running_loop().time() + status.ready_in + READY_MARGIN_S)
         return status
 
     async def headroom(self, key: str, capacity: AgentCapacity) -> float:
         """How much more ``key`` can take now, from 0 to 1."""
         return (await self.status(key, capacity)).headroom
-
-    async def wait_for_change(self, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
-        """Wait for a release on one of the keys (this process' oldest waiter first), a refill or a
-        cooldown's end, at most ``timeout`` seconds; ``True`` at once when one of them admits now.
-
-        Raises:
-            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
-            LedgerUnavailable: Redis cannot be reached.
-        """
-        queue = await self.join_queue(waits)
-        assert isinstance(queue, RedisQueue)
-        try:
-            woken = await queue.wait(timeout)
-        except BaseException:
-            await queue.leave()  # woken, then cancelled before using the wake-up: it passes to the next waiter
-            raise
-        queue.place.woken_by = None  # the caller tries after this returns: what woke it is its to use
-        await queue.leave()
-        return woken
 
     async def record_tokens(self, key: str, tokens: int) -> None:
         """Debit ``tokens`` from the key's tpm window."""
@@ -331,74 +305,6 @@ class RedisLedger(LeaseRenewal):
         """:meth:`status` of several keys at once: their scripts leave in one pipelined batch."""
         found = await asyncio.gather(*(self.status(key, capacity) for key, capacity in keys.items()))
         return dict(zip(keys, found, strict=True))
-
-    async def join_queue(self, waits: Mapping[str, AgentCapacity], *, priority: Priority = "default") -> WaitQueue:
-        """Take a place in the waiting lines of ``waits``' keys, kept until :meth:`WaitQueue.leave`: queued in Redis
-        once (one pipelined batch, counted against ``max_queue``, renewed by the heartbeat), so a wait costs no
-        Redis command and one that times out keeps its place. A release wakes this process' oldest waiter on its
-        key; a refill or a cooldown's end, one timer per key (kept up to date by every status read). ``priority``
-        is not honoured across processes yet: waiters are served in arrival order whatever their class.
-
-        Raises:
-            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
-            LedgerUnavailable: Redis cannot be reached.
-        """
-        if self._closed:
-            raise LedgerClosed("the ledger is closed")
-        loop = asyncio.get_running_loop()
-        await self._wakeups.listen(_LISTEN_WAIT_S)  # subscribed before looking, so no release slips through
-        place, waiter_id = Place(loop), uuid.uuid4().hex
-        self._wakeups.add(place, waits)
-        try:
-            replies = await asyncio.gather(*(self._enter(key, capacity, waiter_id) for key, capacity in waits.items()))
-        except BaseException as exc:
-            self._wakeups.forget(place, waits)
-            if isinstance(exc, Exception):  # a cancelled join leaves what it entered when the replies arrive
-                await self._leave_queues(waiter_id, list(waits))
-            raise
-        queued: list[str] = []
-        own_wake: float | None = None
-        for key, reply in zip(waits, replies, strict=True):
-            self._saw_epoch(key, reply[4])
-            status = _key_status(reply[1:4])
-            if int(reply[0]) == 1:
-                queued.append(key)
-            if status.blocked_by is None:
-                place.wake(key)  # admits now: the first wait returns at once
-            elif status.ready_in is not None:
-                ready = loop.time() + status.ready_in + _READY_MARGIN_S
-                if int(reply[0]) == 1:  # one timer per key wakes this process' oldest waiter, not all of them
-                    self._wakeups.ready_at(key, ready)
-                else:
-                    own_wake = ready if own_wake is None else min(own_wake, ready)
-        self._wakeups.forget(place, [key for key in waits if key not in queued])
-        if waits and not queued:
-            logger.warning("autogen_capacity.queue_full", keys=list(waits))
-            raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
-        queue = RedisQueue(waiter_id, place, tuple(queued), own_wake, self._leave)
-        self._waiting[waiter_id] = queue.keys
-        if queue.task is not None:
-            self._queues[queue.task] = queue
-        self._ensure_heartbeat()
-        return queue
-
-    async def _enter(self, key: str, capacity: AgentCapacity, waiter_id: str) -> Any:
-        args: list[str | float] = [waiter_id, self._ttl, *_limits(capacity), _opt(capacity.max_queue)]
-        args += self._epoch_args(key)
-        on_orphan = functools.partial(self._leave_entered_queue, key, waiter_id)
-        return await self._run(self._scripts.enter_queue, key, _QUEUE, args, on_orphan=on_orphan)
-
-    async def _leave(self, queue: RedisQueue) -> None:
-        """Leave the lines of ``queue`` here and in Redis (one pipelined batch); a wake-up it was given and did not
-        use wakes the next waiter on that key."""
-        self._wakeups.forget(queue.place, queue.keys)
-        if queue.task is not None and self._queues.get(queue.task) is queue:
-            del self._queues[queue.task]
-        woken_by = queue.place.woken_by
-        if woken_by is not None:
-            self._wakeups.wake_oldest(woken_by)
-        if not self._closed and self._waiting.pop(queue.waiter_id, None) is not None:  # else aclose() leaves
-            await self._leave_queues(queue.waiter_id, queue.keys)
 
     async def observe(self, lease: Lease, *, throttled: bool) -> None:
         """Adaptive limits are in-process only for now: a RedisLedger key keeps its declared limit."""
@@ -451,14 +357,6 @@ class RedisLedger(LeaseRenewal):
         if self._owns_client:
             await self._client.aclose()
 
-    # -- queues -----------------------------------------------------------------------------------------
-
-    async def _leave_queues(self, waiter_id: str, keys: Sequence[str]) -> None:
-        """Take ``waiter_id`` off the Redis lines of ``keys`` (one pipelined batch)."""
-        script = self._scripts.leave_queue
-        with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
-            await asyncio.gather(*(self._pipeline.run(script, [self._name(k, "waiters")], [waiter_id]) for k in keys))
-
 
 def _connection_options() -> dict[str, Any]:
     """Connection options: a command that meets a lost connection (a server restarted since the connection was
@@ -475,25 +373,6 @@ def _connection_options() -> dict[str, Any]:
         "retry": Retry(NoBackoff(), 1),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
-
-
-_LISTEN_WAIT_S = 1.0
-"""How long joining a line waits for the wake-up listener's first subscription attempt, at most."""
-_READY_MARGIN_S = 0.001
-"""Waking a moment after Redis' reported refill or cooldown's end, so the loop clock does not wake it early."""
-
-
-def _limits(capacity: AgentCapacity) -> list[str]:
-    return [_opt(capacity.max_concurrent), _opt(capacity.rpm), _opt(capacity.tpm)]
-
-
-def _opt(value: float | None) -> str:
-    return "" if value is None else repr(value)
-
-
-def _key_status(reply: Sequence[object]) -> KeyStatus:
-    headroom, reason, ready_in = (text(v) for v in reply)
-    return KeyStatus(float(headroom), _REASONS.get(reason), float(ready_in) if ready_in else None)
 
 
 def _redact(url: str) -> str:

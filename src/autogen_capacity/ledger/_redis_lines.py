@@ -1,0 +1,184 @@
+"""A :class:`~autogen_capacity.RedisLedger` caller's place in the keys' waiting lines: queued in Redis once (one
+pipelined batch, counted against ``max_queue``, renewed by the heartbeat) and kept across waits; woken by this
+process' wake-ups (a release, a refill or a cooldown's end)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .._logging import logger
+from ..contracts import AgentCapacity
+from ..exceptions import LedgerClosed, QueueFull
+from ..priority import Priority
+from ._redis_queue import RedisQueue
+from ._redis_scripts import key_status_of, limit_args, opt_arg
+from ._redis_wakeups import Place
+from .base import WaitQueue
+
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
+    from ._redis_pipeline import OnOrphan, ScriptPipeline
+    from ._redis_scripts import Scripts
+    from ._redis_wakeups import WakeUps
+
+__all__ = ["LISTEN_WAIT_S", "QUEUE_PARTS", "READY_MARGIN_S", "WaitingLines"]
+
+LISTEN_WAIT_S = 1.0
+"""How long joining a line waits for the wake-up listener's first subscription attempt, at most."""
+READY_MARGIN_S = 0.001
+"""Waking a moment after Redis' reported refill or cooldown's end, so the loop clock does not wake it early."""
+QUEUE_PARTS = ("slots", "meta", "tokens", "waiters", "epoch")
+"""The Redis keys of one ledger key that entering its line reads and writes."""
+
+
+class _Ledger(Protocol):
+    """What the waiting lines read and call on the ledger they belong to."""
+
+    _closed: bool
+    _pipeline: ScriptPipeline
+    _queues: dict[asyncio.Task[Any], RedisQueue]
+    _scripts: Scripts
+    _ttl: float
+    _unreachable: tuple[type[Exception], ...]
+    _waiting: dict[str, tuple[str, ...]]
+    _wakeups: WakeUps
+
+    def _name(self, key: str, part: str) -> str: ...
+
+    def _epoch_args(self, key: str) -> list[str | float]: ...
+
+    def _saw_epoch(self, key: str, epoch: object) -> None: ...
+
+    def _ensure_heartbeat(self) -> None: ...
+
+    async def _run(
+        self,
+        script: AsyncScript,
+        key: str,
+        parts: Sequence[str],
+        args: Sequence[str | float],
+        *,
+        on_orphan: OnOrphan | None = None,
+    ) -> Any: ...
+
+    async def join_queue(self, waits: Mapping[str, AgentCapacity], *, priority: Priority = "default") -> WaitQueue: ...
+
+    async def _enter(self, key: str, capacity: AgentCapacity, waiter_id: str) -> Any: ...
+
+    async def _leave(self, queue: RedisQueue) -> None: ...
+
+    async def _leave_entered_queue(self, key: str, waiter_id: str, reply: Sequence[Any]) -> None: ...
+
+    async def _leave_queues(self, waiter_id: str, keys: Sequence[str]) -> None: ...
+
+
+class WaitingLines:
+    """The waiting half of :class:`~autogen_capacity.RedisLedger` (a mixin: the ledger holds the state)."""
+
+    __slots__ = ()
+
+    async def _leave_entered_queue(self: _Ledger, key: str, waiter_id: str, reply: Sequence[Any]) -> None:
+        """A join was cancelled while its ``enter_queue`` script was on the way: leave the queue it entered."""
+        if int(reply[0]) == 1:
+            await self._leave_queues(waiter_id, [key])
+
+    async def wait_for_change(self: _Ledger, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
+        """Wait for a release on one of the keys (this process' oldest waiter first), a refill or a
+        cooldown's end, at most ``timeout`` seconds; ``True`` at once when one of them admits now.
+
+        Raises:
+            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
+            LedgerUnavailable: Redis cannot be reached.
+        """
+        queue = await self.join_queue(waits)
+        assert isinstance(queue, RedisQueue)
+        try:
+            woken = await queue.wait(timeout)
+        except BaseException:
+            await queue.leave()  # woken, then cancelled before using the wake-up: it passes to the next waiter
+            raise
+        queue.place.woken_by = None  # the caller tries after this returns: what woke it is its to use
+        await queue.leave()
+        return woken
+
+    async def join_queue(
+        self: _Ledger, waits: Mapping[str, AgentCapacity], *, priority: Priority = "default"
+    ) -> WaitQueue:
+        """Take a place in the waiting lines of ``waits``' keys, kept until :meth:`WaitQueue.leave`: queued in Redis
+        once (one pipelined batch, counted against ``max_queue``, renewed by the heartbeat), so a wait costs no
+        Redis command and one that times out keeps its place. A release wakes this process' oldest waiter on its
+        key; a refill or a cooldown's end, one timer per key (kept up to date by every status read). ``priority``
+        is not honoured across processes yet: waiters are served in arrival order whatever their class.
+
+        Raises:
+            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
+            LedgerUnavailable: Redis cannot be reached.
+        """
+        if self._closed:
+            raise LedgerClosed("the ledger is closed")
+        loop = asyncio.get_running_loop()
+        await self._wakeups.listen(LISTEN_WAIT_S)  # subscribed before looking, so no release slips through
+        place, waiter_id = Place(loop), uuid.uuid4().hex
+        self._wakeups.add(place, waits)
+        try:
+            replies = await asyncio.gather(*(self._enter(key, capacity, waiter_id) for key, capacity in waits.items()))
+        except BaseException as exc:
+            self._wakeups.forget(place, waits)
+            if isinstance(exc, Exception):  # a cancelled join leaves what it entered when the replies arrive
+                await self._leave_queues(waiter_id, list(waits))
+            raise
+        queued: list[str] = []
+        own_wake: float | None = None
+        for key, reply in zip(waits, replies, strict=True):
+            self._saw_epoch(key, reply[4])
+            status = key_status_of(reply[1:4])
+            if int(reply[0]) == 1:
+                queued.append(key)
+            if status.blocked_by is None:
+                place.wake(key)  # admits now: the first wait returns at once
+            elif status.ready_in is not None:
+                ready = loop.time() + status.ready_in + READY_MARGIN_S
+                if int(reply[0]) == 1:  # one timer per key wakes this process' oldest waiter, not all of them
+                    self._wakeups.ready_at(key, ready)
+                else:
+                    own_wake = ready if own_wake is None else min(own_wake, ready)
+        self._wakeups.forget(place, [key for key in waits if key not in queued])
+        if waits and not queued:
+            logger.warning("autogen_capacity.queue_full", keys=list(waits))
+            raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
+        queue = RedisQueue(waiter_id, place, tuple(queued), own_wake, self._leave)
+        self._waiting[waiter_id] = queue.keys
+        if queue.task is not None:
+            self._queues[queue.task] = queue
+        self._ensure_heartbeat()
+        return queue
+
+    async def _enter(self: _Ledger, key: str, capacity: AgentCapacity, waiter_id: str) -> Any:
+        args: list[str | float] = [waiter_id, self._ttl, *limit_args(capacity), opt_arg(capacity.max_queue)]
+        args += self._epoch_args(key)
+        on_orphan = functools.partial(self._leave_entered_queue, key, waiter_id)
+        return await self._run(self._scripts.enter_queue, key, QUEUE_PARTS, args, on_orphan=on_orphan)
+
+    async def _leave(self: _Ledger, queue: RedisQueue) -> None:
+        """Leave the lines of ``queue`` here and in Redis (one pipelined batch); a wake-up it was given and did not
+        use wakes the next waiter on that key."""
+        self._wakeups.forget(queue.place, queue.keys)
+        if queue.task is not None and self._queues.get(queue.task) is queue:
+            del self._queues[queue.task]
+        woken_by = queue.place.woken_by
+        if woken_by is not None:
+            self._wakeups.wake_oldest(woken_by)
+        if not self._closed and self._waiting.pop(queue.waiter_id, None) is not None:  # else aclose() leaves
+            await self._leave_queues(queue.waiter_id, queue.keys)
+
+    async def _leave_queues(self: _Ledger, waiter_id: str, keys: Sequence[str]) -> None:
+        """Take ``waiter_id`` off the Redis lines of ``keys`` (one pipelined batch)."""
+        script = self._scripts.leave_queue
+        with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
+            await asyncio.gather(*(self._pipeline.run(script, [self._name(k, "waiters")], [waiter_id]) for k in keys))
