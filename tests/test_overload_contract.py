@@ -214,13 +214,19 @@ class TestProviderWord:
         assert raised.value.retry_after == pytest.approx(120, abs=1)
 
 
-def _two_teams(
-    ledger: InMemoryLedger, first: ScriptedMember, second: ScriptedMember
-) -> tuple[CapacityAwareGroupChat, CapacityAwareGroupChat]:
-    return (
-        CapacityAwareGroupChat([first], name="t1", ledger=ledger, max_turns=1),
-        CapacityAwareGroupChat([second], name="t2", ledger=ledger, max_turns=1),
-    )
+async def _second_waits_for_first(
+    ledger: InMemoryLedger, first: ScriptedMember, second: ScriptedMember, gate: asyncio.Event
+) -> list[TaskResult]:
+    """Two teams on one backend: ``first``'s member takes the slot and holds it at ``gate``; ``second``'s team
+    queues for the slot; then ``first`` answers. Both runs' results."""
+    t1 = CapacityAwareGroupChat([first], name="t1", ledger=ledger, max_turns=1)
+    t2 = CapacityAwareGroupChat([second], name="t2", ledger=ledger, max_turns=1)
+    run1 = asyncio.ensure_future(t1.run(task="go"))
+    await asyncio.wait_for(first.started.wait(), TIMEOUT)
+    run2 = asyncio.ensure_future(t2.run(task="go"))
+    await queued(ledger, "backend")
+    gate.set()
+    return list(await asyncio.wait_for(asyncio.gather(run1, run2), TIMEOUT))
 
 
 class TestRecordBeforeRelease:
@@ -231,14 +237,8 @@ class TestRecordBeforeRelease:
         shared = short_schedule(max_concurrent=1, key="backend", max_caller_retries=20)
         first = ScriptedMember("first", [throttled(0.3)], capacity=shared, gate=gate)
         second = ScriptedMember("second", capacity=shared)
-        t1, t2 = _two_teams(ledger, first, second)
-        run1 = asyncio.ensure_future(t1.run(task="go"))
-        await asyncio.wait_for(first.started.wait(), TIMEOUT)
-        run2 = asyncio.ensure_future(t2.run(task="go"))
-        await queued(ledger, "backend")
 
-        gate.set()
-        await asyncio.wait_for(asyncio.gather(run1, run2), TIMEOUT)
+        await _second_waits_for_first(ledger, first, second, gate)
 
         assert second.calls
         assert second.calls[0] - first.raised[0] >= 0.3 - 0.01
@@ -249,14 +249,8 @@ class TestRecordBeforeRelease:
         shared = short_schedule(max_concurrent=1, key="backend", max_caller_retries=20)
         first = ScriptedMember("first", [quota_error()], capacity=shared, gate=gate)
         second = ScriptedMember("second", capacity=shared)
-        t1, t2 = _two_teams(ledger, first, second)
-        run1 = asyncio.ensure_future(t1.run(task="go"))
-        await asyncio.wait_for(first.started.wait(), TIMEOUT)
-        run2 = asyncio.ensure_future(t2.run(task="go"))
-        await queued(ledger, "backend")
 
-        gate.set()
-        results = await asyncio.wait_for(asyncio.gather(run1, run2), TIMEOUT)
+        results = await _second_waits_for_first(ledger, first, second, gate)
 
         assert second.calls == []
         assert all(r.stop_reason is not None and r.stop_reason.startswith("Capacity exhausted") for r in results)
@@ -267,14 +261,8 @@ class TestRecordBeforeRelease:
         shared = short_schedule(max_concurrent=1, tpm=100, key="backend")
         first = ScriptedMember("first", capacity=shared, tokens=100, gate=gate)
         second = ScriptedMember("second", capacity=shared, tokens=100)
-        t1, t2 = _two_teams(ledger, first, second)
-        run1 = asyncio.ensure_future(t1.run(task="go"))
-        await asyncio.wait_for(first.started.wait(), TIMEOUT)
-        run2 = asyncio.ensure_future(t2.run(task="go"))
-        await queued(ledger, "backend")
 
-        gate.set()
-        result1, result2 = await asyncio.wait_for(asyncio.gather(run1, run2), TIMEOUT)
+        result1, result2 = await _second_waits_for_first(ledger, first, second, gate)
 
         assert result1.stop_reason == "Maximum number of turns 1 reached."
         assert second.calls == []
