@@ -14,7 +14,7 @@ from .contracts import AgentCapacity
 from .deadlines import should_fail_fast
 from .exceptions import CapacityExhausted
 from .ledger import CapacityLedger, KeyStatus, Lease
-from .ledger.base import PollingQueue, WaitQueue
+from .ledger.base import WaitQueue
 from .priority import Priority
 from .testing import _backoff_cap, _record_pass
 
@@ -133,14 +133,10 @@ class Admission:
         for c in candidates:
             if c.name in routed_around:
                 statuses[c.name] = ROUTED_AROUND
-            elif c.probe is not None:
-                statuses[c.name] = await c.probe()
-            elif not c.checked:
-                statuses[c.name] = IDLE
-            elif asked[c.key] is c.contract or asked[c.key] == c.contract:
+            elif c.key in found and (asked[c.key] is c.contract or asked[c.key] == c.contract):
                 statuses[c.name] = found[c.key]
-            else:
-                statuses[c.name] = await self._ledger.status(c.key, c.contract)
+            else:  # a probe, an unchecked candidate, or a key shared under another contract
+                statuses[c.name] = await self.status(c)
         return statuses
 
     async def admit(
@@ -234,11 +230,7 @@ class Admission:
     async def _join(self, usable: Sequence[Candidate]) -> WaitQueue:
         """A place in the lines of every usable candidate's key, kept for the whole admission."""
         waits = {c.key: c.contract for c in usable if c.checked}
-        join = getattr(self._ledger, "join_queue", None)
-        if join is None:
-            return PollingQueue(self._ledger, waits)
-        queue: WaitQueue = await join(waits, priority=self._priority)
-        return queue
+        return await self._ledger.join_queue(waits, priority=self._priority)
 
     async def _turn_fits(
         self, admitted: Admitted, remaining: float, candidates: Sequence[Candidate], statuses: Mapping[str, KeyStatus]
@@ -249,8 +241,7 @@ class Admission:
         Raises:
             CapacityExhausted: the turn would not fit.
         """
-        service_time = getattr(self._ledger, "service_time", None)
-        takes = await service_time(admitted.candidate.key) if service_time is not None else None
+        takes = await self._ledger.service_time(admitted.candidate.key)
         if remaining > 0 and (takes is None or not should_fail_fast(takes, remaining)):
             return
         if admitted.lease is not None:

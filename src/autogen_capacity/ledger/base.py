@@ -17,7 +17,6 @@ __all__ = [
     "KeyUsage",
     "Lease",
     "LedgerSnapshot",
-    "PollingQueue",
     "WaitQueue",
 ]
 
@@ -123,26 +122,6 @@ class WaitQueue(Protocol):
         """Seconds until this caller is likely served (its place in line times the time a slot is held), or
         ``None`` when the ledger cannot tell."""
         ...
-
-
-class PollingQueue:
-    """A :class:`WaitQueue` for a ledger that only offers ``wait_for_change``: each wait enters and leaves
-    the lines again (its FIFO place is not kept between waits)."""
-
-    __slots__ = ("_ledger", "_waits")
-
-    def __init__(self, ledger: CapacityLedger, waits: Mapping[str, AgentCapacity]) -> None:
-        self._ledger = ledger
-        self._waits = dict(waits)
-
-    async def wait(self, timeout: float) -> bool:
-        return await self._ledger.wait_for_change(self._waits, timeout)
-
-    async def leave(self) -> None:
-        return None
-
-    def expected_wait(self) -> float | None:
-        return None
 
 
 @runtime_checkable

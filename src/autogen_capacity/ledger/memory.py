@@ -71,11 +71,6 @@ class InMemoryLedger:
             free = slots - state.in_flight - len(state.reserved)
             if state.reserved and asyncio.current_task() in state.reserved:
                 free += 1  # the slot handed to this caller
-        if capacity.rpm is None and capacity.tpm is None and state.cooldown_until <= now >= state.exhausted_until:
-            # The common case on every turn (slots only, nothing cooling), without the general call: the same rule.
-            if free is None:
-                return _OPEN
-            return KeyStatus(free / slots) if free > 0 and slots else _NO_SLOT
         return key_status(
             now=now,
             exhausted_until=state.exhausted_until,
@@ -330,9 +325,6 @@ class InMemoryLedger:
                 resolve(waiter.future)
         self._keys.clear()
 
-
-_OPEN = KeyStatus(1.0)
-_NO_SLOT = KeyStatus(0.0, "slots")
 
 _default_ledgers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, InMemoryLedger] = weakref.WeakKeyDictionary()
 
