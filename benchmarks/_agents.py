@@ -11,7 +11,9 @@ from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
 
-__all__ = ["Backend", "BackendAgent", "RateLimitError", "SlotClock", "TrivialAgent"]
+from autogen_capacity import Lease
+
+__all__ = ["Backend", "BackendAgent", "RateLimitError", "SlotClock", "TrivialAgent", "timed"]
 
 
 class SlotClock:
@@ -34,6 +36,20 @@ class SlotClock:
                 last = at
             level += delta
         return total + level * (end - last)
+
+
+def timed(lease: Lease | None, clock: SlotClock) -> Lease | None:
+    """``lease`` counted on ``clock`` from now until it is released (``None`` stays ``None``)."""
+    if lease is None:
+        return None
+    loop = asyncio.get_running_loop()
+    clock.change(loop.time(), +1)
+
+    async def release(_: Lease) -> None:
+        clock.change(loop.time(), -1)
+        await lease.release()
+
+    return Lease(lease.key, lease.lease_id, lease.acquired_at, release)
 
 
 class TrivialAgent(BaseChatAgent):

@@ -39,7 +39,7 @@ from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_af
 
 from autogen_capacity import AgentCapacity, InMemoryLedger, Lease
 
-from ._agents import Backend, BackendAgent, SlotClock
+from ._agents import Backend, BackendAgent, SlotClock, timed
 from ._stats import jain, median, percentile
 from ._teams import build_team
 
@@ -97,17 +97,7 @@ class _TimedLedger(InMemoryLedger):
         self.leased = SlotClock()
 
     async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-        lease = await super().try_acquire(key, capacity)
-        if lease is None:
-            return None
-        loop = asyncio.get_running_loop()
-        self.leased.change(loop.time(), +1)
-
-        async def release(_: Lease) -> None:
-            self.leased.change(loop.time(), -1)
-            await lease.release()
-
-        return Lease(lease.key, lease.lease_id, lease.acquired_at, release)
+        return timed(await super().try_acquire(key, capacity), self.leased)
 
 
 def _random_selector(rng: random.Random) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from autogen_capacity import AgentCapacity, Lease
 
 from . import cascade
-from ._agents import SlotClock
+from ._agents import SlotClock, timed
 from ._stats import median
 from .ledger import _redis_helper
 
@@ -48,17 +48,7 @@ def _timed_redis_ledger(url: str, namespace: str) -> Any:
             pipeline._pipeline = counted  # type: ignore[method-assign]
 
         async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-            lease = await super().try_acquire(key, capacity)
-            if lease is None:
-                return None
-            loop = asyncio.get_running_loop()
-            self.leased.change(loop.time(), +1)
-
-            async def release(_: Lease) -> None:
-                self.leased.change(loop.time(), -1)
-                await lease.release()
-
-            return Lease(lease.key, lease.lease_id, lease.acquired_at, release)
+            return timed(await super().try_acquire(key, capacity), self.leased)
 
     return TimedRedisLedger()
 
