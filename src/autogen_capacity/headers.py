@@ -25,11 +25,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._logging import logger
-from .ledger import CapacityLedger
-from .overload import _duration
+
+if TYPE_CHECKING:
+    from .ledger import CapacityLedger
 
 __all__ = [
     "LimitWindow",
@@ -91,6 +92,8 @@ class ProviderLimits:
 
 
 _FRACTION = re.compile(r"\.(\d+)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _OPENAI = "x-ratelimit-{part}-{kind}"
 _ANTHROPIC = "anthropic-ratelimit-{kind}-{part}"
 
@@ -187,6 +190,19 @@ def _retry_after(found: Mapping[str, str], wall: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - wall, 0.0)
+
+
+def _duration(text: str) -> float | None:
+    """A Go-style duration (``"1h2m3.5s"``, ``"20ms"``) or plain seconds, as seconds; ``None`` if malformed."""
+    text = text.strip()
+    plain = _finite(text, 1.0)
+    if plain is not None:
+        return plain
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    total = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+    return max(total, 0.0) if math.isfinite(total) else None
 
 
 def _finite(text: str, unit: float) -> float | None:

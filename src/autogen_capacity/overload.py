@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 from .exceptions import Overloaded
+from .headers import parse_rate_limit_headers
 
 __all__ = ["OverloadClassifier", "OverloadSignal", "classify_overload"]
 
@@ -39,8 +36,9 @@ def classify_overload(exc: BaseException) -> OverloadSignal | None:
 
     Recognised: :class:`~autogen_capacity.Overloaded`; a ``status_code`` or ``status`` of 429 or 503 on the
     exception or on ``exc.response`` (with ``retry-after-ms`` or ``Retry-After`` headers, in seconds or as
-    an HTTP date, on the response or on the exception; without them, OpenAI's ``x-ratelimit-reset-requests``
-    / ``-tokens`` durations such as ``"6m0s"``, for the limit whose ``x-ratelimit-remaining-*`` is 0); a status
+    an HTTP date, on the response or on the exception; without them, the reset of the limit that ran out, from
+    OpenAI's ``x-ratelimit-reset-*`` durations such as ``"6m0s"`` or Anthropic's ``anthropic-ratelimit-*-reset``
+    times, all read by :func:`~autogen_capacity.headers.parse_rate_limit_headers`); a status
     of 402 or an error code ``insufficient_quota`` (OpenAI's spent quota) as exhausted. The chain of ``__cause__`` /
     ``__context__`` is followed (``raise ... from None`` ends it). Anything else is an ordinary error:
     ``None``.
@@ -97,78 +95,16 @@ def _error_code(exc: BaseException) -> str | None:
     return None
 
 
-def _header(headers: Any, name: str) -> str | None:
-    if headers is None:
-        return None
-    try:
-        items = headers.items()
-    except AttributeError:
-        return None
-    for key, value in items:
-        if isinstance(key, str) and key.lower() == name:
-            return str(value)
-    return None
-
-
 def _retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (delta seconds or HTTP date); ``None`` if absent."""
-    milliseconds = _header(headers, "retry-after-ms")
-    if milliseconds is not None:
-        try:
-            seconds = _seconds(float(milliseconds) / 1000)
-        except ValueError:
-            seconds = None
-        if seconds is not None:
-            return seconds
-    value = _header(headers, "retry-after")
-    if value is None:
-        return _reset_hint(headers)
-    try:
-        return _seconds(float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    """Seconds from the provider's headers (:func:`~autogen_capacity.headers.parse_rate_limit_headers`): its
+    Retry-After, else the reset of the limit that ran out, else the later of the resets it reports."""
+    limits = parse_rate_limit_headers(headers)
+    if limits is None:
         return None
-    return max(when.timestamp() - time.time(), 0.0)
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def _reset_hint(headers: Any) -> float | None:
-    """Seconds from OpenAI's ``x-ratelimit-reset-requests`` / ``-tokens`` (``"1s"``, ``"6m0s"``, ``"20ms"``):
-    the reset of the limit that ran out (``x-ratelimit-remaining-*: 0``), else the later of the two."""
-    resets: dict[str, float] = {}
-    for limit in ("requests", "tokens"):
-        value = _header(headers, f"x-ratelimit-reset-{limit}")
-        seconds = _duration(value) if value is not None else None
-        if seconds is not None:
-            resets[limit] = seconds
-    if not resets:
-        return None
-    spent = [limit for limit in resets if (_header(headers, f"x-ratelimit-remaining-{limit}") or "").strip() == "0"]
-    return max(resets[limit] for limit in spent or resets)
-
-
-def _duration(text: str) -> float | None:
-    """A Go-style duration (``"1h2m3.5s"``, ``"20ms"``) or plain seconds, as seconds; ``None`` if malformed."""
-    text = text.strip()
-    try:
-        return _seconds(float(text))
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        return None
-    return _seconds(sum(float(number) * _UNIT_S[unit] for number, unit in parts))
-
-
-def _seconds(value: float) -> float | None:
-    """A hint as non-negative seconds; ``inf`` or ``nan`` is no hint (it would take a key out forever)."""
-    return max(value, 0.0) if math.isfinite(value) else None
+    if limits.wait_s is not None:
+        return limits.wait_s
+    resets = [w.reset_in for w in (limits.requests, limits.tokens) if w.reset_in is not None]
+    return max(resets) if resets else None
 
 
 Overload = OverloadSignal
