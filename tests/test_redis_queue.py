@@ -194,8 +194,9 @@ class TestJoinQueue:
 
 class TestAdmissionOnRedis:
     async def test_an_admission_that_waits_joins_once(self, make_ledger: MakeLedger) -> None:
-        """The engine's waits on a RedisLedger: one join and one leave whatever the number of passes, each pass
-        one status read, and one acquire once the key admits."""
+        """The engine's waits on a RedisLedger: one join and one leave whatever the number of passes, one status
+        read (nothing woke it meanwhile, so the passes at the ends of its windows trust it), and one acquire,
+        straight away, once the release wakes it."""
         holder, ledger = make_ledger(), make_ledger()
         cap = AgentCapacity(max_concurrent=1, backoff_initial_ms=30, backoff_ceiling_ms=30, max_caller_retries=50)
         lease = await holder.try_acquire("k", cap)
@@ -209,7 +210,5 @@ class TestAdmissionOnRedis:
         admitted = await asyncio.wait_for(admitting, 10)
         assert admitted is not None
         assert admitted.lease is not None
-        counts = counted.by_name
-        assert counts.pop("status") >= 5  # one a pass
-        assert counts == {"enter_queue": 1, "leave_queue": 1, "acquire": 1}
+        assert counted.by_name == {"status": 1, "enter_queue": 1, "leave_queue": 1, "acquire": 1}
         await admitted.lease.release()

@@ -4,6 +4,7 @@ capacity-aware tools. The rules it follows are stated in :mod:`autogen_capacity.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -31,6 +32,8 @@ __all__ = [
 
 IDLE = KeyStatus(1.0)
 ROUTED_AROUND = KeyStatus(0.0, "exhausted")
+STATUS_REUSE_S = 1.0
+"""Seconds a read that found every candidate full is trusted while no wake-up comes (see admit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +169,20 @@ class Admission:
         retries = passes = 0
         queue: WaitQueue | None = None
         wait: telemetry.WaitSpan | None = None  # only when it waits
+        statuses: dict[str, KeyStatus] = {}
+        read_at = -math.inf
+        woken, woken_by = True, None
         try:
             while True:
                 passes += 1
-                statuses = await self._statuses(candidates, routed_around)
-                admitted = await self._try(candidates, statuses, order)
+                admitted = None
+                if woken_by is not None:  # a slot freed there, likely handed to this caller: take it first
+                    admitted = await self._try_woken(candidates, statuses, order, woken_by)
+                if admitted is None:
+                    if woken or not _unchanged_without_wakeup(candidates, statuses, loop.time() - read_at):
+                        statuses = await self._statuses(candidates, routed_around)
+                        read_at = loop.time()
+                    admitted = await self._try(candidates, statuses, order)
                 if admitted is not None:
                     if deadline is not None:
                         await self._turn_fits(admitted, deadline - loop.time(), candidates, statuses)
@@ -215,7 +227,8 @@ class Admission:
                 timeout = window_end - now
                 if self._should_stop is not None and self._poll_s is not None:
                     timeout = min(timeout, self._poll_s)
-                await queue.wait(timeout)
+                woken = await queue.wait(timeout)
+                woken_by = queue.woken_by if woken else None
                 if self._should_stop is not None and await self._should_stop():
                     telemetry.stopped(wait)
                     return None
@@ -301,6 +314,21 @@ class Admission:
             raise _exhausted("the team's retry budget is spent", candidates, statuses)
         return "backoff", capped(schedule.delay(retry))
 
+    async def _try_woken(
+        self, candidates: Sequence[Candidate], statuses: dict[str, KeyStatus], order: Order | None, key: str
+    ) -> Admitted | None:
+        """After a wake-up on ``key``: lease the candidates on it straight away, as if only they had headroom
+        (the others were blocked at the last read, and only this key changed), with no status read first."""
+        woken = [c for c in candidates if c.key == key and c.leased and c.probe is None and c.name in statuses]
+        if not woken:
+            return None
+        for candidate in await order(woken, statuses) if order is not None else woken:
+            held = await self._ledger.try_acquire(candidate.key, candidate.contract)
+            if held is not None:
+                statuses[candidate.name] = KeyStatus(0.0)  # admitted: no longer deferred
+                return Admitted(candidate, held)
+        return None
+
     async def _try(
         self, candidates: Sequence[Candidate], statuses: dict[str, KeyStatus], order: Order | None
     ) -> Admitted | None:
@@ -355,6 +383,18 @@ def _fail_fast(
         candidates,
         statuses,
         retry_after=expected,
+    )
+
+
+def _unchanged_without_wakeup(candidates: Sequence[Candidate], statuses: Mapping[str, KeyStatus], age: float) -> bool:
+    """Whether statuses read ``age`` seconds ago still hold when no wake-up came since: every candidate waited
+    for a release (a release wakes a waiter, a refill or a cooldown's end has a ``ready_in`` and a timer), and
+    the read is recent enough that a lease expired by its holder's death (which wakes nobody) is seen soon."""
+    return (
+        age < STATUS_REUSE_S
+        and bool(statuses)
+        and all(c.probe is None for c in candidates)
+        and all(s is ROUTED_AROUND or (s.blocked_by == "slots" and s.ready_in is None) for s in statuses.values())
     )
 
 

@@ -25,7 +25,7 @@ __all__ = ["KeyState", "MemoryQueue", "Waiter", "resolve"]
 class Waiter:
     """One caller waiting in the lines of one or more keys."""
 
-    __slots__ = ("future", "out_of", "priority", "shed", "since", "task")
+    __slots__ = ("future", "out_of", "priority", "shed", "since", "task", "woken_by")
 
     def __init__(
         self, future: asyncio.Future[bool], task: asyncio.Task[Any] | None, priority: Priority, since: float
@@ -38,6 +38,8 @@ class Waiter:
         """When it joined: its place in its class, and how long it has aged."""
         self.out_of: list[KeyState] = []
         """Lines a wake-up took this waiter out of (as their head): it goes back to their head if it waits on."""
+        self.woken_by: str | None = None
+        """The key whose wake-up resolved ``future`` (a slot handed over there, or its refill)."""
         self.shed: str | None = None
         """Why it was dropped from every line for a caller of a higher class (then its wait raises)."""
 
@@ -142,6 +144,7 @@ class MemoryQueue:
                 state.waiters.push_front(waiter, waiter.priority, waiter.since)
         waiter.out_of.clear()
         if not waiter.future.done():
+            waiter.woken_by = None  # the wake-up before the last wait was used by the attempt since
             until = now + max(timeout, 0.0)
             if self._own_wake is not None and self._own_wake < until:
                 until = self._own_wake
@@ -157,6 +160,11 @@ class MemoryQueue:
             self._own_wake = None
         waiter.future = loop.create_future()
         return woken
+
+    @property
+    def woken_by(self) -> str | None:
+        """The key whose wake-up ended the last wait (``None``: a timeout, or woken by none)."""
+        return self._waiter.woken_by
 
     def expected_wait(self) -> float | None:
         """Seconds until this caller is likely served: its place in each line times the key's observed time a

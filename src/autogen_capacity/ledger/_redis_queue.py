@@ -56,6 +56,11 @@ class RedisQueue:
         place.future = loop.create_future()
         return woken
 
+    @property
+    def woken_by(self) -> str | None:
+        """The key whose release or refill woke the last wait (``None``: not woken by one)."""
+        return self.place.woken_by
+
     def expected_wait(self) -> float | None:
         """Not known across processes yet (no shared lease hold times): ``None``."""
         return None

@@ -118,6 +118,12 @@ class WaitQueue(Protocol):
         """Leave every line, passing on a released slot that was handed to this caller and not taken."""
         ...
 
+    @property
+    def woken_by(self) -> str | None:
+        """The key whose release, refill or cooldown's end woke the last :meth:`wait`, when known: the key most
+        likely to admit this caller now (``None``: not woken, or the ledger cannot tell)."""
+        ...
+
     def expected_wait(self) -> float | None:
         """Seconds until this caller is likely served (its place in line times the time a slot is held), or
         ``None`` when the ledger cannot tell."""

@@ -149,6 +149,7 @@ class InMemoryLedger:
             if waiter.future.done():
                 continue
             waiter.future.set_result(True)
+            waiter.woken_by = state.key
             task = waiter.task
             if task is not None and not task.done() and task not in state.reserved:
                 state.reserved.add(task)

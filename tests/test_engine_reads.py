@@ -1,0 +1,157 @@
+"""What the admission engine reads while it waits: a wait that nothing woke trusts the statuses it read, and a
+wake-up on a key is answered by leasing that key straight away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from autogen_capacity import AgentCapacity, InMemoryLedger, Lease
+from autogen_capacity._engine import (
+    ROUTED_AROUND,
+    STATUS_REUSE_S,
+    Admission,
+    Candidate,
+    WaitReport,
+    _unchanged_without_wakeup,
+)
+from autogen_capacity.ledger import KeyStatus
+from autogen_capacity.testing import FakeLoopClock, settle
+
+WINDOW_S = 0.1
+CAP = AgentCapacity(
+    max_concurrent=1,
+    backoff_strategy="constant",
+    backoff_initial_ms=int(WINDOW_S * 1000),
+    backoff_ceiling_ms=int(WINDOW_S * 1000),
+    backoff_jitter=False,
+    max_caller_retries=100,
+)
+
+
+class CountingLedger(InMemoryLedger):
+    """Counts the reads and acquisitions the engine asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    async def statuses(self, keys: object) -> dict[str, KeyStatus]:  # type: ignore[override]
+        self.calls["statuses"] += 1
+        return await super().statuses(keys)  # type: ignore[arg-type]
+
+    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
+        self.calls["try_acquire"] += 1
+        return await super().try_acquire(key, capacity)
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.waits: list[WaitReport] = []
+
+    async def deferred(self, statuses: object, admitted: str | None) -> None:
+        return None
+
+    async def waiting(self, report: WaitReport) -> None:
+        self.waits.append(report)
+
+
+async def _windows(clock: FakeLoopClock, task: asyncio.Task[object], n: int) -> None:
+    for _ in range(n):
+        clock.advance(WINDOW_S)
+        await settle(task)
+
+
+async def test_window_ends_without_a_wakeup_reuse_the_read(fake_clock: FakeLoopClock) -> None:
+    """Every window's end is a pass (a retry spent, a wait reported), but while no release woke the caller and
+    every key waited for a release, the statuses read first still hold: no second read."""
+    ledger, reports = CountingLedger(), Reports()
+    holder = await ledger.try_acquire("k", CAP)
+    assert holder is not None
+    ledger.calls.clear()
+    admitting = asyncio.create_task(Admission(ledger, observer=reports).admit([Candidate("a", "k", CAP)]))
+    await settle(admitting)
+    await _windows(fake_clock, admitting, 5)
+
+    assert [r.retry for r in reports.waits] == [1, 2, 3, 4, 5, 6]
+    assert ledger.calls == {"statuses": 1}
+    admitting.cancel()
+    await asyncio.gather(admitting, return_exceptions=True)
+
+
+async def test_a_read_older_than_the_reuse_bound_is_read_again(fake_clock: FakeLoopClock) -> None:
+    """A slot can also come back without a wake-up (a RedisLedger lease whose holder died expires): the read
+    is trusted for STATUS_REUSE_S at most."""
+    ledger = CountingLedger()
+    holder = await ledger.try_acquire("k", CAP)
+    assert holder is not None
+    admitting = asyncio.create_task(Admission(ledger).admit([Candidate("a", "k", CAP)]))
+    await settle(admitting)
+    await _windows(fake_clock, admitting, int(STATUS_REUSE_S / WINDOW_S) + 1)
+
+    assert ledger.calls["statuses"] == 2
+    admitting.cancel()
+    await asyncio.gather(admitting, return_exceptions=True)
+
+
+async def test_a_release_is_leased_straight_away(fake_clock: FakeLoopClock) -> None:
+    """The release wakes the caller on its key, and the caller leases that key without reading first."""
+    ledger = CountingLedger()
+    holder, other = await ledger.try_acquire("k", CAP), await ledger.try_acquire("other", CAP)
+    assert holder is not None
+    assert other is not None
+    ledger.calls.clear()
+    admitting = asyncio.create_task(Admission(ledger).admit([Candidate("a", "other", CAP), Candidate("b", "k", CAP)]))
+    await settle(admitting)
+    await holder.release()
+    admitted = await asyncio.wait_for(admitting, 5)
+
+    assert admitted is not None
+    assert admitted.candidate.name == "b"
+    assert ledger.calls == {"statuses": 1, "try_acquire": 1}
+    assert admitted.lease is not None
+    await admitted.lease.release()
+    await other.release()
+
+
+async def test_a_cooldowns_end_is_leased_straight_away(fake_clock: FakeLoopClock) -> None:
+    """A cooldown is waited out as one window, and its end (the key's timer) wakes the caller on that key."""
+    ledger = CountingLedger()
+    await ledger.cooldown("k", 10 * WINDOW_S)
+    admitting = asyncio.create_task(Admission(ledger).admit([Candidate("a", "k", CAP)]))
+    await settle(admitting)
+    await _windows(fake_clock, admitting, 10)
+    admitted = await asyncio.wait_for(admitting, 5)
+
+    assert admitted is not None
+    assert ledger.calls == {"statuses": 1, "try_acquire": 1}
+    assert admitted.lease is not None
+    await admitted.lease.release()
+
+
+@pytest.mark.parametrize(
+    ("statuses", "age", "trusted"),
+    [
+        ({"a": KeyStatus(0.0, "slots")}, 0.5, True),
+        ({"a": KeyStatus(0.0, "slots"), "b": ROUTED_AROUND}, 0.5, True),
+        ({"a": KeyStatus(0.0, "slots")}, STATUS_REUSE_S, False),  # too old: a lease may have expired
+        ({"a": KeyStatus(0.0, "slots"), "b": KeyStatus(0.0, "cooldown", 2.0)}, 0.5, False),  # ends by itself
+        ({"a": KeyStatus(0.0, "rpm", 0.2)}, 0.5, False),
+        ({"a": KeyStatus(0.0, "exhausted", 30.0)}, 0.5, False),
+        ({"a": KeyStatus(1.0)}, 0.5, False),  # had headroom: read again
+        ({}, 0.5, False),  # never read
+    ],
+)
+def test_which_reads_a_pass_without_a_wakeup_trusts(statuses: dict[str, KeyStatus], age: float, trusted: bool) -> None:
+    candidates = [Candidate(name, name, CAP) for name in statuses]
+    assert _unchanged_without_wakeup(candidates, statuses, age) is trusted
+
+
+def test_a_nested_teams_probe_is_never_trusted() -> None:
+    async def probe() -> KeyStatus:
+        return KeyStatus(0.0, "slots")
+
+    statuses = {"a": KeyStatus(0.0, "slots")}
+    assert not _unchanged_without_wakeup([Candidate("a", "a", CAP, probe=probe)], statuses, 0.0)
