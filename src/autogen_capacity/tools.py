@@ -9,9 +9,8 @@ contracted retries are spent. Every other exception propagates unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from autogen_agentchat.agents import BaseChatAgent
 from autogen_agentchat.base import TaskResult
@@ -23,17 +22,14 @@ from typing_extensions import Self
 
 from ._compat import AgentToolConfig, TaskRunnerTool, TaskRunnerToolArgs, TeamToolConfig
 from ._container import tokens_used
-from ._engine import Candidate
+from ._contract_call import ContractCall
 from ._hazards import warn_about_client_retries
-from ._logging import logger
 from ._plan import DEFAULT_EXHAUSTED_TTL_S, UNBOUNDED
 from ._team import CapacityAwareGroupChat
-from ._turn_undo import TurnCheckpoint, checkpoint
-from .admission import admit_one, record_overload, settle
+from ._turn_undo import checkpoint
 from .contracts import AgentCapacity, declared_contract, ledger_key
-from .exceptions import CapacityExhausted
-from .ledger import CapacityLedger, default_ledger
-from .overload import OverloadClassifier, classify_overload
+from .ledger import CapacityLedger
+from .overload import OverloadClassifier
 from .priority import Priority
 
 __all__ = [
@@ -65,21 +61,9 @@ class CapacityAwareTeamToolConfig(TeamToolConfig):
 
 
 class _Caller:
-    """Runs a target under its contract: lease, wait, retry on overload, give up. One per tool."""
+    """Runs a target under its contract (one per tool): its agent's turn is undone before a retry."""
 
-    __slots__ = (
-        "_agent",
-        "_classify",
-        "_exhausted_ttl_s",
-        "_ledger",
-        "_rng",
-        "capacity",
-        "contract",
-        "key",
-        "leases",
-        "name",
-        "priority",
-    )
+    __slots__ = ("_agent", "call", "capacity")
 
     def __init__(
         self,
@@ -92,102 +76,41 @@ class _Caller:
         priority: Priority,
     ) -> None:
         self.capacity = capacity
-        self.priority: Priority = priority
-        self.contract = capacity or declared_contract(target) or UNBOUNDED
-        self.name = target.name
-        self.key = ledger_key(self.contract, target.name)
+        contract = capacity or declared_contract(target) or UNBOUNDED
+        key = ledger_key(contract, target.name)
         # A capacity-aware team that declares a contract leases its own key on every run: a second lease on
         # the same key here would deadlock at max_concurrent=1 (design I4), so the team enforces it alone.
-        self.leases = not (
-            isinstance(target, CapacityAwareGroupChat)
-            and target.declared_capacity is not None
-            and target.key == self.key
+        leases = not (
+            isinstance(target, CapacityAwareGroupChat) and target.declared_capacity is not None and target.key == key
+        )
+        self.call: ContractCall[_Item] = ContractCall(
+            target.name,
+            key,
+            contract,
+            leases=leases,
+            tokens_of=_result_tokens,
+            ledger=ledger,
+            classify=classify,
+            exhausted_ttl_s=exhausted_ttl_s,
+            rng=rng,
+            priority=priority,
+            event=("autogen_capacity.tool_overloaded", "tool"),
         )
         # An agent's state is restored before a retry (a team's run handles its members' overloads itself).
         self._agent = target if isinstance(target, BaseChatAgent) else None
-        self._ledger = ledger
-        self._classify = classify or classify_overload
-        self._exhausted_ttl_s = exhausted_ttl_s
-        self._rng = rng
 
-    @property
-    def ledger(self) -> CapacityLedger:
-        return self._ledger if self._ledger is not None else default_ledger()
+    def stream(self, start: Callable[[], AsyncIterator[_Item]], token: CancellationToken) -> AsyncIterator[_Item]:
+        """Run ``start()`` under the contract (:meth:`ContractCall.stream`); the failed attempt of an agent is
+        undone before the retry, so the retry does not show the model the task twice."""
+        return self.call.stream(start, token, before_attempt=self._checkpoint if self._agent is not None else None)
 
-    async def stream(
-        self, start: Callable[[], AsyncIterator[_Item]], token: CancellationToken
-    ) -> AsyncGenerator[_Item, None]:
-        """Run ``start()`` under the contract, yielding what it yields; retried whole after an overload.
+    async def _checkpoint(self) -> Callable[[], Awaitable[None]]:
+        assert self._agent is not None
+        return (await checkpoint(self._agent)).restore
 
-        Each attempt is admitted by the same engine as a team's turns (a cooldown the provider asked for is
-        waited out before the retry); what an attempt taught (its tokens, a cooldown, an exhausted mark) is
-        recorded before its lease is released."""
-        ledger = self.ledger
-        candidate = Candidate(self.name, self.key, self.contract, leased=self.leases)
-        overloads = 0
-        while True:
-            admission = asyncio.ensure_future(admit_one(ledger, candidate, priority=self.priority))
-            token.link_future(admission)
-            held = await admission
-            before: TurnCheckpoint | None = None
-            try:
-                if self._agent is not None:
-                    before = await checkpoint(self._agent)
-                async for item in start():
-                    if isinstance(item, TaskResult) and held is not None:
-                        await settle(held, ledger, self.key, self.contract, tokens_used(item.messages))
-                    yield item
-                return
-            except Exception as exc:
-                overload = self._classify(exc)
-                if overload is None:
-                    raise
-                error = exc
-                if before is not None:
-                    # The failed attempt already added the task to the agent's context: without this, the
-                    # retry would show the model the task twice.
-                    await before.restore()
-                overloads += 1
-                out_for = await record_overload(
-                    ledger,
-                    self.key,
-                    overload,
-                    overloads=overloads,
-                    schedule=self.contract,
-                    exhausted_ttl_s=self._exhausted_ttl_s,
-                    rng=self._rng,
-                    member=self.name,
-                    lease=held,
-                )
-            finally:
-                if held is not None:
-                    await held.release()
-            self._log(error, overload.kind, out_for, overloads)
-            if overload.kind == "exhausted":
-                raise CapacityExhausted(
-                    f"Capacity exhausted: {self.name!r} has no entitlement left ({type(error).__name__}: {error})",
-                    snapshot=await ledger.snapshot(),
-                    retry_after=out_for,
-                ) from error
-            if overloads > self.contract.max_caller_retries:
-                raise CapacityExhausted(
-                    f"Capacity exhausted: {self.name!r} was still overloaded after "
-                    f"{self.contract.max_caller_retries} retries ({type(error).__name__}: {error})",
-                    snapshot=await ledger.snapshot(),
-                    retry_after=out_for,
-                ) from error
 
-    def _log(self, error: Exception, kind: str, out_for: float, retries: int) -> None:
-        logger.warning(
-            "autogen_capacity.tool_overloaded",
-            tool=self.name,
-            key=self.key,
-            kind=kind,
-            out_for_s=round(out_for, 3),
-            retries=retries,
-            max_retries=self.contract.max_caller_retries,
-            error=repr(error),
-        )
+def _result_tokens(item: _Item) -> int | None:
+    return tokens_used(item.messages) if isinstance(item, TaskResult) else None
 
 
 async def _final(stream: AsyncIterator[_Item]) -> TaskResult:
@@ -208,12 +131,12 @@ class _ContractTool(TaskRunnerTool):
     @property
     def capacity(self) -> AgentCapacity:
         """The contract this tool follows."""
-        return self._caller.contract
+        return self._caller.call.contract
 
     @property
     def key(self) -> str:
         """The ledger key the tool leases."""
-        return self._caller.key
+        return self._caller.call.key
 
     async def run(self, args: TaskRunnerToolArgs, cancellation_token: CancellationToken) -> TaskResult:
         """Run the task under the contract and return the result."""
@@ -288,7 +211,7 @@ class CapacityAwareAgentTool(_ContractTool, AgentTool):
             agent=self._agent.dump_component(),
             return_value_as_last_message=self._return_value_as_last_message,
             capacity=self._caller.capacity,
-            priority=self._caller.priority,
+            priority=self._caller.call.priority,
         )
 
     @classmethod
@@ -350,7 +273,7 @@ class CapacityAwareTeamTool(_ContractTool, TeamTool):
             team=self._team.dump_component(),
             return_value_as_last_message=self._return_value_as_last_message,
             capacity=self._caller.capacity,
-            priority=self._caller.priority,
+            priority=self._caller.call.priority,
         )
 
     @classmethod
