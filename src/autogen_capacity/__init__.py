@@ -43,6 +43,7 @@ from .ledger import (
     ledger_from_config,
 )
 from .ledger.redis import RedisLedger
+from .model_client import CapacityAwareChatCompletionClient, CapacityAwareChatCompletionClientConfig
 from .overload import OverloadClassifier, OverloadSignal, classify_overload
 from .routing import Routing
 from .tools import (
@@ -64,6 +65,8 @@ __all__ = [
     "BlockReason",
     "CapacityAwareAgentTool",
     "CapacityAwareAgentToolConfig",
+    "CapacityAwareChatCompletionClient",
+    "CapacityAwareChatCompletionClientConfig",
     "CapacityAwareGroupChat",
     "CapacityAwareGroupChatConfig",
     "CapacityAwareTeamTool",

@@ -30,6 +30,7 @@ from .overload import OverloadClassifier
 
 __all__ = [
     "GRANTED_LEASE",
+    "TURN_LEASE",
     "CapacityAwareAgentContainer",
     "GroupChatMemberOverloaded",
     "take_granted_lease",
@@ -39,6 +40,10 @@ __all__ = [
 GRANTED_LEASE: ContextVar[Lease | None] = ContextVar("autogen_capacity_granted_lease", default=None)
 """The lease a parent team took on a nested team's own key for the turn it runs (the nested team runs under it
 instead of taking a second one on the same key)."""
+
+TURN_LEASE: ContextVar[Lease | None] = ContextVar("autogen_capacity_turn_lease", default=None)
+"""The lease the team holds for the member turn running now: a capacity-aware model client's call on the same key
+during the turn runs under it (the team records its tokens and overloads) instead of taking a second one."""
 
 
 class GroupChatMemberOverloaded(BaseModel):
@@ -178,13 +183,17 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
             agent_name=self._agent.name, agent_description=self._agent.description, agent_id=str(self.id)
         ):
             response: Response | None = None
-            async for msg in self._agent.on_messages_stream(self._message_buffer, ctx.cancellation_token):
-                if isinstance(msg, Response):
-                    await self._turns.answered(name, tokens_used([*(msg.inner_messages or ()), msg.chat_message]))
-                    await self._log_message(msg.chat_message)
-                    response = msg
-                else:
-                    await self._log_message(msg)
+            turn = TURN_LEASE.set(self._turns.lease_of(name))
+            try:
+                async for msg in self._agent.on_messages_stream(self._message_buffer, ctx.cancellation_token):
+                    if isinstance(msg, Response):
+                        await self._turns.answered(name, tokens_used([*(msg.inner_messages or ()), msg.chat_message]))
+                        await self._log_message(msg.chat_message)
+                        response = msg
+                    else:
+                        await self._log_message(msg)
+            finally:
+                TURN_LEASE.reset(turn)
             if response is None:
                 raise RuntimeError(
                     "The agent did not produce a final response. Check the agent's on_messages_stream method."

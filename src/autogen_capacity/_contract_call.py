@@ -4,8 +4,9 @@ capacity-aware model client share. The rules are the engine's (:mod:`autogen_cap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Generic, TypeVar
 
 from autogen_core import CancellationToken
@@ -15,7 +16,7 @@ from ._logging import logger
 from .admission import admit_one, record_overload, settle
 from .contracts import AgentCapacity
 from .exceptions import CapacityExhausted
-from .ledger import CapacityLedger, default_ledger
+from .ledger import CapacityLedger
 from .overload import OverloadClassifier, classify_overload
 from .priority import Priority
 
@@ -34,6 +35,7 @@ class ContractCall(Generic[T]):
         leases: Whether a call takes a lease on ``key`` (``False``: someone else holds one for it).
         tokens_of: The model tokens a final item reports (``None``: not the final item); they are debited
             before the lease is released.
+        ledger: Where leases and cooldowns are recorded (read at each call).
         event: The log event of an overloaded attempt, and the field that names the provider in it.
     """
 
@@ -59,7 +61,7 @@ class ContractCall(Generic[T]):
         *,
         leases: bool,
         tokens_of: Callable[[T], int | None],
-        ledger: CapacityLedger | None,
+        ledger: Callable[[], CapacityLedger],
         classify: OverloadClassifier | None,
         exhausted_ttl_s: float,
         rng: random.Random | None,
@@ -78,13 +80,9 @@ class ContractCall(Generic[T]):
         self._exhausted_ttl_s = exhausted_ttl_s
         self._rng = rng
 
-    @property
-    def ledger(self) -> CapacityLedger:
-        return self._ledger if self._ledger is not None else default_ledger()
-
     async def stream(
         self,
-        start: Callable[[], AsyncIterator[T]],
+        start: Callable[[], AsyncGenerator[T, None]],
         token: CancellationToken | None,
         *,
         before_attempt: Callable[[], Awaitable[Callable[[], Awaitable[None]] | None]] | None = None,
@@ -95,7 +93,7 @@ class ContractCall(Generic[T]):
         waited out before the retry); what an attempt taught (its tokens, a cooldown, an exhausted mark) is
         recorded before its lease is released. ``before_attempt`` may return an undo, run after an overload
         before the retry."""
-        ledger = self.ledger
+        ledger = self._ledger()
         candidate = Candidate(self.name, self.key, self.contract, leased=self.leases)
         overloads = 0
         while True:
@@ -107,11 +105,12 @@ class ContractCall(Generic[T]):
             try:
                 if before_attempt is not None:
                     undo = await before_attempt()
-                async for item in start():
-                    tokens = self._tokens_of(item)
-                    if tokens is not None and held is not None:
-                        await settle(held, ledger, self.key, self.contract, tokens)
-                    yield item
+                async with contextlib.aclosing(start()) as attempt:  # closed with this stream, at once
+                    async for item in attempt:
+                        tokens = self._tokens_of(item)
+                        if tokens is not None and held is not None:
+                            await settle(held, ledger, self.key, self.contract, tokens)
+                        yield item
                 return
             except Exception as exc:
                 overload = self._classify(exc)

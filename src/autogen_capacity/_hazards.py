@@ -13,7 +13,14 @@ from autogen_agentchat.messages import BaseAgentEvent, MessageFactory
 from .events import CAPACITY_EVENT_TYPES
 from .exceptions import CapacityConfigWarning
 
-__all__ = ["unrelayed_event_types", "warn_about_client_retries"]
+__all__ = ["client_retries", "unrelayed_event_types", "warn_about_client_retries"]
+
+
+def client_retries(client: object) -> int | None:
+    """The retries an OpenAI-family model client makes by itself (its SDK client's ``max_retries``), if known."""
+    inner: Any = getattr(client, "_client", None)
+    retries = getattr(inner, "max_retries", None)
+    return retries if isinstance(retries, int) else None
 
 
 def warn_about_client_retries(participants: Sequence[ChatAgent | Team]) -> None:
@@ -22,10 +29,8 @@ def warn_about_client_retries(participants: Sequence[ChatAgent | Team]) -> None:
 
     Called from a constructor: the warning points at the line that called it."""
     for participant in participants:
-        client: Any = getattr(participant, "_model_client", None)
-        inner: Any = getattr(client, "_client", None)
-        retries = getattr(inner, "max_retries", None)
-        if isinstance(retries, int) and retries > 0:
+        retries = client_retries(getattr(participant, "_model_client", None))
+        if retries:
             warnings.warn(
                 f"the model client of member {participant.name!r} retries by itself (max_retries={retries}), which "
                 "multiplies requests under 429s: the team already retries by contract. Build the client with "

@@ -28,7 +28,7 @@ from ._plan import DEFAULT_EXHAUSTED_TTL_S, UNBOUNDED
 from ._team import CapacityAwareGroupChat
 from ._turn_undo import checkpoint
 from .contracts import AgentCapacity, declared_contract, ledger_key
-from .ledger import CapacityLedger
+from .ledger import CapacityLedger, default_ledger
 from .overload import OverloadClassifier
 from .priority import Priority
 
@@ -89,7 +89,7 @@ class _Caller:
             contract,
             leases=leases,
             tokens_of=_result_tokens,
-            ledger=ledger,
+            ledger=(lambda: ledger) if ledger is not None else default_ledger,
             classify=classify,
             exhausted_ttl_s=exhausted_ttl_s,
             rng=rng,
@@ -99,7 +99,9 @@ class _Caller:
         # An agent's state is restored before a retry (a team's run handles its members' overloads itself).
         self._agent = target if isinstance(target, BaseChatAgent) else None
 
-    def stream(self, start: Callable[[], AsyncIterator[_Item]], token: CancellationToken) -> AsyncIterator[_Item]:
+    def stream(
+        self, start: Callable[[], AsyncGenerator[_Item, None]], token: CancellationToken
+    ) -> AsyncGenerator[_Item, None]:
         """Run ``start()`` under the contract (:meth:`ContractCall.stream`); the failed attempt of an agent is
         undone before the retry, so the retry does not show the model the task twice."""
         return self.call.stream(start, token, before_attempt=self._checkpoint if self._agent is not None else None)
@@ -148,7 +150,7 @@ class _ContractTool(TaskRunnerTool):
         """Run the task under the contract, yielding its events; an attempt that failed with overload is
         retried whole, so its events may be followed by the retry's."""
 
-        def start() -> AsyncIterator[_Item]:
+        def start() -> AsyncGenerator[_Item, None]:
             return TaskRunnerTool.run_stream(self, args, cancellation_token)
 
         async for item in self._caller.stream(start, cancellation_token):
