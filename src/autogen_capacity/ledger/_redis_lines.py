@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._logging import logger
 from ..contracts import AgentCapacity
+from ..deadlines import expected_wait
 from ..exceptions import LedgerClosed, QueueFull
 from ..priority import Priority
 from ._redis_queue import RedisQueue
 from ._redis_scripts import key_status_of, limit_args, opt_arg
-from ._redis_wakeups import Place
+from ._redis_wakeups import Place, text
 from .base import WaitQueue
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ class _Ledger(Protocol):
     def _epoch_args(self, key: str) -> list[str | float]: ...
 
     def _saw_epoch(self, key: str, epoch: object) -> None: ...
+
+    def _saw_service_time(self, key: str, reply: object) -> None: ...
 
     def _ensure_heartbeat(self) -> None: ...
 
@@ -113,8 +116,10 @@ class WaitingLines:
         """Take a place in the waiting lines of ``waits``' keys, kept until :meth:`WaitQueue.leave`: queued in Redis
         once (one pipelined batch, counted against ``max_queue``, renewed by the heartbeat), so a wait costs no
         Redis command and one that times out keeps its place. A release wakes this process' oldest waiter on its
-        key; a refill or a cooldown's end, one timer per key (kept up to date by every status read). ``priority``
-        is not honoured across processes yet: waiters are served in arrival order whatever their class.
+        key; a refill or a cooldown's end, one timer per key (kept up to date by every status read). The caller's
+        expected wait is projected from the waiters ahead of it in Redis when it joins and the keys' service
+        times. ``priority`` is not honoured across processes yet: waiters are served in arrival order whatever
+        their class.
 
         Raises:
             QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
@@ -135,11 +140,16 @@ class WaitingLines:
             raise
         queued: list[str] = []
         own_wake: float | None = None
-        for key, reply in zip(waits, replies, strict=True):
+        served_at: list[float] = []
+        for (key, capacity), reply in zip(waits.items(), replies, strict=True):
             self._saw_epoch(key, reply[4])
+            self._saw_service_time(key, reply[6])
             status = key_status_of(reply[1:4])
             if int(reply[0]) == 1:
                 queued.append(key)
+                per_slot, slots = text(reply[6]), capacity.max_concurrent
+                if per_slot and slots is not None:
+                    served_at.append(loop.time() + expected_wait(int(reply[5]), slots, float(per_slot)))
             if status.blocked_by is None:
                 place.wake(key)  # admits now: the first wait returns at once
             elif status.ready_in is not None:
@@ -152,7 +162,7 @@ class WaitingLines:
         if waits and not queued:
             logger.warning("autogen_capacity.queue_full", keys=list(waits))
             raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
-        queue = RedisQueue(waiter_id, place, tuple(queued), own_wake, self._leave)
+        queue = RedisQueue(waiter_id, place, tuple(queued), own_wake, self._leave, min(served_at, default=None))
         self._waiting[waiter_id] = queue.keys
         if queue.task is not None:
             self._queues[queue.task] = queue

@@ -15,7 +15,7 @@ class RedisQueue:
     against ``max_queue``, renewed by the heartbeat) and in this process' wake-up lines from ``join_queue`` to
     :meth:`leave`, so a wait that times out keeps its place, and waiting again costs no Redis command."""
 
-    __slots__ = ("_left", "_on_leave", "_own_wake", "keys", "place", "task", "waiter_id")
+    __slots__ = ("_left", "_on_leave", "_own_wake", "_served_at", "keys", "place", "task", "waiter_id")
 
     def __init__(
         self,
@@ -24,6 +24,7 @@ class RedisQueue:
         keys: tuple[str, ...],
         own_wake: float | None,
         on_leave: Callable[[RedisQueue], Awaitable[None]],
+        served_at: float | None = None,
     ) -> None:
         self.waiter_id = waiter_id
         self.place = place
@@ -34,6 +35,9 @@ class RedisQueue:
         """When a key this caller could not queue on (``max_queue``) admits again by itself, if known."""
         self._on_leave = on_leave
         self._left = False
+        self._served_at = served_at
+        """When it is likely served (loop time), as projected at join: the waiters then ahead of it in Redis,
+        served at the keys' service times."""
 
     async def wait(self, timeout: float) -> bool:
         """Wait for a wake-up (one that came since the last wait counts at once) or ``timeout``."""
@@ -62,8 +66,12 @@ class RedisQueue:
         return self.place.woken_by
 
     def expected_wait(self) -> float | None:
-        """Not known across processes yet (no shared lease hold times): ``None``."""
-        return None
+        """Seconds until this caller is likely served: what was projected when it joined, less the time since
+        (never below 0: a caller still waiting past it is not told to give up); ``None`` when no key had a
+        service time yet."""
+        if self._served_at is None:
+            return None
+        return max(self._served_at - asyncio.get_running_loop().time(), 0.0)
 
     async def leave(self) -> None:
         """Leave every line (a second call does nothing); a wake-up this caller did not use passes on."""

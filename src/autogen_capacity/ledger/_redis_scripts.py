@@ -196,14 +196,25 @@ return {1, id}
 RELEASE = (
     _PRELUDE
     + """
--- KEYS: slots, released. ARGV: lease id, ttl, channel, ledger key. Returns 1 when the lease was held.
+-- KEYS: slots, released, meta. ARGV: lease id, ttl, channel, ledger key, seconds held ('' when the lease did no
+-- work), alpha. Returns {1 when the lease was held, the key's mean seconds a lease is held ('' when unknown)}:
+-- an exponentially weighted mean over every process' releases (deadlines.ServiceTimes).
 local now = clock()
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 keep_zset(KEYS[2], now)
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return removed
+local mean = opt(redis.call('HGET', KEYS[3], 'svc'))
+local held = opt(ARGV[5])
+if removed == 1 and held then
+  local alpha = tonumber(ARGV[6])
+  if mean then mean = mean + alpha * (held - mean) else mean = held end
+  redis.call('HSET', KEYS[3], 'svc', fmt(mean))
+  redis.call('HSETNX', KEYS[3], 'acq', 0)
+  keep_meta(KEYS[3], now, 0)
+end
+return {removed, fmt(mean)}
 """
 )
 
@@ -245,21 +256,26 @@ ENTER_QUEUE = (
     + """
 -- KEYS: slots, meta, tokens, waiters, epoch. ARGV: waiter id, ttl, max_concurrent, rpm, tpm, max_queue,
 -- known epoch, fence_s.
--- Returns {queued, headroom, reason, ready_in, epoch}; reason '' means the key admits now. The waiter is queued
--- whatever the status (its place is kept until it leaves), unless max_queue waiters are queued already.
+-- Returns {queued, headroom, reason, ready_in, epoch, waiters ahead, mean seconds a lease is held ('' when
+-- unknown)}; reason '' means the key admits now. The waiter is queued whatever the status (its place is kept
+-- until it leaves), unless max_queue waiters are queued already.
 local now = clock()
+local svc = redis.call('HGET', KEYS[2], 'svc') or ''
 local id, fence = epoch(KEYS[5], ARGV[7], now, ARGV[8])
 local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), opt(ARGV[4]),
   opt(ARGV[5]), fence)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return {1, fmt(headroom), reason or '', fmt(ready_in), id} end
+local ahead = redis.call('ZCARD', KEYS[4])
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) then
+  return {1, fmt(headroom), reason or '', fmt(ready_in), id, ahead - 1, svc}
+end
 local max_queue = opt(ARGV[6])
-if max_queue and redis.call('ZCARD', KEYS[4]) >= max_queue then
-  return {0, fmt(headroom), reason or '', fmt(ready_in), id}
+if max_queue and ahead >= max_queue then
+  return {0, fmt(headroom), reason or '', fmt(ready_in), id, ahead, svc}
 end
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1])
 keep_zset(KEYS[4], now)
-return {1, fmt(headroom), reason or '', fmt(ready_in), id}
+return {1, fmt(headroom), reason or '', fmt(ready_in), id, ahead, svc}
 """
 )
 

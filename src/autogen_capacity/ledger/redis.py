@@ -16,13 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._logging import logger
 from ..contracts import AgentCapacity
+from ..deadlines import DEFAULT_ALPHA
 from ..exceptions import LedgerClosed, LedgerUnavailable
 from ._config_model import DEFAULT_LEASE_TTL_S, INSTALL_HINT, LedgerConfig
 from ._redis_lines import READY_MARGIN_S, WaitingLines
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_queue import RedisQueue
 from ._redis_renewal import LeaseRenewal
-from ._redis_scripts import key_status_of, limit_args
+from ._redis_scripts import key_status_of, limit_args, opt_arg
 from ._redis_scripts import register as register_scripts
 from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, text
 from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot
@@ -40,6 +41,8 @@ _STATE = ("slots", "meta", "tokens", "epoch")
 _USAGE = ("slots", "meta", "tokens", "waiters")
 _REREGISTER_TRIES = 3
 _PARTS = frozenset({"slots", "meta", "tokens", "waiters", "released"})
+SERVICE_ALPHA = DEFAULT_ALPHA
+"""Weight of the newest lease in a key's service time (as ``InMemoryLedger``'s)."""
 
 
 class RedisLedger(LeaseRenewal, WaitingLines):
@@ -106,6 +109,7 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         "_renew_pending",
         "_retry_for",
         "_scripts",
+        "_service",
         "_ttl",
         "_unreachable",
         "_url",
@@ -151,6 +155,7 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
         self._queues: dict[asyncio.Task[Any], RedisQueue] = {}  # the place each waiting task holds
         self._epochs: dict[str, str] = {}  # key -> the epoch this process last saw it in
+        self._service: dict[str, float] = {}  # key -> its service time, as Redis last answered it
         self._renew_now: asyncio.Future[None] | None = None  # the heartbeat's pause, cut short by _renew_soon
         self._renew_pending = False
         self._wakeups = WakeUps(
@@ -251,17 +256,19 @@ class RedisLedger(LeaseRenewal, WaitingLines):
 
     async def _release(self, lease: Lease) -> None:
         if self._held.pop(lease.lease_id, None) is not None:  # else given back by aclose() already
-            await self._give_back(lease.key, lease.lease_id)
+            held_s = asyncio.get_running_loop().time() - lease.acquired_at
+            await self._give_back(lease.key, lease.lease_id, held_s)
 
-    async def _give_back(self, key: str, lease_id: str) -> None:
-        """Release a lease in Redis (retried over a lost connection); when Redis stays unreachable, the release
-        is kept and the heartbeat tries it again until it lands."""
+    async def _give_back(self, key: str, lease_id: str, held_s: float | None = None) -> None:
+        """Release a lease in Redis (retried over a lost connection), folding the ``held_s`` seconds it was held
+        into the key's service time; when Redis stays unreachable, the release is kept and the heartbeat tries it
+        again until it lands."""
         self._releasing[lease_id] = key
         try:
-            await self._pipeline.run(
+            reply = await self._pipeline.run(
                 self._scripts.release,
-                [self._name(key, "slots"), self._name(key, "released")],
-                [lease_id, self._ttl, self._channel, key],
+                [self._name(key, "slots"), self._name(key, "released"), self._name(key, "meta")],
+                [lease_id, self._ttl, self._channel, key, opt_arg(held_s), SERVICE_ALPHA],
             )
         except self._unreachable as exc:
             logger.warning("autogen_capacity.release_failed", key=key, url=self._url, error=describe(exc))
@@ -269,6 +276,13 @@ class RedisLedger(LeaseRenewal, WaitingLines):
                 self._ensure_heartbeat()
             return
         self._releasing.pop(lease_id, None)
+        self._saw_service_time(key, reply[1])
+
+    def _saw_service_time(self, key: str, reply: object) -> None:
+        """Keep the key's service time a script answered with (shared by every process, see ``service_time``)."""
+        found = text(reply)
+        if found:
+            self._service[key] = float(found)
 
     async def _give_back_granted(self, key: str, lease_id: str, reply: Sequence[Any]) -> None:
         """A ``try_acquire`` was cancelled while its script was on the way: give back what it was granted."""
@@ -311,8 +325,9 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         return None
 
     async def service_time(self, key: str) -> float | None:
-        """Not measured across processes yet: ``None`` (no deadline fails fast on a RedisLedger key's wait)."""
-        return None
+        """The mean seconds a lease on ``key`` is held, over every process' releases (an exponentially weighted
+        mean kept in Redis), as of this process' last release or join on the key; ``None`` before either."""
+        return self._service.get(key)
 
     async def snapshot(self) -> LedgerSnapshot:
         """Usage per key of the namespace (found with ``SCAN``), across every process."""
