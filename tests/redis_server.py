@@ -7,13 +7,14 @@ with a clear reason when the binary is missing (``apt-get install redis-server``
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,3 +141,13 @@ async def make_ledger_fixture(redis_server: RedisServer) -> AsyncIterator[MakeLe
     yield make
     for ledger in ledgers:
         await ledger.aclose()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, every: float = 0.05) -> None:
+    """Poll ``check`` (a read of Redis, which has no wake source to await) until it holds, failing after a
+    generous ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, f"condition not met within {timeout} s"
+        await asyncio.sleep(every)

@@ -26,7 +26,7 @@ from autogen_capacity import (
     QueueFull,
 )
 from autogen_capacity.ledger.redis import INSTALL_HINT, RedisLedger
-from redis_server import MakeLedger, RedisServer, free_port
+from redis_server import MakeLedger, RedisServer, eventually, free_port
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
 pytestmark = pytest.mark.redis
@@ -42,15 +42,6 @@ def _redis_ledger(make_ledger: MakeLedger) -> RedisLedger:
 
 async def _done(tasks: list[asyncio.Task[Any]], n: int) -> bool:
     return sum(task.done() for task in tasks) >= n
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, every: float = 0.05) -> None:
-    """Poll ``check`` until it holds, failing after a generous ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"condition not met within {timeout} s"
-        await asyncio.sleep(every)
 
 
 class TestAdmission:
@@ -494,8 +485,8 @@ class TestPipelining:
 
         calls: list[asyncio.Future[Any]] = []
         client.before = lambda: calls[0].cancel()
-        keys = [ledger._name("k", part) for part in ("slots", "meta", "tokens", "epoch")]
-        args: list[str | float] = ["", "", "", "", 1.0]
+        keys = [ledger._name("k", part) for part in ("slots", "meta", "tokens", "epoch", "waiters", "rank")]
+        args: list[str | float] = ["", "", "", "", 1.0, ""]
         calls.append(asyncio.ensure_future(ledger._pipeline.run(ledger._scripts.status, keys, args, on_orphan=failing)))
         with caplog.at_level(logging.WARNING, logger="autogen_capacity"), pytest.raises(asyncio.CancelledError):
             await calls[0]

@@ -101,8 +101,8 @@ class TestStaleConnections:
     async def test_retried_acquire_takes_one_slot(self, make_ledger: MakeLedger) -> None:
         """The acquire script is idempotent for its lease id: sent twice, it takes one slot and counts once."""
         ledger = make_ledger()
-        keys = [ledger._name("k", part) for part in ("slots", "meta", "tokens", "epoch")]
-        args = ["lease-1", TTL_S, "2", "", "", "", 1.0, "0"]
+        keys = [ledger._name("k", part) for part in ("slots", "meta", "tokens", "epoch", "waiters", "rank")]
+        args = ["lease-1", TTL_S, "2", "", "", "", 1.0, "0", ""]
         first = await ledger._scripts.acquire(keys=keys, args=args)
         again = await ledger._scripts.acquire(keys=keys, args=args)
         assert int(first[0]) == int(again[0]) == 1

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_AGING_S",
     "DEFAULT_PRIORITY",
     "PRIORITIES",
+    "TOP_RANK",
     "LineFull",
     "Priority",
     "WaitLine",
@@ -56,6 +57,8 @@ DEFAULT_AGING_S = 10.0
 
 _RANKS: dict[Priority, int] = {"sheddable": 0, "default": 1, "critical": 2}
 _TOP = 2
+TOP_RANK = _TOP
+"""The rank of ``"critical"`` (:func:`rank`): a class's lift to the top is ``TOP_RANK - rank(class)``."""
 _COMPACT_AT = 32
 """Removed entries kept in a class's deque before it is compacted (and only when they outnumber the live)."""
 

@@ -15,7 +15,7 @@ from .._logging import logger
 from ..contracts import AgentCapacity
 from ..deadlines import expected_wait
 from ..exceptions import LedgerClosed, QueueFull
-from ..priority import Priority
+from ..priority import TOP_RANK, Priority, rank
 from ._redis_queue import RedisQueue
 from ._redis_scripts import key_status_of, limit_args, opt_arg
 from ._redis_wakeups import Place, text
@@ -34,7 +34,7 @@ LISTEN_WAIT_S = 1.0
 """How long joining a line waits for the wake-up listener's first subscription attempt, at most."""
 READY_MARGIN_S = 0.001
 """Waking a moment after Redis' reported refill or cooldown's end, so the loop clock does not wake it early."""
-QUEUE_PARTS = ("slots", "meta", "tokens", "waiters", "epoch")
+QUEUE_PARTS = ("slots", "meta", "tokens", "waiters", "epoch", "rank")
 """The Redis keys of one ledger key that entering its line reads and writes."""
 
 
@@ -72,13 +72,18 @@ class _Ledger(Protocol):
 
     async def join_queue(self, waits: Mapping[str, AgentCapacity], *, priority: Priority = "default") -> WaitQueue: ...
 
-    async def _enter(self, key: str, capacity: AgentCapacity, waiter_id: str) -> Any: ...
+    async def _enter(self, key: str, capacity: AgentCapacity, waiter_id: str, priority: Priority) -> Any: ...
+
+    @property
+    def _channel(self) -> str: ...
+
+    _aging_s: float
 
     async def _leave(self, queue: RedisQueue) -> None: ...
 
     async def _leave_entered_queue(self, key: str, waiter_id: str, reply: Sequence[Any]) -> None: ...
 
-    async def _leave_queues(self, waiter_id: str, keys: Sequence[str]) -> None: ...
+    async def _leave_queues(self, waiter_id: str, keys: Sequence[str], pass_on: str | None = None) -> None: ...
 
 
 class WaitingLines:
@@ -96,7 +101,8 @@ class WaitingLines:
         cooldown's end, at most ``timeout`` seconds; ``True`` at once when one of them admits now.
 
         Raises:
-            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
+            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes), none of a
+                class below ``priority``.
             LedgerUnavailable: Redis cannot be reached.
         """
         queue = await self.join_queue(waits)
@@ -115,24 +121,34 @@ class WaitingLines:
     ) -> WaitQueue:
         """Take a place in the waiting lines of ``waits``' keys, kept until :meth:`WaitQueue.leave`: queued in Redis
         once (one pipelined batch, counted against ``max_queue``, renewed by the heartbeat), so a wait costs no
-        Redis command and one that times out keeps its place. A release wakes this process' oldest waiter on its
-        key; a refill or a cooldown's end, one timer per key (kept up to date by every status read). The caller's
-        expected wait is projected from the waiters ahead of it in Redis when it joins and the keys' service
-        times. ``priority`` is not honoured across processes yet: waiters are served in arrival order whatever
-        their class.
+        Redis command and one that times out keeps its place. A release wakes this process' best-ranked waiter on
+        its key; a refill or a cooldown's end, one timer per key (kept up to date by every status read). The
+        caller's expected wait is projected from the waiters ahead of it in Redis when it joins and the keys'
+        service times.
+
+        A freed slot goes to the waiter of the highest class, across processes, with ``priority.py``'s aging
+        bound: each waiter is ranked by when it came plus ``aging_s`` for each class below critical, and a free
+        slot is kept for the waiters ranked ahead of a waiting caller (a caller not in the line races for it).
+        On a full line (``max_queue``) the youngest waiter of the lowest class below ``priority`` is shed, in
+        whichever process it waits (its wait raises ``QueueFull``).
 
         Raises:
-            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes).
+            QueueFull: every key already has its ``max_queue`` callers waiting (across all processes), none of a
+                class below ``priority``.
             LedgerUnavailable: Redis cannot be reached.
         """
         if self._closed:
             raise LedgerClosed("the ledger is closed")
         loop = asyncio.get_running_loop()
         await self._wakeups.listen(LISTEN_WAIT_S)  # subscribed before looking, so no release slips through
-        place, waiter_id = Place(loop), uuid.uuid4().hex
+        lift = TOP_RANK - rank(priority)
+        place = Place(loop, uuid.uuid4().hex, loop.time() + lift * self._aging_s, priority)
+        waiter_id = place.waiter_id
         self._wakeups.add(place, waits)
         try:
-            replies = await asyncio.gather(*(self._enter(key, capacity, waiter_id) for key, capacity in waits.items()))
+            replies = await asyncio.gather(
+                *(self._enter(key, capacity, waiter_id, priority) for key, capacity in waits.items())
+            )
         except BaseException as exc:
             self._wakeups.forget(place, waits)
             if isinstance(exc, Exception):  # a cancelled join leaves what it entered when the replies arrive
@@ -169,15 +185,16 @@ class WaitingLines:
         self._ensure_heartbeat()
         return queue
 
-    async def _enter(self: _Ledger, key: str, capacity: AgentCapacity, waiter_id: str) -> Any:
+    async def _enter(self: _Ledger, key: str, capacity: AgentCapacity, waiter_id: str, priority: Priority) -> Any:
         args: list[str | float] = [waiter_id, self._ttl, *limit_args(capacity), opt_arg(capacity.max_queue)]
-        args += self._epoch_args(key)
+        args += [*self._epoch_args(key), TOP_RANK - rank(priority), self._aging_s, self._channel, priority, key]
         on_orphan = functools.partial(self._leave_entered_queue, key, waiter_id)
         return await self._run(self._scripts.enter_queue, key, QUEUE_PARTS, args, on_orphan=on_orphan)
 
     async def _leave(self: _Ledger, queue: RedisQueue) -> None:
         """Leave the lines of ``queue`` here and in Redis (one pipelined batch); a wake-up it was given and did not
-        use wakes the next waiter on that key."""
+        use wakes the next waiter on that key, here and, since a slot may have been kept for this caller, in every
+        process (the key is published again)."""
         self._wakeups.forget(queue.place, queue.keys)
         if queue.task is not None and self._queues.get(queue.task) is queue:
             del self._queues[queue.task]
@@ -185,10 +202,19 @@ class WaitingLines:
         if woken_by is not None:
             self._wakeups.wake_oldest(woken_by)
         if not self._closed and self._waiting.pop(queue.waiter_id, None) is not None:  # else aclose() leaves
-            await self._leave_queues(queue.waiter_id, queue.keys)
+            await self._leave_queues(queue.waiter_id, queue.keys, pass_on=woken_by)
 
-    async def _leave_queues(self: _Ledger, waiter_id: str, keys: Sequence[str]) -> None:
+    async def _leave_queues(self: _Ledger, waiter_id: str, keys: Sequence[str], pass_on: str | None = None) -> None:
         """Take ``waiter_id`` off the Redis lines of ``keys`` (one pipelined batch)."""
         script = self._scripts.leave_queue
         with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
-            await asyncio.gather(*(self._pipeline.run(script, [self._name(k, "waiters")], [waiter_id]) for k in keys))
+            await asyncio.gather(
+                *(
+                    self._pipeline.run(
+                        script,
+                        [self._name(k, "waiters"), self._name(k, "rank")],
+                        [waiter_id, self._channel if k == pass_on else "", k],
+                    )
+                    for k in keys
+                )
+            )

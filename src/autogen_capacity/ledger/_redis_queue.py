@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from ..exceptions import QueueFull
 from ._redis_wakeups import Place
 
 __all__ = ["RedisQueue"]
@@ -40,7 +41,11 @@ class RedisQueue:
         served at the keys' service times."""
 
     async def wait(self, timeout: float) -> bool:
-        """Wait for a wake-up (one that came since the last wait counts at once) or ``timeout``."""
+        """Wait for a wake-up (one that came since the last wait counts at once) or ``timeout``.
+
+        Raises:
+            QueueFull: this caller was shed from a full line for a caller of a higher class.
+        """
         place = self.place
         loop = asyncio.get_running_loop()
         if not place.future.done():
@@ -53,6 +58,8 @@ class RedisQueue:
                 await place.future
             finally:
                 timer.cancel()
+        if place.shed is not None:
+            raise QueueFull(f"{place.shed} (max_queue reached)")
         now = loop.time()
         woken = place.future.result() or (self._own_wake is not None and now >= self._own_wake)
         if self._own_wake is not None and now >= self._own_wake:

@@ -130,7 +130,7 @@ class LeaseRenewal:
         try:
             reply = await self._pipeline.run(
                 self._scripts.renew,
-                [self._name(key, p) for p in ("slots", "released", "waiters", "epoch")],
+                [self._name(key, p) for p in ("slots", "released", "waiters", "epoch", "rank")],
                 [self._ttl, len(lease_ids), known, self._period, *lease_ids, *waiter_ids],
             )
         except Exception as exc:  # a background task: the next round tries again

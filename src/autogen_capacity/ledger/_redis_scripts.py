@@ -121,10 +121,28 @@ local function epoch(key, known, now, fence_s)
   return id, fence
 end
 
+-- Drop the waiters whose process stopped renewing them from the key's line and its ranking.
+local function prune(waiters, rank, now)
+  local gone = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
+    redis.call('ZREM', rank, unpack(gone))
+    redis.call('HDEL', rank .. ':class', unpack(gone))
+  end
+end
+
+-- How many waiters a free slot is kept for before this caller: those ranked ahead of `waiter` (none for a
+-- caller not in the line, which races for it as before).
+local function ahead(rank, waiter)
+  local mine = waiter ~= '' and redis.call('ZSCORE', rank, waiter)
+  if mine then return redis.call('ZCOUNT', rank, '-inf', '(' .. mine) end
+  return 0
+end
+
 -- Same order and arithmetic as InMemoryLedger._status: headroom, reason (nil: admits), ready_in. A fenced
 -- key with slots (Redis lost its data a moment ago) is cooling down until its holders have put their leases
 -- back.
-local function status(slots, meta, tokens, now, mc, rpm, tpm, fence)
+local function status(slots, meta, tokens, now, mc, rpm, tpm, fence, kept)
   local ex = opt(redis.call('HGET', meta, 'ex')) or 0
   if ex > now then return 0, 'exhausted', ex - now end
   local cd = opt(redis.call('HGET', meta, 'cd')) or 0
@@ -132,7 +150,7 @@ local function status(slots, meta, tokens, now, mc, rpm, tpm, fence)
   if cd > now then return 0, 'cooldown', cd - now end
   local headroom = 1
   if mc then
-    local free = mc - in_flight(slots, now)
+    local free = mc - in_flight(slots, now) - (kept or 0)
     if free <= 0 then return 0, 'slots', nil end
     headroom = free / mc
   end
@@ -154,12 +172,14 @@ end
 STATUS = (
     _PRELUDE
     + """
--- KEYS: slots, meta, tokens, epoch. ARGV: max_concurrent, rpm, tpm, known epoch, fence_s.
--- Returns {headroom, reason, ready_in, epoch}.
+-- KEYS: slots, meta, tokens, epoch, waiters, rank. ARGV: max_concurrent, rpm, tpm, known epoch, fence_s,
+-- waiter id ('' when the caller is not in the line).
+-- Returns {headroom, reason, ready_in, epoch}: as the caller sees it (slots kept for waiters ranked ahead).
 local now = clock()
 local id, fence = epoch(KEYS[4], ARGV[4], now, ARGV[5])
+prune(KEYS[5], KEYS[6], now)
 local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[1]), opt(ARGV[2]),
-  opt(ARGV[3]), fence)
+  opt(ARGV[3]), fence, ahead(KEYS[6], ARGV[6]))
 return {fmt(headroom), reason or '', fmt(ready_in), id}
 """
 )
@@ -167,8 +187,9 @@ return {fmt(headroom), reason or '', fmt(ready_in), id}
 ACQUIRE = (
     _PRELUDE
     + """
--- KEYS: slots, meta, tokens, epoch. ARGV: lease id, ttl, max_concurrent, rpm, tpm, known epoch, fence_s,
--- holding ('1' when the caller holds leases on the key).
+-- KEYS: slots, meta, tokens, epoch, waiters, rank. ARGV: lease id, ttl, max_concurrent, rpm, tpm, known epoch,
+-- fence_s, holding ('1' when the caller holds leases on the key), waiter id ('' when not in the line).
+-- A free slot is kept for the waiters ranked ahead of a caller in the line.
 -- Returns {1, epoch} when admitted, {-1, epoch} when the caller holds leases under another epoch (it must put
 -- them back first), else {0, headroom, reason, ready_in, epoch}. Idempotent for one lease id: a retried call
 -- whose first attempt was granted is granted again, without taking a second slot.
@@ -177,7 +198,9 @@ local id, fence = epoch(KEYS[4], ARGV[6], now, ARGV[7])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {1, id} end
 if ARGV[8] == '1' and ARGV[6] ~= id then return {-1, id} end
 local rpm = opt(ARGV[4])
-local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), rpm, opt(ARGV[5]), fence)
+prune(KEYS[5], KEYS[6], now)
+local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), rpm, opt(ARGV[5]), fence,
+  ahead(KEYS[6], ARGV[9]))
 if reason then return {0, fmt(headroom), reason, fmt(ready_in), id} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 keep_zset(KEYS[1], now)
@@ -221,7 +244,7 @@ return {removed, fmt(mean)}
 RENEW = (
     _PRELUDE
     + """
--- KEYS: slots, released, waiters, epoch. ARGV: ttl, number of lease ids, known epoch, fence_s, lease ids...,
+-- KEYS: slots, released, waiters, epoch, rank. ARGV: ttl, number of lease ids, known epoch, fence_s, lease ids...,
 -- waiter ids...
 -- Pushes every held lease's and waiter's expiry to now + ttl. A held lease missing from the slots (Redis
 -- lost its data, or this process stalled past the ttl) is put back unless it was released meanwhile: the
@@ -246,7 +269,11 @@ if leases > 0 then keep_zset(KEYS[1], now) end
 for i = first + leases, #ARGV do
   redis.call('ZADD', KEYS[3], 'XX', expiry, ARGV[i])
 end
-if #ARGV >= first + leases then keep_zset(KEYS[3], now) end
+if #ARGV >= first + leases then
+  keep_zset(KEYS[3], now)
+  redis.call('PEXPIRE', KEYS[5], math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
+  redis.call('PEXPIRE', KEYS[5] .. ':class', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
+end
 return restored
 """
 )
@@ -254,34 +281,68 @@ return restored
 ENTER_QUEUE = (
     _PRELUDE
     + """
--- KEYS: slots, meta, tokens, waiters, epoch. ARGV: waiter id, ttl, max_concurrent, rpm, tpm, max_queue,
--- known epoch, fence_s.
+-- KEYS: slots, meta, tokens, waiters, epoch, rank. ARGV: waiter id, ttl, max_concurrent, rpm, tpm, max_queue,
+-- known epoch, fence_s, class lift (0 critical, 1 default, 2 sheddable), aging_s, channel, class, ledger key.
+-- The rank is now + lift * aging_s: a waiter has the top rank from lift * aging_s after it came (priority.py's
+-- aging bound), and is served before every waiter ranked after it, in any process. At max_queue, the youngest
+-- waiter of the lowest class below the newcomer's is shed (told on the channel: 'shed <waiter id> <class> <key>').
 -- Returns {queued, headroom, reason, ready_in, epoch, waiters ahead, mean seconds a lease is held ('' when
 -- unknown)}; reason '' means the key admits now. The waiter is queued whatever the status (its place is kept
 -- until it leaves), unless max_queue waiters are queued already.
 local now = clock()
 local svc = redis.call('HGET', KEYS[2], 'svc') or ''
 local id, fence = epoch(KEYS[5], ARGV[7], now, ARGV[8])
-local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), opt(ARGV[4]),
-  opt(ARGV[5]), fence)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-local ahead = redis.call('ZCARD', KEYS[4])
-if redis.call('ZSCORE', KEYS[4], ARGV[1]) then
-  return {1, fmt(headroom), reason or '', fmt(ready_in), id, ahead - 1, svc}
+local classes = KEYS[6] .. ':class'
+prune(KEYS[4], KEYS[6], now)
+local lift = tonumber(ARGV[9])
+local function answer(queued, shed)
+  local before = ahead(KEYS[6], ARGV[1])
+  local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), opt(ARGV[4]),
+    opt(ARGV[5]), fence, before)
+  return {queued, fmt(headroom), reason or '', fmt(ready_in), id, before, svc, shed or ''}
 end
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return answer(1) end
 local max_queue = opt(ARGV[6])
-if max_queue and ahead >= max_queue then
-  return {0, fmt(headroom), reason or '', fmt(ready_in), id, ahead, svc}
+local shed = nil
+if max_queue and redis.call('ZCARD', KEYS[4]) >= max_queue then
+  local worst, worst_lift, worst_rank = nil, lift, nil
+  local entries = redis.call('HGETALL', classes)
+  for i = 1, #entries, 2 do
+    local l = tonumber(entries[i + 1])
+    local r = tonumber(redis.call('ZSCORE', KEYS[6], entries[i]))
+    if r and (l > worst_lift or (l == worst_lift and worst and r > worst_rank)) then
+      worst, worst_lift, worst_rank = entries[i], l, r
+    end
+  end
+  if not worst then return answer(0) end
+  redis.call('ZREM', KEYS[4], worst)
+  redis.call('ZREM', KEYS[6], worst)
+  redis.call('HDEL', classes, worst)
+  redis.call('PUBLISH', ARGV[11], 'shed ' .. worst .. ' ' .. ARGV[12] .. ' ' .. ARGV[13])
+  shed = worst
 end
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1])
+local expiry = now + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[4], expiry, ARGV[1])
+redis.call('ZADD', KEYS[6], now + lift * tonumber(ARGV[10]), ARGV[1])
+redis.call('HSET', classes, ARGV[1], lift)
 keep_zset(KEYS[4], now)
-return {1, fmt(headroom), reason or '', fmt(ready_in), id, ahead, svc}
+redis.call('PEXPIRE', KEYS[6], math.ceil(tonumber(ARGV[2]) * 1000) + 1000)
+redis.call('PEXPIRE', classes, math.ceil(tonumber(ARGV[2]) * 1000) + 1000)
+return answer(1, shed)
 """
 )
 
 LEAVE_QUEUE = """
--- KEYS: waiters. ARGV: waiter id. Returns 1 when the waiter was queued.
-return redis.call('ZREM', KEYS[1], ARGV[1])
+-- KEYS: waiters, rank. ARGV: waiter id, channel ('' when nothing is to be passed on), ledger key. Returns 1 when
+-- the waiter was queued. A wake-up the waiter did not use (a slot kept for it) is passed on to every process
+-- by publishing the key again, when others still wait.
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[2] .. ':class', ARGV[1])
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 and ARGV[2] ~= '' and redis.call('ZCARD', KEYS[2]) > 0 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return removed
 """
 
 RECORD_TOKENS = (

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PUBSUB_IDLE_S", "Place", "WakeUps", "describe", "resolve", "text"]
 
+SHED_PREFIX = "shed "
+"""A message on the channel that names a waiter shed from a full line (a ledger key names a release)."""
 PUBSUB_IDLE_S = 15.0
 """How long the listener waits for a message before checking its connection again."""
 _RECONNECT_MAX_S = 2.0
@@ -27,11 +29,19 @@ class Place:
     A place whose wake-up has not been waited for yet is passed over by the next wake-up, as the oldest waiter
     that was already woken is (``woken_by``: the key whose release or refill woke it, until it is used)."""
 
-    __slots__ = ("future", "woken_by")
+    __slots__ = ("future", "priority", "rank", "shed", "waiter_id", "woken_by")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, waiter_id: str = "", rank: float = 0.0, priority: str = "default"
+    ) -> None:
         self.future: asyncio.Future[bool] = loop.create_future()
         self.woken_by: str | None = None
+        self.waiter_id = waiter_id
+        self.priority = priority
+        self.rank = rank
+        """Its order in this process' lines: when it came plus its class's lift (lower is served first)."""
+        self.shed: str | None = None
+        """Why it was shed from a full line for a caller of a higher class (its next wait raises)."""
 
     def wake(self, key: str | None = None, *, woken: bool = True) -> bool:
         """Resolve the current future (``False``: it was already resolved or given up)."""
@@ -65,7 +75,8 @@ class WakeUps:
         self._url = url
         self._on_reconnect = on_reconnect
         self._reconnect_max_s = min(reconnect_max_s, _RECONNECT_MAX_S)
-        self._waiters: dict[str, deque[Place]] = {}
+        self._waiters: dict[str, deque[Place]] = {}  # per key, by rank
+        self._places: dict[str, Place] = {}  # waiter id -> place, to be told it was shed
         self._ready: dict[str, asyncio.TimerHandle] = {}
         self._chain: set[str] = set()  # keys whose refill woke a waiter
         self._listener: asyncio.Task[None] | None = None
@@ -86,9 +97,22 @@ class WakeUps:
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     def add(self, waiter: Place, keys: Iterable[str]) -> None:
-        """Queue ``waiter`` (last) on each of ``keys``."""
+        """Queue ``waiter`` on each of ``keys``, after the places ranked before or with it."""
         for key in keys:
-            self._waiters.setdefault(key, deque()).append(waiter)
+            line = self._waiters.setdefault(key, deque())
+            at = len(line)
+            while at > 0 and line[at - 1].rank > waiter.rank:
+                at -= 1
+            line.insert(at, waiter)
+        self._places[waiter.waiter_id] = waiter
+
+    def shed(self, waiter_id: str, key: str, newcomer: str) -> None:
+        """A full line in Redis dropped ``waiter_id`` for a ``newcomer`` of a higher class: its wait raises."""
+        waiter = self._places.get(waiter_id)
+        if waiter is not None and waiter.shed is None:
+            waiter.shed = f"a {waiter.priority} caller waiting for {key!r} was shed for a {newcomer} one"
+            logger.warning("autogen_capacity.shed", key=key, shed=waiter.priority, newcomer=newcomer)
+            waiter.wake()
 
     def forget(self, waiter: Place, keys: Iterable[str]) -> None:
         """Take ``waiter`` off the queues of ``keys``."""
@@ -98,6 +122,8 @@ class WakeUps:
                 queue.remove(waiter)
                 if not queue:
                     del self._waiters[key]
+        if not any(waiter in line for line in self._waiters.values()):
+            self._places.pop(waiter.waiter_id, None)
 
     def waiting_on(self, key: str) -> bool:
         """Whether a caller of this process waits for ``key``."""
@@ -158,7 +184,12 @@ class WakeUps:
                         continue
                     kind = text(message["type"])
                     if kind == "message":
-                        self.wake_oldest(text(message["data"]))
+                        data = text(message["data"])
+                        if data.startswith(SHED_PREFIX):
+                            waiter_id, newcomer, key = data[len(SHED_PREFIX) :].split(" ", 2)
+                            self.shed(waiter_id, key, newcomer)
+                        else:
+                            self.wake_oldest(data)
                     elif kind == "subscribe":
                         if failures:
                             logger.info("autogen_capacity.ledger_reconnected", url=self._url)

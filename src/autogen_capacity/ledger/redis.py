@@ -18,6 +18,7 @@ from .._logging import logger
 from ..contracts import AgentCapacity
 from ..deadlines import DEFAULT_ALPHA
 from ..exceptions import LedgerClosed, LedgerUnavailable
+from ..priority import DEFAULT_AGING_S
 from ._config_model import DEFAULT_LEASE_TTL_S, INSTALL_HINT, LedgerConfig
 from ._redis_lines import READY_MARGIN_S, WaitingLines
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
@@ -37,7 +38,7 @@ __all__ = ["RedisLedger"]
 DEFAULT_UNAVAILABLE_AFTER_S = 5.0
 """Seconds a call retries a lost connection before raising LedgerUnavailable."""
 _MAX_CONNECTIONS = 64
-_STATE = ("slots", "meta", "tokens", "epoch")
+_STATE = ("slots", "meta", "tokens", "epoch", "waiters", "rank")
 _USAGE = ("slots", "meta", "tokens", "waiters")
 _REREGISTER_TRIES = 3
 _PARTS = frozenset({"slots", "meta", "tokens", "waiters", "released"})
@@ -53,8 +54,10 @@ class RedisLedger(LeaseRenewal, WaitingLines):
     expiry: a lease expires ``lease_ttl_s`` after its last renewal, and a background task renews held leases
     every ``lease_ttl_s / 3`` (the renewal period), so a live long turn keeps its slot and a killed worker's
     slots come back within ``lease_ttl_s``. A release publishes the key on the namespace's channel; each
-    process wakes its own oldest waiter for that key (oldest first within a process; processes race, and a
-    waiter that loses the race simply waits again). Waiters are counted in Redis against ``max_queue``.
+    process wakes its own best-ranked waiter for that key. Waiters are ranked in Redis, across processes, by
+    priority class with aging (a free slot is kept for the waiters ranked ahead of a waiting caller; one that
+    is refused simply waits again), and counted against ``max_queue``, where a lower class is shed for a
+    higher one.
 
     A lost connection is retried (every script is idempotent: ids are made here) for ``unavailable_after_s``;
     only then does a call raise :class:`~autogen_capacity.LedgerUnavailable`: nothing is admitted blindly. A
@@ -85,6 +88,8 @@ class RedisLedger(LeaseRenewal, WaitingLines):
             raises :class:`~autogen_capacity.LedgerUnavailable`.
         client: A ``redis.asyncio.Redis`` to use instead of one built from ``url`` (not closed by
             :meth:`aclose`).
+        aging_s: Seconds of waiting that lift a waiter one priority class (as ``InMemoryLedger``'s); every
+            ledger sharing a namespace should use the same.
 
     Raises:
         ImportError: redis-py is not installed (``pip install autogen-capacity[redis]``).
@@ -94,6 +99,7 @@ class RedisLedger(LeaseRenewal, WaitingLines):
 
     __slots__ = (
         "_admitting",
+        "_aging_s",
         "_client",
         "_closed",
         "_config",
@@ -125,6 +131,7 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
         unavailable_after_s: float = DEFAULT_UNAVAILABLE_AFTER_S,
         client: Redis | None = None,
+        aging_s: float = DEFAULT_AGING_S,
     ) -> None:
         try:
             from redis.asyncio import BlockingConnectionPool, Redis
@@ -140,6 +147,9 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         self._ns = namespace
         self._ttl = float(lease_ttl_s)
         self._retry_for = float(unavailable_after_s)
+        if aging_s <= 0:
+            raise ValueError(f"aging_s must be > 0, got {aging_s}")
+        self._aging_s = float(aging_s)
         self._owns_client = client is None
         self._unreachable: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
         self._client: Redis = client or Redis.from_pool(  # callers queue for a connection, never fail for lack of one
@@ -244,7 +254,14 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         put them back first (the script refuses to admit before that)."""
         for _ in range(_REREGISTER_TRIES):
             holding = any(k == key for k in self._held.values())
-            args = [lease_id, self._ttl, *limit_args(capacity), *self._epoch_args(key), "1" if holding else "0"]
+            args = [
+                lease_id,
+                self._ttl,
+                *limit_args(capacity),
+                *self._epoch_args(key),
+                "1" if holding else "0",
+                self._waiter_on(key),
+            ]
             on_orphan = functools.partial(self._give_back_granted, key, lease_id)
             reply = await self._run(self._scripts.acquire, key, _STATE, args, on_orphan=on_orphan)
             epoch = reply[-1]
@@ -284,6 +301,12 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         if found:
             self._service[key] = float(found)
 
+    def _waiter_on(self, key: str) -> str:
+        """The calling task's waiter id in ``key``'s line ('': not in it): a free slot is kept for the waiters
+        ranked ahead of it."""
+        queue = self._queues.get(asyncio.current_task()) if self._queues else None  # type: ignore[arg-type]
+        return queue.waiter_id if queue is not None and key in queue.keys else ""
+
     async def _give_back_granted(self, key: str, lease_id: str, reply: Sequence[Any]) -> None:
         """A ``try_acquire`` was cancelled while its script was on the way: give back what it was granted."""
         if int(reply[0]) == 1:
@@ -291,7 +314,8 @@ class RedisLedger(LeaseRenewal, WaitingLines):
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
         """Whether ``key`` would admit now, its headroom, and why not."""
-        reply = await self._run(self._scripts.status, key, _STATE, [*limit_args(capacity), *self._epoch_args(key)])
+        args = [*limit_args(capacity), *self._epoch_args(key), self._waiter_on(key)]
+        reply = await self._run(self._scripts.status, key, _STATE, args)
         self._saw_epoch(key, reply[3])
         status = key_status_of(reply[:3])
         if status.ready_in is not None and self._wakeups.waiting_on(key):  # keeps the key's timer up to date
