@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from . import cascade, distributed, ledger, overhead, real_agents, scale
+from . import cascade, distributed, ledger, overhead, priorities, real_agents, scale
 from ._report import plot, print_tables, write_json
 from ._stats import machine
 
@@ -21,6 +21,7 @@ SCENARIOS = {
     "ledger": ledger.run,
     "real_agents": real_agents.run,
     "distributed": distributed.run,
+    "priorities": priorities.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

@@ -148,6 +148,19 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
         console.print(table)
         if dist["note"]:
             console.print(dist["note"])
+    if "priorities" in report:
+        for part in ("mixed", "fail_fast", "starvation"):
+            row = report["priorities"][part]
+            table = Table(title=f"7. Priorities and deadlines: {part.replace('_', ' ')}")
+            table.add_column("measure")
+            table.add_column("value", justify="right")
+            for name, value in row.items():
+                if name == "targets":
+                    for target, met in value.items():
+                        table.add_row(f"target: {target}", "met" if met else "MISSED")
+                else:
+                    table.add_row(name, _f(value, 3))
+            console.print(table)
 
 
 def write_json(report: dict[str, Any], out: Path) -> Path:

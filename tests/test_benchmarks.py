@@ -37,5 +37,14 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     assert real_keys <= report["real_agents"]["results"][0].keys()
     if report["ledger"]["open_loop"]:  # with redis-server installed
         assert {"offered_s", "gc_frozen", "ops_s", "p99_ms"} <= report["ledger"]["open_loop"][0].keys()
+    priorities = report["priorities"]
+    assert {"critical_p99_ratio", "critical_completed", "sheddable_ended_exhausted"} <= priorities["mixed"].keys()
+    assert {"fail_fast_latency_max_s", "waited_out_completed"} <= priorities["fail_fast"].keys()
+    assert {"default_waited_s", "bound_s"} <= priorities["starvation"].keys()
+    assert all(
+        isinstance(met, bool)
+        for part in ("mixed", "fail_fast", "starvation")
+        for met in priorities[part]["targets"].values()
+    )
     for name in ("overhead.png", "cascade.png", "ledger.png"):
         assert (tmp_path / name).stat().st_size > 0

@@ -200,3 +200,27 @@ def test_bad_priority_or_deadline_names_the_field(bad: dict[str, object]) -> Non
     """A class that does not exist, or a deadline that is not positive, is refused naming the field."""
     with pytest.raises(ValueError, match=next(iter(bad))):
         CapacityAwareGroupChat([WorkerAgent("a")], **bad)  # type: ignore[arg-type]
+
+
+async def test_a_release_that_meets_the_end_of_a_window_serves_the_higher_class(fake_clock: FakeLoopClock) -> None:
+    """A critical waiter whose backoff window ended in the same instant as a release (its wait timed out and it
+    has not looked yet) is still the one served: before, the release passed it over and handed the slot to a
+    default waiter, so a steady stream of critical work let default callers jump it."""
+    ledger = InMemoryLedger()
+    holder = await ledger.try_acquire("k", ONE)
+    assert holder is not None
+    critical = await ledger.join_queue({"k": ONE}, priority="critical")
+    default = await ledger.join_queue({"k": ONE}, priority="default")
+    waiting = asyncio.ensure_future(critical.wait(1.0))
+    await settle(waiting)
+    fake_clock.advance(1.0)  # the critical waiter's window ends ...
+    for _ in range(10):  # until its timer has fired: the waiter itself runs a pass later
+        if critical._waiter.future.done():  # type: ignore[attr-defined]
+            break
+        await asyncio.sleep(0)
+    assert critical._waiter.future.done()  # type: ignore[attr-defined]
+    await holder.release()  # ... and, before it runs again, the slot comes back
+    assert await waiting is True
+    assert await default.wait(0) is False
+    await critical.leave()
+    await default.leave()

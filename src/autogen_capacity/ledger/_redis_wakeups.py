@@ -44,9 +44,12 @@ class Place:
         """Why it was shed from a full line for a caller of a higher class (its next wait raises)."""
 
     def wake(self, key: str | None = None, *, woken: bool = True) -> bool:
-        """Resolve the current future (``False``: it was already resolved or given up)."""
+        """Resolve the current future (``False``: it was already woken). A wake-up still reaches a place whose
+        own timer ended its wait a moment ago and that has not looked yet: it is the one to serve."""
         if self.future.done():
-            return False
+            if not woken or self.future.result():
+                return False
+            self.future = self.future.get_loop().create_future()
         self.future.set_result(woken)
         if woken:
             self.woken_by = key

@@ -147,7 +147,11 @@ class InMemoryLedger:
             assert waiter is not None
             waiter.out_of.append(state)
             if waiter.future.done():
-                continue
+                if waiter.future.result():
+                    continue  # woken already
+                # Its window ended a moment ago and it has not looked yet: still the one to serve (skipping it
+                # handed the slot to a lower class whenever a window's end and a release met).
+                waiter.future = asyncio.get_running_loop().create_future()
             waiter.future.set_result(True)
             waiter.woken_by = state.key
             task = waiter.task
