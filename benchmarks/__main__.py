@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from . import cascade, distributed, ledger, overhead, priorities, real_agents, scale
+from . import adaptive, cascade, distributed, ledger, overhead, priorities, real_agents, scale
 from ._report import plot, print_tables, write_json
 from ._stats import machine
 
@@ -22,6 +22,7 @@ SCENARIOS = {
     "real_agents": real_agents.run,
     "distributed": distributed.run,
     "priorities": priorities.run,
+    "adaptive": adaptive.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

@@ -148,6 +148,23 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
         console.print(table)
         if dist["note"]:
             console.print(dist["note"])
+    if "adaptive" in report:
+        adaptive = report["adaptive"]
+        table = Table(
+            title=f"8. Live capacity: true limit 3, K = {adaptive['k']} workers, {adaptive['seconds']:.0f} simulated s"
+        )
+        for column in ("declared", "adaptive", "turns/s", "429s/turn", "calls/turn", "of exact", "3->6: live>=5 s"):
+            table.add_column(column, justify="right")
+        table.add_column("6->2: 429s stop s", justify="right")
+        for r in adaptive["results"]:
+            table.add_row(
+                str(r["declared"]), _f(r["adaptive"]), _f(r["goodput_turns_s"]), _f(r["throttled_per_turn"], 3),
+                _f(r["calls_per_turn"], 3), _f(r.get("goodput_vs_exact"), 3), _f(r.get("rise_to_5_s"), 1),
+                _f(r.get("drop_429s_stop_s"), 1),
+            )  # fmt: skip
+        console.print(table)
+        for target, met in adaptive["results"][0]["targets"].items():
+            console.print(f"target {target}: {'met' if met else 'MISSED'}")
     if "priorities" in report:
         for part in ("mixed", "fail_fast", "starvation"):
             row = report["priorities"][part]

@@ -155,3 +155,33 @@ async def test_a_window_with_room_leaves_the_key_alone(ledger: InMemoryLedger, f
     assert limits is not None
     await cooldown_observer(ledger, "k")(limits)
     assert (await ledger.status("k", ADAPTIVE)).blocked_by is None
+
+
+async def test_waiters_are_served_after_the_live_limit_drops_under_the_leases_held(
+    ledger: InMemoryLedger, fake_clock: FakeLoopClock
+) -> None:
+    """Four leases held, four callers waiting, then a 429 drops the live limit to 2: the releases hand over only
+    the slots the key has. Before, each of the four releases reserved a slot for a waiter, four reservations
+    under a limit of two left every waiter refused (each saw the others' reservations), and they all waited out
+    their contract: a run on the simulated provider of benchmarks/adaptive.py hung for hours of simulated time."""
+    from autogen_capacity import acquire
+    from autogen_capacity.testing import settle
+
+    leases = await take(ledger, 4)
+    waiters = [asyncio.ensure_future(acquire("k", ADAPTIVE, ledger=ledger)) for _ in range(4)]
+    await settle(*waiters)
+    await ledger.observe(leases[0], throttled=True)
+    for lease in leases:
+        await lease.release()
+    await settle(*waiters)
+
+    assert (await ledger.snapshot())["k"].live_limit == 2
+    served = [w for w in waiters if w.done()]
+    assert len(served) == 2  # at once, with no time passing
+    for w in served:
+        await w.result().release()
+    await settle(*waiters)
+    assert all(w.done() for w in waiters)
+    for w in waiters:
+        if not w.result().released:
+            await w.result().release()

@@ -46,5 +46,8 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
         for part in ("mixed", "fail_fast", "starvation")
         for met in priorities[part]["targets"].values()
     )
+    adaptive = report["adaptive"]["results"]
+    assert [row["declared"] for row in adaptive] == [8, 3, 8]
+    assert {"throttled_per_turn", "calls_per_turn", "goodput_vs_exact", "rise_to_5_s"} <= adaptive[0].keys()
     for name in ("overhead.png", "cascade.png", "ledger.png"):
         assert (tmp_path / name).stat().st_size > 0

@@ -140,7 +140,13 @@ class InMemoryLedger:
                     break
 
     def _hand_over(self, state: KeyState) -> bool:
-        """Wake the oldest live waiter and reserve the freed slot for its task. ``False``: nobody waits."""
+        """Wake the oldest live waiter and reserve the freed slot for its task. ``False``: nobody waits, or the
+        key has no slot to hand over (an adaptive key whose live limit dropped below the leases it holds: a
+        reservation it could not honour would leave every waiter refused, and waiting, for good)."""
+        if state.capacity is not None:
+            slots = state.slots(state.capacity)
+            if slots is not None and slots - state.in_flight - len(state.reserved) <= 0:
+                return False
         now = self._now()
         while state.waiters:
             waiter = state.waiters.pop_next(now)
