@@ -185,3 +185,29 @@ async def test_waiters_are_served_after_the_live_limit_drops_under_the_leases_he
     for w in waiters:
         if not w.result().released:
             await w.result().release()
+
+
+async def test_a_moved_live_limit_is_an_event_in_the_run_stream() -> None:
+    """A team whose member's answer drops its adaptive key's live limit says so in run_stream: a
+    LiveLimitChangedEvent with the member, the key, the old and new limits, the ceiling and why."""
+    from autogen_capacity import LiveLimitChangedEvent
+
+    ledger = InMemoryLedger()
+    backend = Backend(limit=0)  # every call is refused until the limit is raised below
+    team = CapacityAwareGroupChat([Member("m", backend)], ledger=ledger, max_turns=1, emit_team_events=True)
+    events: list[LiveLimitChangedEvent] = []
+
+    async def run() -> None:
+        async for item in team.run_stream(task="go"):
+            if isinstance(item, LiveLimitChangedEvent):
+                events.append(item)
+                backend.limit = 1  # the retry is served
+
+    await asyncio.wait_for(run(), 30)
+
+    assert len(events) == 1
+    event = events[0]
+    assert (event.member, event.key, event.old, event.ceiling, event.content) == ("m", "backend", 4, 4, "throttled")
+    assert 1 <= event.new < 4
+    assert event.new == (await ledger.snapshot())["backend"].live_limit
+    await ledger.aclose()

@@ -17,6 +17,7 @@ from .events import (
     CapacityExhaustedEvent,
     CapacityWaitEvent,
     Deferral,
+    LiveLimitChangedEvent,
     MemberOverloadedEvent,
 )
 from .exceptions import (
@@ -89,6 +90,7 @@ __all__ = [
     "LedgerConfig",
     "LedgerSnapshot",
     "LedgerUnavailable",
+    "LiveLimitChangedEvent",
     "MemberOverloadedEvent",
     "OverloadClassifier",
     "OverloadSignal",

@@ -249,6 +249,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         # task rather than a new one, so that a woken wait goes on at once).
         if cancellation_token.is_cancelled():
             raise asyncio.CancelledError
+        if self._turns.live_changes:  # what the last answers taught, before the next speaker is admitted by it
+            await self._reports.live_limits_changed(self._turns.take_live_changes())
         selecting = _WhileSelecting()
         cancellation_token.add_callback(selecting.cancel)
         try:

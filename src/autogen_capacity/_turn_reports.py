@@ -4,6 +4,7 @@ load)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from autogen_agentchat.messages import BaseAgentEvent
@@ -11,8 +12,8 @@ from autogen_agentchat.messages import BaseAgentEvent
 from ._engine import WaitReport
 from ._logging import info_enabled, logger
 from ._plan import MemberPlan
-from .events import CapacityDeferredEvent, CapacityWaitEvent, Deferral
-from .ledger import KeyStatus
+from .events import CapacityDeferredEvent, CapacityWaitEvent, Deferral, LiveLimitChangedEvent
+from .ledger import KeyStatus, LiveLimitChange
 
 __all__ = ["Emit", "TurnReports", "describe"]
 
@@ -79,6 +80,23 @@ class TurnReports:
                 source=self._team_name,
             )
         )
+
+    async def live_limits_changed(self, changes: Sequence[tuple[str, LiveLimitChange]]) -> None:
+        """Adaptive keys whose live limit the members' answers moved (the ledger logged each already)."""
+        for member, change in changes:
+            await self._emit(functools.partial(_live_limit_event, member, change, self._team_name))
+
+
+def _live_limit_event(member: str, change: LiveLimitChange, team: str) -> LiveLimitChangedEvent:
+    return LiveLimitChangedEvent(
+        content=change.reason,
+        member=member,
+        key=change.key,
+        old=change.old,
+        new=change.new,
+        ceiling=change.ceiling,
+        source=team,
+    )
 
 
 def describe(candidates: Sequence[str], statuses: Mapping[str, KeyStatus]) -> str:

@@ -13,7 +13,7 @@ from ._plan import MemberPlan
 from .admission import record_overload, settle
 from .contracts import AgentCapacity, RetryBudget
 from .exceptions import CapacityError, LedgerUnavailable
-from .ledger import CapacityLedger, Lease
+from .ledger import CapacityLedger, Lease, LiveLimitChange
 from .overload import OverloadSignal
 from .priority import Priority
 from .routing import Routing
@@ -37,7 +37,17 @@ class TurnKeeper:
     the ledger *before* releasing its lease (tokens used, a cooldown, an exhausted mark), and releases
     whatever is left when a run ends, however it ends (the runtime never cancels a dead turn's task)."""
 
-    __slots__ = ("_held", "_overloads", "deadline", "exhausted_ttl_s", "ledger", "pending_error", "plans", "rng")
+    __slots__ = (
+        "_held",
+        "_overloads",
+        "deadline",
+        "exhausted_ttl_s",
+        "ledger",
+        "live_changes",
+        "pending_error",
+        "plans",
+        "rng",
+    )
 
     def __init__(self, plans: Mapping[str, MemberPlan], exhausted_ttl_s: float, rng: random.Random | None) -> None:
         self.plans = plans
@@ -52,12 +62,19 @@ class TurnKeeper:
         or the ``LedgerUnavailable`` that ended the run (AutoGen reports it as a ``RuntimeError``)."""
         self._held: dict[str, Lease] = {}
         self._overloads: dict[str, int] = {}
+        self.live_changes: list[tuple[str, LiveLimitChange]] = []
+        """Live limits the members' answers moved, for the manager to report (``take_live_changes``)."""
 
     def hold(self, name: str, lease: Lease) -> None:
         self._held[name] = lease
 
     def lease_of(self, name: str) -> Lease | None:
         return self._held.get(name)
+
+    def take_live_changes(self) -> list[tuple[str, LiveLimitChange]]:
+        """The live limits the members' answers moved since the last call, with the member that answered."""
+        changes, self.live_changes = self.live_changes, []
+        return changes
 
     def forget_run(self) -> None:
         self._overloads.clear()
@@ -74,7 +91,9 @@ class TurnKeeper:
         lease = self._held.pop(name, None)
         try:
             if self.ledger is not None and plan.contract is not None and plan.team is None:
-                await settle(lease, self.ledger, plan.key, plan.contract, tokens)
+                change = await settle(lease, self.ledger, plan.key, plan.contract, tokens)
+                if change is not None:
+                    self.live_changes.append((name, change))
             elif lease is not None:
                 await lease.release()
         except LedgerUnavailable as error:
@@ -87,6 +106,7 @@ class TurnKeeper:
         count = self._overloads[name] = self._overloads.get(name, 0) + 1
         schedule = plan.schedule
         assert self.ledger is not None
+        changes: list[LiveLimitChange] = []
         try:
             out_for = await record_overload(
                 self.ledger,
@@ -98,11 +118,13 @@ class TurnKeeper:
                 rng=self.rng,
                 member=name,
                 lease=self._held.get(name),
+                changes=changes,
             )
         except LedgerUnavailable as error:
             self.ledger_failed(error)
             raise
         finally:
+            self.live_changes.extend((name, change) for change in changes)
             await self.release(name)
         # Overloaded on every retry its contract allows: given up on for this run (a storm of short Retry-After
         # hints would loop forever), without marking its key exhausted.

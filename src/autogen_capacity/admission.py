@@ -35,7 +35,7 @@ from ._engine import Admission, Admitted, Candidate, Observer, Order, WaitReport
 from ._logging import logger
 from .contracts import AgentCapacity
 from .exceptions import CapacityExhausted, QueueFull
-from .ledger import CapacityLedger, Lease, default_ledger
+from .ledger import CapacityLedger, Lease, LiveLimitChange, default_ledger
 from .overload import OverloadSignal
 from .priority import Priority
 
@@ -69,6 +69,7 @@ async def record_overload(
     rng: random.Random | None = None,
     member: str | None = None,
     lease: Lease | None = None,
+    changes: list[LiveLimitChange] | None = None,
 ) -> float:
     """Write what an overload answer taught into the ledger and return how long ``key`` is out.
 
@@ -76,30 +77,37 @@ async def record_overload(
     overload in a row (and the ``lease`` of the answered call is reported throttled, for an adaptive key);
     ``exhausted``: the key is refused to everyone for ``exhausted_ttl_s``. Call it before the lease of the call
     that was answered is released (record before release). ``member``: the agent that answered (telemetry).
+    A live limit the answer moved is appended to ``changes``.
     """
     telemetry.overloaded(key, overload.kind, member)
     if overload.kind == "exhausted":
         await ledger.mark_exhausted(key, exhausted_ttl_s)
         return exhausted_ttl_s
     if lease is not None:
-        await ledger.observe(lease, throttled=True)
+        change = await ledger.observe(lease, throttled=True)
+        if change is not None and changes is not None:
+            changes.append(change)
     hinted = overload.retry_after_s
     out_for = capped(hinted if hinted is not None else schedule.jittered_delay(overloads, rng or _rng))
     await ledger.cooldown(key, out_for)
     return out_for
 
 
-async def settle(lease: Lease | None, ledger: CapacityLedger, key: str, contract: AgentCapacity, tokens: int) -> None:
+async def settle(
+    lease: Lease | None, ledger: CapacityLedger, key: str, contract: AgentCapacity, tokens: int
+) -> LiveLimitChange | None:
     """A call answered: debit the ``tokens`` it used (when ``contract`` has a tpm), then release its lease (also
-    when the debit fails)."""
+    when the debit fails). Returns the live limit the answer moved, if any."""
+    change = None
     try:
         if lease is not None:
-            await ledger.observe(lease, throttled=False)
+            change = await ledger.observe(lease, throttled=False)
         if tokens and contract.tpm is not None:
             await ledger.record_tokens(key, tokens)
     finally:
         if lease is not None:
             await lease.release()
+    return change
 
 
 async def admit_one(

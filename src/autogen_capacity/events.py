@@ -19,6 +19,7 @@ __all__ = [
     "CapacityExhaustedEvent",
     "CapacityWaitEvent",
     "Deferral",
+    "LiveLimitChangedEvent",
     "MemberOverloadedEvent",
 ]
 
@@ -105,10 +106,30 @@ class MemberOverloadedEvent(BaseAgentEvent):
         return f"{self.member} is overloaded ({self.kind}), out of routing for {self.cooldown_s:.3f}s: {self.content}"
 
 
+class LiveLimitChangedEvent(BaseAgentEvent):
+    """A member's answer moved its adaptive key's live concurrency limit (``AgentCapacity(adaptive=True)``)."""
+
+    content: str
+    """Why: ``throttled``, ``probe_failed``, ``latency``, ``probe`` or ``ceiling`` (see ``docs/adaptive.md``)."""
+    member: str
+    """The participant whose answer moved it."""
+    key: str
+    """Its ledger key."""
+    old: int
+    new: int
+    ceiling: int
+    """The contract's ``max_concurrent``: the live limit is never above it."""
+    type: Literal["LiveLimitChangedEvent"] = "LiveLimitChangedEvent"
+
+    def to_text(self) -> str:
+        return f"{self.key}'s live limit {self.old} -> {self.new} (ceiling {self.ceiling}): {self.content}"
+
+
 CAPACITY_EVENT_TYPES: tuple[type[BaseAgentEvent], ...] = (
     CapacityDeferredEvent,
     CapacityWaitEvent,
     CapacityExhaustedEvent,
     MemberOverloadedEvent,
+    LiveLimitChangedEvent,
 )
 """Every event type a capacity-aware team may emit, for a parent team's ``custom_message_types``."""

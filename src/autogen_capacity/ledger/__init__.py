@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import BlockReason, CapacityLedger, KeyStatus, KeyUsage, Lease, LedgerSnapshot
+from .base import BlockReason, CapacityLedger, KeyStatus, KeyUsage, Lease, LedgerSnapshot, LiveLimitChange
 from .config import LedgerConfig, ledger_config_of, ledger_from_config
 from .memory import InMemoryLedger, default_ledger
 
@@ -15,6 +15,7 @@ __all__ = [
     "Lease",
     "LedgerConfig",
     "LedgerSnapshot",
+    "LiveLimitChange",
     "default_ledger",
     "ledger_config_of",
     "ledger_from_config",

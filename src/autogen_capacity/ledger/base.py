@@ -17,6 +17,7 @@ __all__ = [
     "KeyUsage",
     "Lease",
     "LedgerSnapshot",
+    "LiveLimitChange",
     "WaitQueue",
 ]
 
@@ -56,6 +57,21 @@ class KeyUsage:
     """Seconds left before an exhausted key is routed to again."""
     live_limit: int | None = None
     """An adaptive key's live concurrency limit now (``None``: not adaptive, or not tracked by this ledger)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveLimitChange:
+    """An adaptive key's live concurrency limit moved, as :meth:`CapacityLedger.observe` reports it."""
+
+    key: str
+    old: int
+    new: int
+    ceiling: int
+    """The contract's ``max_concurrent``: the live limit is never above it."""
+    reason: str
+    """``throttled`` (a 429 dropped it), ``probe_failed`` (a step up answered 429 and retreated), ``latency``
+    (latency rose above its baseline), ``probe`` (a window at the limit without overload stepped it up) or
+    ``ceiling`` (the contract moved under it)."""
 
 
 LedgerSnapshot = Mapping[str, KeyUsage]
@@ -170,9 +186,9 @@ class CapacityLedger(Protocol):
         """
         ...
 
-    async def observe(self, lease: Lease, *, throttled: bool) -> None:
+    async def observe(self, lease: Lease, *, throttled: bool) -> LiveLimitChange | None:
         """What ``lease``'s call answered, told before the lease is released: throttled (a 429) or served. An
-        adaptive contract's key learns its live limit from it."""
+        adaptive contract's key learns its live limit from it; the change, when the limit moved."""
         ...
 
     async def service_time(self, key: str) -> float | None:

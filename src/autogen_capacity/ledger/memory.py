@@ -17,7 +17,7 @@ from ..priority import DEFAULT_AGING_S, LineFull, Priority
 from ._config_model import LedgerConfig
 from ._limits import bucket_burst, key_status
 from ._memory_lines import KeyState, MemoryQueue, Waiter, resolve
-from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, WaitQueue
+from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, LiveLimitChange, WaitQueue
 
 __all__ = ["InMemoryLedger", "default_ledger"]
 
@@ -112,13 +112,13 @@ class InMemoryLedger:
         self._service.observe(lease.key, max(self._now() - lease.acquired_at, 0.0))
         self._hand_over(state)
 
-    async def observe(self, lease: Lease, *, throttled: bool) -> None:
+    async def observe(self, lease: Lease, *, throttled: bool) -> LiveLimitChange | None:
         """What ``lease``'s call answered (before it is released): an adaptive key's live limit drops on a
         throttled answer (once per burst) and climbs back as the key serves at its limit without one."""
         state = self._keys.get(lease.key)
         live = state.live if state is not None else None
         if state is None or live is None or lease.lease_id not in state.admitted_with:
-            return
+            return None
         now = self._now()
         in_flight = state.admitted_with[lease.lease_id]
         before = live.limit
@@ -126,18 +126,24 @@ class InMemoryLedger:
             live.on_throttled(now, in_flight=in_flight, admitted_at=lease.acquired_at)
         else:
             live.on_success(now - lease.acquired_at, in_flight, now, admitted_at=lease.acquired_at)
-        if live.limit != before:
-            change = live.last_change
-            logger.info(
-                "autogen_capacity.live_limit_changed",
-                key=lease.key,
-                old=before,
-                new=live.limit,
-                reason=change.reason if change is not None else None,
-            )
-            for _ in range(max(live.limit - before, 0)):  # room for more: wake as many waiters
-                if not self._hand_over(state):
-                    break
+        if live.limit == before:
+            return None
+        last = live.last_change
+        change = LiveLimitChange(
+            lease.key, before, live.limit, live.ceiling, last.reason if last is not None else "throttled"
+        )
+        logger.info(
+            "autogen_capacity.live_limit_changed",
+            key=change.key,
+            old=change.old,
+            new=change.new,
+            ceiling=change.ceiling,
+            reason=change.reason,
+        )
+        for _ in range(max(live.limit - before, 0)):  # room for more: wake as many waiters
+            if not self._hand_over(state):
+                break
+        return change
 
     def _hand_over(self, state: KeyState) -> bool:
         """Wake the oldest live waiter and reserve the freed slot for its task. ``False``: nobody waits, or the

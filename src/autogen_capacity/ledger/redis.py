@@ -27,7 +27,7 @@ from ._redis_renewal import LeaseRenewal
 from ._redis_scripts import key_status_of, limit_args, opt_arg
 from ._redis_scripts import register as register_scripts
 from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, text
-from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot
+from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, LiveLimitChange
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -344,7 +344,7 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         found = await asyncio.gather(*(self.status(key, capacity) for key, capacity in keys.items()))
         return dict(zip(keys, found, strict=True))
 
-    async def observe(self, lease: Lease, *, throttled: bool) -> None:
+    async def observe(self, lease: Lease, *, throttled: bool) -> LiveLimitChange | None:
         """Adaptive limits are in-process only for now: a RedisLedger key keeps its declared limit."""
         return None
 
