@@ -25,7 +25,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from autogen_core.models import ModelInfo
+
 Hint = Literal["retry-after-ms", "retry-after", "reset"]
+
+MODEL = "gpt-4o-mini"
+SNAPSHOT = "gpt-4o-mini-2024-07-18"
+"""What OpenAI names in its answers for MODEL (autogen-ext warns on anything else): serve it as ``served_as``."""
+MODEL_INFO: ModelInfo = {
+    "vision": False,
+    "function_calling": False,
+    "json_output": False,
+    "family": "unknown",
+    "structured_output": False,
+}
+"""The ``model_info`` an ``OpenAIChatCompletionClient`` for a model of this server is built with."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.conditions import MaxMessageTermination
 from autogen_core import ComponentLoader
-from autogen_core.models import ChatCompletionClient, ModelInfo, UserMessage
+from autogen_core.models import ChatCompletionClient, UserMessage
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
@@ -31,17 +31,8 @@ from autogen_capacity import (
 from autogen_capacity.headers import async_client, cooldown_observer
 from autogen_capacity.ledger import Lease
 from faults import QUICK, FlakyReplayClient, RateLimitError
-from openai_server import ModelLimits, OpenAIServer
+from openai_server import MODEL, MODEL_INFO, SNAPSHOT, ModelLimits, OpenAIServer
 
-MODEL = "gpt-4o-mini"
-SNAPSHOT = "gpt-4o-mini-2024-07-18"
-MODEL_INFO: ModelInfo = {
-    "vision": False,
-    "function_calling": False,
-    "json_output": False,
-    "family": "unknown",
-    "structured_output": False,
-}
 TIMEOUT = 30.0
 HELLO = [UserMessage(content="hello", source="user")]
 

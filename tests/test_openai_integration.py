@@ -23,24 +23,14 @@ from typing import Any
 import pytest
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import TaskResult
-from autogen_core.models import ModelInfo
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 
 from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger
 from autogen_capacity.ledger import Lease
-from openai_server import Hint, ModelLimits, OpenAIServer, Served
+from openai_server import MODEL, MODEL_INFO, SNAPSHOT, Hint, ModelLimits, OpenAIServer, Served
 
 TIMEOUT = 30.0
-MODEL = "gpt-4o-mini"
-SNAPSHOT = "gpt-4o-mini-2024-07-18"  # what OpenAI names in its answers (autogen-ext warns on anything else)
 SPENT = "gpt-4o-spent"
-MODEL_INFO: ModelInfo = {
-    "vision": False,
-    "function_calling": False,
-    "json_output": False,
-    "family": "unknown",
-    "structured_output": False,
-}
 
 
 class RecordingLedger(InMemoryLedger):
