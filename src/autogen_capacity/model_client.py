@@ -178,9 +178,10 @@ class CapacityAwareChatCompletionClient(ChatCompletionClient, Component[Capacity
         async def once() -> AsyncGenerator[str | CreateResult, None]:
             yield await self._client.create(messages, **kwargs)
 
-        async for item in self._call.stream(once, cancellation_token):
-            if isinstance(item, CreateResult):
-                return item
+        async with contextlib.aclosing(self._call.stream(once, cancellation_token)) as attempts:
+            async for item in attempts:
+                if isinstance(item, CreateResult):
+                    return item
         raise RuntimeError("The wrapped client's create returned no CreateResult.")  # pragma: no cover
 
     async def create_stream(
