@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
 from autogen_agentchat.agents import BaseChatAgent
 from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseChatMessage, TextMessage
@@ -211,3 +212,37 @@ async def test_a_moved_live_limit_is_an_event_in_the_run_stream() -> None:
     assert 1 <= event.new < 4
     assert event.new == (await ledger.snapshot())["backend"].live_limit
     await ledger.aclose()
+
+
+async def test_the_trajectory_shows_in_snapshots_and_routing_prefers_the_healthy(
+    ledger: InMemoryLedger, fake_clock: FakeLoopClock
+) -> None:
+    """A key that was just throttled shows it (live limit under its ceiling, a recent overload rate, how long
+    the limit has held), and its headroom is discounted by that rate, so headroom routing prefers a key with the
+    same room that has been healthy."""
+    from autogen_capacity.ledger.memory import OVERLOAD_RATE_ALPHA
+    from autogen_capacity.routing import rank_by_headroom
+
+    healthy = await ledger.try_acquire("healthy", ADAPTIVE)
+    throttled = await ledger.try_acquire("throttled", ADAPTIVE)
+    assert healthy is not None
+    assert throttled is not None
+    await ledger.observe(healthy, throttled=False)
+    await ledger.observe(throttled, throttled=True)
+    await healthy.release()
+    await throttled.release()
+    fake_clock.advance(5)
+
+    usage = await ledger.snapshot()
+    assert (usage["healthy"].live_limit, usage["healthy"].ceiling, usage["healthy"].overload_rate) == (4, 4, 0.0)
+    assert usage["healthy"].limit_steady_for == 5
+    assert usage["throttled"].live_limit is not None
+    assert usage["throttled"].live_limit < 4
+    assert (usage["throttled"].ceiling, usage["throttled"].overload_rate) == (4, OVERLOAD_RATE_ALPHA)
+    assert usage["throttled"].limit_steady_for == 5
+
+    statuses = await ledger.statuses({"healthy": ADAPTIVE, "throttled": ADAPTIVE})
+    assert statuses["throttled"].headroom == pytest.approx(1.0 - OVERLOAD_RATE_ALPHA)
+    assert statuses["healthy"].headroom == 1.0
+    headroom = {key: status.headroom for key, status in statuses.items()}
+    assert rank_by_headroom(["throttled", "healthy"], headroom)[0] == "healthy"

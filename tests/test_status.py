@@ -122,6 +122,9 @@ class TestView:
             "cooling_down_for": 0.0,
             "exhausted_for": 299.5,
             "live_limit": None,
+            "ceiling": None,
+            "limit_steady_for": None,
+            "overload_rate": 0.0,
         }
         assert (data["ledger"], data["namespace"]) == ("redis://h:1/0", "ns")
         assert "note" not in data

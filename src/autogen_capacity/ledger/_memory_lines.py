@@ -56,6 +56,8 @@ class KeyState:
         "in_flight",
         "key",
         "live",
+        "live_since",
+        "overload_rate",
         "rate_at",
         "rate_level",
         "ready_timer",
@@ -85,6 +87,10 @@ class KeyState:
         """One timer per key for its refill or cooldown's end, which wakes as many waiters as it admits."""
         self.live: LiveLimit | None = None
         """An adaptive key's live concurrency limit (under its contract's ``max_concurrent``)."""
+        self.live_since = 0.0
+        """When the adaptive key was first used (its live limit's age before it ever moved)."""
+        self.overload_rate = 0.0
+        """The adaptive key's exponentially weighted share of throttled answers."""
         self.admitted_with: dict[str, int] = {}
         """Leases held on an adaptive key, and the leases in flight when each was admitted (itself included)."""
 
@@ -96,6 +102,7 @@ class KeyState:
         live = self.live
         if live is None:
             live = self.live = LiveLimit(ceiling, capacity.initial_concurrent)
+            self.live_since = asyncio.get_running_loop().time()
         elif live.ceiling != ceiling:
             live.set_ceiling(ceiling, asyncio.get_running_loop().time())
         return live.limit

@@ -57,6 +57,13 @@ class KeyUsage:
     """Seconds left before an exhausted key is routed to again."""
     live_limit: int | None = None
     """An adaptive key's live concurrency limit now (``None``: not adaptive, or not tracked by this ledger)."""
+    ceiling: int | None = None
+    """An adaptive key's declared ``max_concurrent``: its live limit is never above it."""
+    limit_steady_for: float | None = None
+    """Seconds since an adaptive key's live limit last moved (since it was first used, if never)."""
+    overload_rate: float = 0.0
+    """An adaptive key's recent share of throttled answers: an exponentially weighted mean over its answers
+    (each weighs ``OVERLOAD_RATE_ALPHA``), 0 for a key that has been healthy, rising with each 429."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,10 @@ from ._limits import bucket_burst, key_status
 from ._memory_lines import KeyState, MemoryQueue, Waiter, resolve
 from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, LiveLimitChange, WaitQueue
 
+OVERLOAD_RATE_ALPHA = 0.1
+"""Weight of each answer in an adaptive key's overload rate: a 429 takes a healthy key to 0.1, and about 22
+answers served bring it back under 0.01."""
+
 __all__ = ["InMemoryLedger", "default_ledger"]
 
 
@@ -71,7 +75,7 @@ class InMemoryLedger:
             free = slots - state.in_flight - len(state.reserved)
             if state.reserved and asyncio.current_task() in state.reserved:
                 free += 1  # the slot handed to this caller
-        return key_status(
+        status = key_status(
             now=now,
             exhausted_until=state.exhausted_until,
             cooldown_until=state.cooldown_until,
@@ -83,6 +87,9 @@ class InMemoryLedger:
             tpm=capacity.tpm,
             token_entries=state.tokens,
         )
+        if state.overload_rate and status.blocked_by is None:  # a key that was just throttled is routed to less
+            return KeyStatus(status.headroom * (1.0 - state.overload_rate))
+        return status
 
     async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
         """Admit one unit of work on ``key`` now, or return ``None``. Never blocks."""
@@ -122,6 +129,7 @@ class InMemoryLedger:
         now = self._now()
         in_flight = state.admitted_with[lease.lease_id]
         before = live.limit
+        state.overload_rate += OVERLOAD_RATE_ALPHA * (float(throttled) - state.overload_rate)
         if throttled:
             live.on_throttled(now, in_flight=in_flight, admitted_at=lease.acquired_at)
         else:
@@ -328,6 +336,9 @@ class InMemoryLedger:
                 cooling_down_for=max(0.0, state.cooldown_until - now),
                 exhausted_for=max(0.0, state.exhausted_until - now),
                 live_limit=state.live.limit if state.live is not None else None,
+                ceiling=state.live.ceiling if state.live is not None else None,
+                limit_steady_for=_steady_for(state, now),
+                overload_rate=state.overload_rate,
             )
             for key, state in self._keys.items()
         }
@@ -341,6 +352,14 @@ class InMemoryLedger:
             for waiter in state.waiters:
                 resolve(waiter.future)
         self._keys.clear()
+
+
+def _steady_for(state: KeyState, now: float) -> float | None:
+    live = state.live
+    if live is None:
+        return None
+    since = live.last_change.at if live.last_change is not None else state.live_since
+    return max(now - since, 0.0)
 
 
 _default_ledgers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, InMemoryLedger] = weakref.WeakKeyDictionary()
