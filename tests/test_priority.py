@@ -360,6 +360,26 @@ class TestRemoveAndPushFront:
         assert len(line._classes[1].entries) < 100
         assert line.pop_next(2000) == -1
 
+    def test_position_in_a_long_line_reads_few_waiters(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Every waiter asks its place at each retry window: with thousands in line, a scan of the whole line
+        per ask made a window cost O(n^2) and a 5000-caller line stalled for minutes."""
+        line: WaitLine[int] = WaitLine(aging_s=10)
+        for i in range(6000):
+            line.push(i, PRIORITIES[i % 3], i / 100)
+        keys_read = 0
+        real = effective_rank
+
+        def counting(priority: Priority, waited_s: float, aging_s: float) -> int:
+            nonlocal keys_read
+            keys_read += 1
+            return real(priority, waited_s, aging_s)
+
+        monkeypatch.setattr("autogen_capacity.priority.effective_rank", counting)
+
+        assert line.position(5999, now=60) == 5999
+        assert line.position(0, now=60) == 0
+        assert keys_read <= 2 * (1 + 3 * math.ceil(math.log2(2000) + 1))
+
     def test_repr(self) -> None:
         """The repr counts each class."""
         line = _line(("a", "critical", 0), ("b", "sheddable", 1))
@@ -459,6 +479,12 @@ class WaitLineMachine(RuleBasedStateMachine):
     @invariant()
     def service_order(self) -> None:
         assert self.line.in_order(self.now) == sorted(self.model, key=self._key, reverse=True)
+
+    @invariant()
+    def positions(self) -> None:
+        for item in self.model:
+            mine = self._key(item)
+            assert self.line.position(item, self.now) == sum(self._key(i) > mine for i in self.model)
 
 
 WaitLineMachine.TestCase.settings = settings(

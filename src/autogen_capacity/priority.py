@@ -26,7 +26,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections import deque
 from collections.abc import Hashable, Iterator
 from typing import Generic, Literal, TypeVar, get_args
 
@@ -59,8 +58,6 @@ _RANKS: dict[Priority, int] = {"sheddable": 0, "default": 1, "critical": 2}
 _TOP = 2
 TOP_RANK = _TOP
 """The rank of ``"critical"`` (:func:`rank`): a class's lift to the top is ``TOP_RANK - rank(class)``."""
-_COMPACT_AT = 32
-"""Removed entries kept in a class's deque before it is compacted (and only when they outnumber the live)."""
 
 T = TypeVar("T", bound=Hashable)
 
@@ -105,75 +102,53 @@ class LineFull(QueueFull):
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("alive", "item", "seq", "since")
+    __slots__ = ("item", "order", "seq", "since")
 
     def __init__(self, item: T, since: float, seq: int) -> None:
         self.item = item
         self.since = since
         self.seq = seq
         """Ties between equal arrivals: a newcomer's grows, a put-back one's shrinks (it goes ahead)."""
-        self.alive = True
+        self.order = (since, seq)
+
+
+def _order(entry: _Entry[T]) -> tuple[float, int]:
+    return entry.order
 
 
 class _Class(Generic[T]):
-    """One class's waiters, oldest on the left (kept sorted by arrival), with lazy removal."""
+    """One class's waiters in a list kept sorted by arrival, oldest first.
 
-    __slots__ = ("dead", "entries", "live")
+    Inserting and removing in the middle move the list's tail (a C ``memmove``, cheap at any realistic line
+    length); finding an entry and counting the waiters ahead of someone are bisections.
+    """
+
+    __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        self.entries: deque[_Entry[T]] = deque()
-        self.live = 0
-        self.dead = 0
+        self.entries: list[_Entry[T]] = []
 
     def head(self) -> _Entry[T] | None:
-        entries = self.entries
-        while entries and not entries[0].alive:
-            entries.popleft()
-            self.dead -= 1
-        return entries[0] if entries else None
+        return self.entries[0] if self.entries else None
 
     def tail(self) -> _Entry[T] | None:
-        entries = self.entries
-        while entries and not entries[-1].alive:
-            entries.pop()
-            self.dead -= 1
-        return entries[-1] if entries else None
+        return self.entries[-1] if self.entries else None
 
-    def add(self, entry: _Entry[T], *, front: bool) -> None:
-        """In arrival order: from the right for a newcomer, from the left for one put back (ties: ahead)."""
-        entries = self.entries
-        if front:
-            if not entries or entries[0].since >= entry.since:
-                entries.appendleft(entry)
-            else:
-                entries.insert(bisect.bisect_left(entries, entry.since, key=_since), entry)
-        elif not entries or entries[-1].since <= entry.since:
-            entries.append(entry)
-        else:
-            entries.insert(bisect.bisect_right(entries, entry.since, key=_since), entry)
-        self.live += 1
+    def add(self, entry: _Entry[T]) -> None:
+        bisect.insort(self.entries, entry, key=_order)
 
     def take(self, entry: _Entry[T]) -> None:
         """``entry`` left (served, shed or removed)."""
-        entry.alive = False
-        self.live -= 1
-        self.dead += 1
-        if self.dead > _COMPACT_AT and self.dead > self.live:
-            self.entries = deque(e for e in self.entries if e.alive)
-            self.dead = 0
-
-
-def _since(entry: _Entry[T]) -> float:
-    return entry.since
+        del self.entries[bisect.bisect_left(self.entries, entry.order, key=_order)]
 
 
 class WaitLine(Generic[T]):
     """Waiters by class, served highest effective class first and oldest first within it.
 
     Replaces a FIFO deque of waiters: with every waiter of one class it *is* a FIFO. Items must be hashable
-    and are held at most once. ``push``, ``pop_next``, ``push_front``, ``shed_for``, ``remove`` and ``len``
-    are O(1) amortized (a put-back or an out-of-order arrival is inserted by bisection); iteration and
-    :meth:`position` sort the line, O(n log n).
+    and are held at most once. ``push``, ``pop_next``, ``push_front``, ``shed_for``, ``remove`` and
+    :meth:`position` find their place by bisection, O(log n) comparisons (plus a C ``memmove`` of the class's
+    list); iteration sorts the line, O(n log n).
 
     Args:
         aging_s: Seconds of waiting that lift a waiter one class (``math.inf``: no aging, strict classes).
@@ -220,7 +195,7 @@ class WaitLine(Generic[T]):
         return iter(self.in_order(self._now))
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{p}={self._classes[_RANKS[p]].live}" for p in PRIORITIES)
+        counts = ", ".join(f"{p}={len(self._classes[_RANKS[p]].entries)}" for p in PRIORITIES)
         return f"WaitLine({counts}, aging_s={self.aging_s})"
 
     def _tick(self, now: float) -> None:
@@ -238,7 +213,7 @@ class WaitLine(Generic[T]):
             raise ValueError(msg)
         r = rank(priority)
         entry = _Entry(item, since, next(self._front if front else self._back))
-        self._classes[r].add(entry, front=front)
+        self._classes[r].add(entry)
         self._entries[item] = (r, entry)
 
     def push(self, item: T, priority: Priority, now: float) -> None:
@@ -341,15 +316,26 @@ class WaitLine(Generic[T]):
         return [item for _, item in keyed]
 
     def position(self, item: T, now: float) -> int:
-        """How many waiters would be served before ``item`` at ``now`` (0: it is next). O(n).
+        """How many waiters would be served before ``item`` at ``now`` (0: it is next). O(log n).
+
+        Within a class the older waiter is always served first (it has waited as long or longer, so it is
+        lifted as high or higher, and it wins the tie), so the waiters ahead are a prefix of each class: one
+        bisection per class counts them.
 
         Raises:
             KeyError: ``item`` does not wait here.
         """
         r, entry = self._entries[item]
         mine = self._key(r, entry, now)
-        return sum(1 for r2, e in self._entries.values() if self._key(r2, e, now) > mine)
+        ahead = 0
+        for r2, waiters in enumerate(self._classes):
+
+            def behind(other: _Entry[T], r2: int = r2) -> bool:
+                return not self._key(r2, other, now) > mine
+
+            ahead += bisect.bisect_left(waiters.entries, True, key=behind)
+        return ahead
 
     def count(self, priority: Priority) -> int:
         """How many waiters of class ``priority`` (as declared) wait."""
-        return self._classes[rank(priority)].live
+        return len(self._classes[rank(priority)].entries)
