@@ -220,7 +220,7 @@ async def test_the_trajectory_shows_in_snapshots_and_routing_prefers_the_healthy
     """A key that was just throttled shows it (live limit under its ceiling, a recent overload rate, how long
     the limit has held), and its headroom is discounted by that rate, so headroom routing prefers a key with the
     same room that has been healthy."""
-    from autogen_capacity.ledger.memory import OVERLOAD_RATE_ALPHA
+    from autogen_capacity.ledger._learning import OVERLOAD_RATE_ALPHA
     from autogen_capacity.routing import rank_by_headroom
 
     healthy = await ledger.try_acquire("healthy", ADAPTIVE)

@@ -486,7 +486,7 @@ class TestPipelining:
         calls: list[asyncio.Future[Any]] = []
         client.before = lambda: calls[0].cancel()
         keys = [ledger._name("k", part) for part in ("slots", "meta", "tokens", "epoch", "waiters", "rank")]
-        args: list[str | float] = ["", "", "", "", 1.0, ""]
+        args: list[str | float] = ["", "", "", "", "", 1.0, ""]
         calls.append(asyncio.ensure_future(ledger._pipeline.run(ledger._scripts.status, keys, args, on_orphan=failing)))
         with caplog.at_level(logging.WARNING, logger="autogen_capacity"), pytest.raises(asyncio.CancelledError):
             await calls[0]

@@ -102,7 +102,7 @@ class TestStaleConnections:
         """The acquire script is idempotent for its lease id: sent twice, it takes one slot and counts once."""
         ledger = make_ledger()
         keys = [ledger._name("k", part) for part in ("slots", "meta", "tokens", "epoch", "waiters", "rank")]
-        args = ["lease-1", TTL_S, "2", "", "", "", 1.0, "0", ""]
+        args = ["lease-1", TTL_S, "2", "", "", "", "", 1.0, "0", ""]
         first = await ledger._scripts.acquire(keys=keys, args=args)
         again = await ledger._scripts.acquire(keys=keys, args=args)
         assert int(first[0]) == int(again[0]) == 1

@@ -22,8 +22,9 @@ call. See ``docs/adaptive.md`` for the algorithm's derivation and simulations.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["AdaptiveParams", "ChangeReason", "LimitChange", "LiveLimit"]
 
@@ -282,3 +283,47 @@ class LiveLimit:
         if new != old:
             self.last_change = LimitChange(now, old, new, reason)
             self.changed_at = now
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything the limit has learned, as JSON-ready data (:class:`~autogen_capacity.RedisLedger` keeps
+        it in Redis, so every process sharing a key continues one learning); :meth:`from_state` reads it back."""
+        lat, last = self._latency, self.last_change
+        return {
+            "ceiling": self.ceiling,
+            "estimate": self._estimate,
+            "served": self._served,
+            "trial": self._trial,
+            "failed": self._failed,
+            "strikes": self._strikes,
+            "drop_at": self._drop_at,
+            "pending": self._pending,
+            "in_flight": self._in_flight,
+            "throttles": self.throttles,
+            "changed_at": self.changed_at,
+            "last_change": None if last is None else [last.at, last.old, last.new, last.reason],
+            "latency": [lat.samples, lat.short, lat.long],
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], params: AdaptiveParams = DEFAULT_PARAMS) -> LiveLimit:
+        """The limit :meth:`to_state` described.
+
+        Raises:
+            ValueError: ``state`` is not what :meth:`to_state` writes.
+        """
+        try:
+            live = cls(int(state["ceiling"]), params=params)
+            live._estimate = float(state["estimate"])
+            live._served, live._strikes = int(state["served"]), int(state["strikes"])
+            live._trial, live._failed, live._drop_at = state["trial"], state["failed"], state["drop_at"]
+            live._pending, live._in_flight = int(state["pending"]), int(state["in_flight"])
+            live.throttles, live.changed_at = int(state["throttles"]), state["changed_at"]
+            last = state["last_change"]
+            live.last_change = (
+                None if last is None else LimitChange(float(last[0]), int(last[1]), int(last[2]), last[3])
+            )
+            live._latency.samples, live._latency.short, live._latency.long = state["latency"]
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            msg = f"not a live limit's state: {exc!r}"
+            raise ValueError(msg) from exc
+        return live

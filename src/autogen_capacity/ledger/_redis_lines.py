@@ -157,15 +157,15 @@ class WaitingLines:
         queued: list[str] = []
         own_wake: float | None = None
         served_at: list[float] = []
-        for (key, capacity), reply in zip(waits.items(), replies, strict=True):
+        for key, reply in zip(waits, replies, strict=True):
             self._saw_epoch(key, reply[4])
             self._saw_service_time(key, reply[6])
             status = key_status_of(reply[1:4])
             if int(reply[0]) == 1:
                 queued.append(key)
-                per_slot, slots = text(reply[6]), capacity.max_concurrent
-                if per_slot and slots is not None:
-                    served_at.append(loop.time() + expected_wait(int(reply[5]), slots, float(per_slot)))
+                per_slot, slots = text(reply[6]), text(reply[8])  # slots: an adaptive key's live limit
+                if per_slot and slots:
+                    served_at.append(loop.time() + expected_wait(int(reply[5]), int(slots), float(per_slot)))
             if status.blocked_by is None:
                 place.wake(key)  # admits now: the first wait returns at once
             elif status.ready_in is not None:

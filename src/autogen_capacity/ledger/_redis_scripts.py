@@ -14,13 +14,18 @@ Data per ledger key ``k`` (``{ns}:{{k}}:<part>``):
 * ``waiters``: sorted set of waiter ids scored by expiry, counted against ``max_queue``.
 * ``tokens``: sorted set of ``<id>:<tokens>`` scored by the time they were recorded (the 60 s window).
 * ``meta``: hash with ``ex`` (exhausted until), ``cd`` (cooling down until), ``rl``/``rt`` (rpm bucket
-  level and when it was last leaked) and ``acq`` (leases granted).
+  level and when it was last leaked), ``acq`` (leases granted) and ``svc`` (the mean seconds a lease is held);
+  for an adaptive key, ``lv`` (its live limit, which every script enforces), ``lceil`` (the ceiling it was
+  learned under), ``lc`` (when it last moved, or was first used), ``or`` (the overload rate) and ``ls``/``lver``
+  (the learning state, :meth:`~autogen_capacity.adaptive.LiveLimit.to_state`, and its version: written only by
+  ``ledger/_redis_live.py``'s compare-and-set script).
 * ``epoch``: hash with ``id``, ``created`` and ``fence``, never expired. It is created when missing: on the
   key's first use, or after Redis lost the key's data. A caller that knew an older epoch proves the data was
   lost and arms the fence: until ``created + fence_s``, a key with ``max_concurrent`` admits nobody, so that
   every live holder can put its leases back first (reported as a cooldown).
 
-Limits arrive as ``ARGV`` strings; an empty string means unbounded. Floats go back as strings (Redis would
+Limits arrive as ``ARGV`` strings (:func:`limit_args`: max_concurrent, rpm, tpm and an adaptive key's start); an
+empty string means unbounded (or not adaptive). Floats go back as strings (Redis would
 truncate Lua numbers to integers).
 """
 
@@ -39,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Scripts", "register"]
 
-_PRELUDE = """
+PRELUDE = """
 local TOKEN_WINDOW = 60
 local KEEP_META = 86400
 
@@ -81,6 +86,24 @@ local function bucket_level(meta, now, rpm)
     level = math.max(level - (now - at) * rpm / 60, 0)
   end
   return level
+end
+
+-- The key's limits from ARGV[i..i+3] (limit_args): max_concurrent (an adaptive key's live limit under it, set
+-- to its start at first use), rpm, tpm, and the adaptive key's overload rate (its headroom is discounted by it).
+local function limits(meta, now, argv, i)
+  local mc, start, rate = opt(argv[i]), opt(argv[i + 3]), nil
+  if mc and start then
+    local live = opt(redis.call('HGET', meta, 'lv'))
+    if not live then
+      live = start
+      redis.call('HSET', meta, 'lv', live, 'lceil', mc, 'lc', fmt(now))
+      redis.call('HSETNX', meta, 'acq', 0)
+      keep_meta(meta, now, 0)
+    end
+    mc = math.min(mc, live)
+    rate = opt(redis.call('HGET', meta, 'or'))
+  end
+  return mc, opt(argv[i + 1]), opt(argv[i + 2]), rate
 end
 
 local function in_flight(slots, now)
@@ -142,7 +165,7 @@ end
 -- Same order and arithmetic as InMemoryLedger._status: headroom, reason (nil: admits), ready_in. A fenced
 -- key with slots (Redis lost its data a moment ago) is cooling down until its holders have put their leases
 -- back.
-local function status(slots, meta, tokens, now, mc, rpm, tpm, fence, kept)
+local function status(slots, meta, tokens, now, mc, rpm, tpm, fence, kept, rate)
   local ex = opt(redis.call('HGET', meta, 'ex')) or 0
   if ex > now then return 0, 'exhausted', ex - now end
   local cd = opt(redis.call('HGET', meta, 'cd')) or 0
@@ -165,42 +188,45 @@ local function status(slots, meta, tokens, now, mc, rpm, tpm, fence, kept)
     if used >= tpm then return 0, 'tpm', ready_in end
     headroom = math.min(headroom, 1 - used / tpm)
   end
+  if rate then headroom = headroom * (1 - rate) end
   return headroom, nil, nil
 end
 """
 
 STATUS = (
-    _PRELUDE
+    PRELUDE
     + """
--- KEYS: slots, meta, tokens, epoch, waiters, rank. ARGV: max_concurrent, rpm, tpm, known epoch, fence_s,
--- waiter id ('' when the caller is not in the line).
+-- KEYS: slots, meta, tokens, epoch, waiters, rank. ARGV: limits (4), known epoch, fence_s, waiter id ('' when
+-- the caller is not in the line).
 -- Returns {headroom, reason, ready_in, epoch}: as the caller sees it (slots kept for waiters ranked ahead).
 local now = clock()
-local id, fence = epoch(KEYS[4], ARGV[4], now, ARGV[5])
+local id, fence = epoch(KEYS[4], ARGV[5], now, ARGV[6])
 prune(KEYS[5], KEYS[6], now)
-local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[1]), opt(ARGV[2]),
-  opt(ARGV[3]), fence, ahead(KEYS[6], ARGV[6]))
+local mc, rpm, tpm, rate = limits(KEYS[2], now, ARGV, 1)
+local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, mc, rpm, tpm, fence,
+  ahead(KEYS[6], ARGV[7]), rate)
 return {fmt(headroom), reason or '', fmt(ready_in), id}
 """
 )
 
 ACQUIRE = (
-    _PRELUDE
+    PRELUDE
     + """
--- KEYS: slots, meta, tokens, epoch, waiters, rank. ARGV: lease id, ttl, max_concurrent, rpm, tpm, known epoch,
--- fence_s, holding ('1' when the caller holds leases on the key), waiter id ('' when not in the line).
+-- KEYS: slots, meta, tokens, epoch, waiters, rank. ARGV: lease id, ttl, limits (4), known epoch, fence_s, holding
+-- ('1' when the caller holds leases on the key), waiter id ('' when not in the line).
 -- A free slot is kept for the waiters ranked ahead of a caller in the line.
--- Returns {1, epoch} when admitted, {-1, epoch} when the caller holds leases under another epoch (it must put
--- them back first), else {0, headroom, reason, ready_in, epoch}. Idempotent for one lease id: a retried call
--- whose first attempt was granted is granted again, without taking a second slot.
+-- Returns {1, leases in flight on the key, now, epoch} when admitted, {-1, epoch} when the caller holds leases
+-- under another epoch (it must put them back first), else {0, headroom, reason, ready_in, epoch}. Idempotent
+-- for one lease id: a retried call whose first attempt was granted is granted again, without taking a second
+-- slot.
 local now = clock()
-local id, fence = epoch(KEYS[4], ARGV[6], now, ARGV[7])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {1, id} end
-if ARGV[8] == '1' and ARGV[6] ~= id then return {-1, id} end
-local rpm = opt(ARGV[4])
+local id, fence = epoch(KEYS[4], ARGV[7], now, ARGV[8])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {1, redis.call('ZCARD', KEYS[1]), fmt(now), id} end
+if ARGV[9] == '1' and ARGV[7] ~= id then return {-1, id} end
 prune(KEYS[5], KEYS[6], now)
-local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), rpm, opt(ARGV[5]), fence,
-  ahead(KEYS[6], ARGV[9]))
+local mc, rpm, tpm, rate = limits(KEYS[2], now, ARGV, 3)
+local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, mc, rpm, tpm, fence,
+  ahead(KEYS[6], ARGV[10]), rate)
 if reason then return {0, fmt(headroom), reason, fmt(ready_in), id} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 keep_zset(KEYS[1], now)
@@ -212,12 +238,12 @@ if rpm then
 end
 redis.call('HINCRBY', KEYS[2], 'acq', 1)
 keep_meta(KEYS[2], now, drain)
-return {1, id}
+return {1, redis.call('ZCARD', KEYS[1]), fmt(now), id}
 """
 )
 
 RELEASE = (
-    _PRELUDE
+    PRELUDE
     + """
 -- KEYS: slots, released, meta. ARGV: lease id, ttl, channel, ledger key, seconds held ('' when the lease did no
 -- work), alpha. Returns {1 when the lease was held, the key's mean seconds a lease is held ('' when unknown)}:
@@ -242,7 +268,7 @@ return {removed, fmt(mean)}
 )
 
 RENEW = (
-    _PRELUDE
+    PRELUDE
     + """
 -- KEYS: slots, released, waiters, epoch, rank. ARGV: ttl, number of lease ids, known epoch, fence_s, lease ids...,
 -- waiter ids...
@@ -279,30 +305,31 @@ return restored
 )
 
 ENTER_QUEUE = (
-    _PRELUDE
+    PRELUDE
     + """
--- KEYS: slots, meta, tokens, waiters, epoch, rank. ARGV: waiter id, ttl, max_concurrent, rpm, tpm, max_queue,
--- known epoch, fence_s, class lift (0 critical, 1 default, 2 sheddable), aging_s, channel, class, ledger key.
+-- KEYS: slots, meta, tokens, waiters, epoch, rank. ARGV: waiter id, ttl, limits (4), max_queue, known epoch,
+-- fence_s, class lift (0 critical, 1 default, 2 sheddable), aging_s, channel, class, ledger key.
 -- The rank is now + lift * aging_s: a waiter has the top rank from lift * aging_s after it came (priority.py's
 -- aging bound), and is served before every waiter ranked after it, in any process. At max_queue, the youngest
 -- waiter of the lowest class below the newcomer's is shed (told on the channel: 'shed <waiter id> <class> <key>').
 -- Returns {queued, headroom, reason, ready_in, epoch, waiters ahead, mean seconds a lease is held ('' when
--- unknown)}; reason '' means the key admits now. The waiter is queued whatever the status (its place is kept
+-- unknown), shed waiter id ('' when none), max_concurrent now ('' when unbounded)}; reason '' means the key
+-- admits now. The waiter is queued whatever the status (its place is kept
 -- until it leaves), unless max_queue waiters are queued already.
 local now = clock()
 local svc = redis.call('HGET', KEYS[2], 'svc') or ''
-local id, fence = epoch(KEYS[5], ARGV[7], now, ARGV[8])
+local id, fence = epoch(KEYS[5], ARGV[8], now, ARGV[9])
 local classes = KEYS[6] .. ':class'
 prune(KEYS[4], KEYS[6], now)
-local lift = tonumber(ARGV[9])
+local lift = tonumber(ARGV[10])
+local mc, rpm, tpm, rate = limits(KEYS[2], now, ARGV, 3)
 local function answer(queued, shed)
   local before = ahead(KEYS[6], ARGV[1])
-  local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, opt(ARGV[3]), opt(ARGV[4]),
-    opt(ARGV[5]), fence, before)
-  return {queued, fmt(headroom), reason or '', fmt(ready_in), id, before, svc, shed or ''}
+  local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, mc, rpm, tpm, fence, before, rate)
+  return {queued, fmt(headroom), reason or '', fmt(ready_in), id, before, svc, shed or '', fmt(mc)}
 end
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return answer(1) end
-local max_queue = opt(ARGV[6])
+local max_queue = opt(ARGV[7])
 local shed = nil
 if max_queue and redis.call('ZCARD', KEYS[4]) >= max_queue then
   local worst, worst_lift, worst_rank = nil, lift, nil
@@ -318,12 +345,12 @@ if max_queue and redis.call('ZCARD', KEYS[4]) >= max_queue then
   redis.call('ZREM', KEYS[4], worst)
   redis.call('ZREM', KEYS[6], worst)
   redis.call('HDEL', classes, worst)
-  redis.call('PUBLISH', ARGV[11], 'shed ' .. worst .. ' ' .. ARGV[12] .. ' ' .. ARGV[13])
+  redis.call('PUBLISH', ARGV[12], 'shed ' .. worst .. ' ' .. ARGV[13] .. ' ' .. ARGV[14])
   shed = worst
 end
 local expiry = now + tonumber(ARGV[2])
 redis.call('ZADD', KEYS[4], expiry, ARGV[1])
-redis.call('ZADD', KEYS[6], now + lift * tonumber(ARGV[10]), ARGV[1])
+redis.call('ZADD', KEYS[6], now + lift * tonumber(ARGV[11]), ARGV[1])
 redis.call('HSET', classes, ARGV[1], lift)
 keep_zset(KEYS[4], now)
 redis.call('PEXPIRE', KEYS[6], math.ceil(tonumber(ARGV[2]) * 1000) + 1000)
@@ -346,7 +373,7 @@ return removed
 """
 
 RECORD_TOKENS = (
-    _PRELUDE
+    PRELUDE
     + """
 -- KEYS: tokens, meta. ARGV: entry id, tokens.
 local now = clock()
@@ -360,7 +387,7 @@ return 1
 )
 
 SET_UNTIL = (
-    _PRELUDE
+    PRELUDE
     + """
 -- KEYS: meta. ARGV: field ('cd' or 'ex'), seconds. Extends, never shortens.
 local now = clock()
@@ -375,17 +402,21 @@ return 1
 )
 
 USAGE = (
-    _PRELUDE
+    PRELUDE
     + """
--- KEYS: slots, meta, tokens, waiters. Returns {in_flight, waiting, acquired, tokens, cooldown, exhausted}.
+-- KEYS: slots, meta, tokens, waiters. Returns {in_flight, waiting, acquired, tokens, cooldown, exhausted, live
+-- limit, ceiling, seconds it has been steady, overload rate}: the last four '' for a key that is not adaptive.
 local now = clock()
 local held = in_flight(KEYS[1], now)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local used = window(KEYS[3], now, nil)
 local cd = opt(redis.call('HGET', KEYS[2], 'cd')) or 0
 local ex = opt(redis.call('HGET', KEYS[2], 'ex')) or 0
+local live = redis.call('HMGET', KEYS[2], 'lv', 'lceil', 'lc', 'or')
+local steady = opt(live[3]) and math.max(now - opt(live[3]), 0)
 return {held, redis.call('ZCARD', KEYS[4]), tonumber(redis.call('HGET', KEYS[2], 'acq') or 0), used,
-  fmt(math.max(cd - now, 0)), fmt(math.max(ex - now, 0))}
+  fmt(math.max(cd - now, 0)), fmt(math.max(ex - now, 0)), live[1] or '', live[2] or '', fmt(steady),
+  live[4] or ''}
 """
 )
 
@@ -415,7 +446,12 @@ REASONS: dict[str, BlockReason] = {r: r for r in ("slots", "rate", "tpm", "coold
 
 
 def limit_args(capacity: AgentCapacity) -> list[str]:
-    return [opt_arg(capacity.max_concurrent), opt_arg(capacity.rpm), opt_arg(capacity.tpm)]
+    """A contract's limits as the scripts read them: max_concurrent, rpm, tpm, and where an adaptive key's live
+    limit starts ('' when the key is not adaptive)."""
+    start = None
+    if capacity.adaptive and capacity.max_concurrent is not None:
+        start = capacity.initial_concurrent or capacity.max_concurrent
+    return [opt_arg(capacity.max_concurrent), opt_arg(capacity.rpm), opt_arg(capacity.tpm), opt_arg(start)]
 
 
 def opt_arg(value: float | None) -> str:

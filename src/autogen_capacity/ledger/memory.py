@@ -15,13 +15,10 @@ from ..deadlines import ServiceTimes
 from ..exceptions import LedgerClosed, QueueFull
 from ..priority import DEFAULT_AGING_S, LineFull, Priority
 from ._config_model import LedgerConfig
+from ._learning import Answer, moved, overload_rate
 from ._limits import bucket_burst, key_status
 from ._memory_lines import KeyState, MemoryQueue, Waiter, resolve
 from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, LiveLimitChange, WaitQueue
-
-OVERLOAD_RATE_ALPHA = 0.1
-"""Weight of each answer in an adaptive key's overload rate: a 429 takes a healthy key to 0.1, and about 22
-answers served bring it back under 0.01."""
 
 __all__ = ["InMemoryLedger", "default_ledger"]
 
@@ -126,29 +123,14 @@ class InMemoryLedger:
         live = state.live if state is not None else None
         if state is None or live is None or lease.lease_id not in state.admitted_with:
             return None
-        now = self._now()
-        in_flight = state.admitted_with[lease.lease_id]
+        state.overload_rate = overload_rate(state.overload_rate, throttled=throttled)
         before = live.limit
-        state.overload_rate += OVERLOAD_RATE_ALPHA * (float(throttled) - state.overload_rate)
-        if throttled:
-            live.on_throttled(now, in_flight=in_flight, admitted_at=lease.acquired_at)
-        else:
-            live.on_success(now - lease.acquired_at, in_flight, now, admitted_at=lease.acquired_at)
-        if live.limit == before:
+        now = self._now()
+        Answer(throttled, state.admitted_with[lease.lease_id], lease.acquired_at, now).teach(live)
+        change = moved(lease.key, before, live)
+        if change is None:
             return None
-        last = live.last_change
-        change = LiveLimitChange(
-            lease.key, before, live.limit, live.ceiling, last.reason if last is not None else "throttled"
-        )
-        logger.info(
-            "autogen_capacity.live_limit_changed",
-            key=change.key,
-            old=change.old,
-            new=change.new,
-            ceiling=change.ceiling,
-            reason=change.reason,
-        )
-        for _ in range(max(live.limit - before, 0)):  # room for more: wake as many waiters
+        for _ in range(max(change.new - change.old, 0)):  # room for more: wake as many waiters
             if not self._hand_over(state):
                 break
         return change

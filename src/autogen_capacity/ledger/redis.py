@@ -21,13 +21,14 @@ from ..exceptions import LedgerClosed, LedgerUnavailable
 from ..priority import DEFAULT_AGING_S
 from ._config_model import DEFAULT_LEASE_TTL_S, INSTALL_HINT, LedgerConfig
 from ._redis_lines import READY_MARGIN_S, WaitingLines
+from ._redis_live import LEARN, Learning, LiveLimits
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_queue import RedisQueue
 from ._redis_renewal import LeaseRenewal
 from ._redis_scripts import key_status_of, limit_args, opt_arg
 from ._redis_scripts import register as register_scripts
 from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, text
-from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot, LiveLimitChange
+from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -46,7 +47,7 @@ SERVICE_ALPHA = DEFAULT_ALPHA
 """Weight of the newest lease in a key's service time (as ``InMemoryLedger``'s)."""
 
 
-class RedisLedger(LeaseRenewal, WaitingLines):
+class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
     """A :class:`~autogen_capacity.CapacityLedger` on a Redis server, shared by many processes and hosts.
 
     Every admission is one atomic Lua script that checks and takes slots, the rpm bucket, the tpm window,
@@ -106,6 +107,10 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         "_epochs",
         "_heartbeat",
         "_held",
+        "_learn_script",
+        "_learning",
+        "_learning_locks",
+        "_live_states",
         "_ns",
         "_owns_client",
         "_pipeline",
@@ -156,6 +161,7 @@ class RedisLedger(LeaseRenewal, WaitingLines):
             BlockingConnectionPool.from_url(url, max_connections=_MAX_CONNECTIONS, **_connection_options())
         )
         self._scripts = register_scripts(self._client)
+        self._learn_script = self._client.register_script(LEARN)
         self._pipeline = ScriptPipeline(
             self._client, retry_for=self._retry_for, unreachable=self._unreachable, on_reconnect=self._renew_soon
         )
@@ -166,6 +172,9 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         self._queues: dict[asyncio.Task[Any], RedisQueue] = {}  # the place each waiting task holds
         self._epochs: dict[str, str] = {}  # key -> the epoch this process last saw it in
         self._service: dict[str, float] = {}  # key -> its service time, as Redis last answered it
+        self._learning: dict[str, Learning] = {}  # lease id -> how it was admitted, for held leases on adaptive keys
+        self._learning_locks: dict[str, asyncio.Lock] = {}  # adaptive key -> one answer learned at a time here
+        self._live_states: dict[str, tuple[str, str]] = {}  # adaptive key -> (version, state) this process last saw
         self._renew_now: asyncio.Future[None] | None = None  # the heartbeat's pause, cut short by _renew_soon
         self._renew_pending = False
         self._wakeups = WakeUps(
@@ -246,6 +255,7 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         if queue is not None and queue.place.woken_by == key:
             queue.place.woken_by = None  # the wake-up was used: nothing to pass on when it leaves
         self._held[lease_id] = key
+        self._admitted_adaptive(lease_id, capacity, reply)
         self._ensure_heartbeat()
         return Lease(key, lease_id, asyncio.get_running_loop().time(), self._release)
 
@@ -272,6 +282,7 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         return [0, "0", "slots", ""]  # the epoch kept changing under us: refuse, the caller tries again
 
     async def _release(self, lease: Lease) -> None:
+        self._learning.pop(lease.lease_id, None)
         if self._held.pop(lease.lease_id, None) is not None:  # else given back by aclose() already
             held_s = asyncio.get_running_loop().time() - lease.acquired_at
             await self._give_back(lease.key, lease.lease_id, held_s)
@@ -344,10 +355,6 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         found = await asyncio.gather(*(self.status(key, capacity) for key, capacity in keys.items()))
         return dict(zip(keys, found, strict=True))
 
-    async def observe(self, lease: Lease, *, throttled: bool) -> LiveLimitChange | None:
-        """Adaptive limits are in-process only for now: a RedisLedger key keeps its declared limit."""
-        return None
-
     async def service_time(self, key: str) -> float | None:
         """The mean seconds a lease on ``key`` is held, over every process' releases (an exponentially weighted
         mean kept in Redis), as of this process' last release or join on the key; ``None`` before either."""
@@ -364,7 +371,19 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         usage: dict[str, KeyUsage] = {}
         for key in sorted(keys):
             r = await self._run(self._scripts.usage, key, _USAGE, [])
-            usage[key] = KeyUsage(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]))
+            live, ceiling, steady, rate = (text(v) for v in r[6:10])
+            usage[key] = KeyUsage(
+                int(r[0]),
+                int(r[1]),
+                int(r[2]),
+                int(r[3]),
+                float(r[4]),
+                float(r[5]),
+                live_limit=int(live) if live else None,
+                ceiling=int(ceiling) if ceiling else None,
+                limit_steady_for=float(steady) if steady else None,
+                overload_rate=float(rate) if rate else 0.0,
+            )
         return usage
 
     async def _scan_keys(self) -> set[str]:
@@ -388,6 +407,7 @@ class RedisLedger(LeaseRenewal, WaitingLines):
         await self._pipeline.drain()  # the scripts on their way land first, so that what they granted is known
         held = {**self._releasing, **self._held, **self._admitting}  # an acquire on its way: granted or not
         self._held, self._admitting, self._releasing, waiting, self._waiting = {}, {}, {}, self._waiting, {}
+        self._learning.clear()
         for lease_id, key in held.items():
             await self._give_back(key, lease_id)
         for waiter_id, keys in waiting.items():
