@@ -153,7 +153,7 @@ class DemoResult:
 Refresh = Callable[[PhaseStats, Sequence[Backend], LedgerSnapshot], None]
 
 
-async def _capacity_run(backends: Sequence[Backend], turns: int, stats: PhaseStats) -> None:
+async def _capacity_run(backends: Sequence[Backend], turns: int, stats: PhaseStats, stop: CancellationToken) -> None:
     team = CapacityAwareGroupChat(
         [ScriptedMember(b) for b in backends],
         capacities={b.name: b.contract() for b in backends},
@@ -161,7 +161,7 @@ async def _capacity_run(backends: Sequence[Backend], turns: int, stats: PhaseSta
         emit_team_events=True,
     )
     try:
-        async for item in team.run_stream(task="Handle one request."):
+        async for item in team.run_stream(task="Handle one request.", cancellation_token=stop):
             if isinstance(item, CapacityDeferredEvent):
                 stats.deferrals += 1
             elif isinstance(item, CapacityWaitEvent):
@@ -181,12 +181,12 @@ async def _capacity_run(backends: Sequence[Backend], turns: int, stats: PhaseSta
         stats.overload_errors += 1
 
 
-async def _round_robin_run(backends: Sequence[Backend], turns: int, stats: PhaseStats) -> None:
+async def _round_robin_run(backends: Sequence[Backend], turns: int, stats: PhaseStats, stop: CancellationToken) -> None:
     team = RoundRobinGroupChat(
         [ScriptedMember(b) for b in backends], termination_condition=MaxMessageTermination(turns + 1)
     )
     try:
-        result = await team.run(task="Handle one request.")
+        result = await team.run(task="Handle one request.", cancellation_token=stop)
     except Exception:  # AutoGen ends the whole run with a RuntimeError on the first 429
         stats.overload_errors += 1
         return
@@ -196,7 +196,7 @@ async def _round_robin_run(backends: Sequence[Backend], turns: int, stats: Phase
 
 async def _phase(
     name: str,
-    run_one: Callable[[Sequence[Backend], int, PhaseStats], Coroutine[Any, Any, None]],
+    run_one: Callable[[Sequence[Backend], int, PhaseStats, CancellationToken], Coroutine[Any, Any, None]],
     runs: int,
     turns: int,
     scale: float,
@@ -206,7 +206,8 @@ async def _phase(
     stats = PhaseStats(name, runs, limits={b.name: b.limit for b in backends})
     ledger = default_ledger()
     started = time.perf_counter()
-    tasks = [asyncio.ensure_future(run_one(backends, turns, stats)) for _ in range(runs)]
+    stop = CancellationToken()  # AutoGen's way to stop a run: cancelling its task lets the run finish its turns
+    tasks = [asyncio.ensure_future(run_one(backends, turns, stats, stop)) for _ in range(runs)]
     try:
         while True:
             done, _ = await asyncio.wait(tasks, timeout=0.1)
@@ -218,12 +219,13 @@ async def _phase(
             if len(done) == len(tasks):
                 break
     finally:
-        await _cancel(tasks)
+        await _cancel(stop, tasks)
     return stats
 
 
-async def _cancel(tasks: Sequence[asyncio.Future[None]]) -> None:
-    """Cancel the runs still going (on Ctrl-C) and wait until they have ended, without raising."""
+async def _cancel(stop: CancellationToken, tasks: Sequence[asyncio.Future[None]]) -> None:
+    """Stop the runs still going (on Ctrl-C) and wait until they have ended, without raising."""
+    stop.cancel()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
