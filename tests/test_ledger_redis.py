@@ -25,7 +25,8 @@ from autogen_capacity import (
     LedgerUnavailable,
     QueueFull,
 )
-from autogen_capacity.ledger.redis import INSTALL_HINT, RedisLedger
+from autogen_capacity.ledger._config_model import INSTALL_HINT
+from autogen_capacity.ledger.redis import RedisLedger
 from redis_server import MakeLedger, RedisServer, eventually, free_port
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")

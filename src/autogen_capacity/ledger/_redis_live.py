@@ -27,7 +27,7 @@ from .._logging import logger
 from ..adaptive import LiveLimit
 from ..contracts import AgentCapacity
 from ._learning import Answer, moved, overload_rate
-from ._redis_scripts import PRELUDE
+from ._redis_lua import PRELUDE
 from ._redis_wakeups import text
 from .base import Lease, LiveLimitChange
 

@@ -12,22 +12,22 @@ import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .._logging import logger
 from ..contracts import AgentCapacity
 from ..deadlines import DEFAULT_ALPHA
 from ..exceptions import LedgerClosed, LedgerUnavailable
 from ..priority import DEFAULT_AGING_S
-from ._config_model import DEFAULT_LEASE_TTL_S, INSTALL_HINT, LedgerConfig
+from ._config_model import DEFAULT_LEASE_TTL_S, LedgerConfig
+from ._redis_client import build_client, redact, scan_keys, unreachable_errors
 from ._redis_lines import READY_MARGIN_S, WaitingLines
 from ._redis_live import LEARN, Learning, LiveLimits
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_queue import RedisQueue
 from ._redis_renewal import LeaseRenewal
-from ._redis_scripts import key_status_of, limit_args, opt_arg
+from ._redis_scripts import key_status_of, key_usage_of, limit_args, opt_arg
 from ._redis_scripts import register as register_scripts
-from ._redis_wakeups import PUBSUB_IDLE_S, WakeUps, describe, text
+from ._redis_wakeups import WakeUps, describe, text
 from .base import KeyStatus, KeyUsage, Lease, LedgerSnapshot
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisLedger"]
 DEFAULT_UNAVAILABLE_AFTER_S = 5.0
 """Seconds a call retries a lost connection before raising LedgerUnavailable."""
-_MAX_CONNECTIONS = 64
 _STATE = ("slots", "meta", "tokens", "epoch", "waiters", "rank")
 _USAGE = ("slots", "meta", "tokens", "waiters")
 _REREGISTER_TRIES = 3
@@ -138,17 +137,12 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         client: Redis | None = None,
         aging_s: float = DEFAULT_AGING_S,
     ) -> None:
-        try:
-            from redis.asyncio import BlockingConnectionPool, Redis
-            from redis.exceptions import ConnectionError as RedisConnectionError
-            from redis.exceptions import TimeoutError as RedisTimeoutError
-        except ImportError as exc:
-            raise ImportError(INSTALL_HINT) from exc
+        unreachable = unreachable_errors()  # ImportError without redis-py
         if lease_ttl_s <= 0:
             raise ValueError(f"lease_ttl_s must be > 0, got {lease_ttl_s}")
         if unavailable_after_s < 0:
             raise ValueError(f"unavailable_after_s must be >= 0, got {unavailable_after_s}")
-        self._url = _redact(url)
+        self._url = redact(url)
         self._ns = namespace
         self._ttl = float(lease_ttl_s)
         self._retry_for = float(unavailable_after_s)
@@ -156,10 +150,8 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
             raise ValueError(f"aging_s must be > 0, got {aging_s}")
         self._aging_s = float(aging_s)
         self._owns_client = client is None
-        self._unreachable: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
-        self._client: Redis = client or Redis.from_pool(  # callers queue for a connection, never fail for lack of one
-            BlockingConnectionPool.from_url(url, max_connections=_MAX_CONNECTIONS, **_connection_options())
-        )
+        self._unreachable = unreachable
+        self._client: Redis = client or build_client(url)
         self._scripts = register_scripts(self._client)
         self._learn_script = self._client.register_script(LEARN)
         self._pipeline = ScriptPipeline(
@@ -370,29 +362,11 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
             raise self._unavailable(exc) from exc
         usage: dict[str, KeyUsage] = {}
         for key in sorted(keys):
-            r = await self._run(self._scripts.usage, key, _USAGE, [])
-            live, ceiling, steady, rate = (text(v) for v in r[6:10])
-            usage[key] = KeyUsage(
-                int(r[0]),
-                int(r[1]),
-                int(r[2]),
-                int(r[3]),
-                float(r[4]),
-                float(r[5]),
-                live_limit=int(live) if live else None,
-                ceiling=int(ceiling) if ceiling else None,
-                limit_steady_for=float(steady) if steady else None,
-                overload_rate=float(rate) if rate else 0.0,
-            )
+            usage[key] = key_usage_of(await self._run(self._scripts.usage, key, _USAGE, []))
         return usage
 
     async def _scan_keys(self) -> set[str]:
-        prefix, keys = f"{self._ns}:{{", set()
-        async for name in self._client.scan_iter(match=f"{_glob_escape(self._ns)}:{{*}}:*", count=1000):
-            key, _, part = text(name)[len(prefix) :].rpartition("}:")
-            if part in _PARTS:
-                keys.add(key)
-        return keys
+        return await scan_keys(self._client, self._ns, _PARTS)
 
     async def aclose(self) -> None:
         """Stop renewing and listening, give back leases still held and leave the queues, then close the
@@ -415,30 +389,3 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         await self._pipeline.drain()  # what cancelled callers were granted, given back
         if self._owns_client:
             await self._client.aclose()
-
-
-def _connection_options() -> dict[str, Any]:
-    """Connection options: a command that meets a lost connection (a server restarted since the connection was
-    made) reconnects and is sent again once at once; the ledger's own retries take over after that."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return {
-        "socket_connect_timeout": 5.0,
-        "socket_timeout": 5.0,
-        "health_check_interval": PUBSUB_IDLE_S,
-        "retry": Retry(NoBackoff(), 1),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-    }
-
-
-def _redact(url: str) -> str:
-    """The URL without user, password or query (which may carry a password)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
