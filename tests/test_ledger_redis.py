@@ -676,6 +676,23 @@ async def main(url, namespace, mode, key, ttl, n_tasks, rounds):
                 admitted += 1
                 await probe.incr(namespace + ":admitted")
         print(json.dumps({"admitted": admitted}), flush=True)
+    elif mode == "adaptive":  # a backend that serves 3 at once behind a contract declaring 8
+        cap = AgentCapacity(max_concurrent=8, adaptive=True, backoff_initial_ms=10, backoff_ceiling_ms=50,
+                            max_caller_retries=10_000)
+        answers = {"throttled": 0, "served": 0}
+        async def caller():
+            for _ in range(rounds):
+                async with await acquire(key, cap, ledger=ledger) as lease:
+                    try:
+                        throttled = await probe.incr(namespace + ":backend") > 3
+                        if not throttled:
+                            await asyncio.sleep(random.uniform(0.005, 0.015))
+                        await ledger.observe(lease, throttled=throttled)
+                        answers["throttled" if throttled else "served"] += 1
+                    finally:
+                        await probe.decr(namespace + ":backend")
+        await asyncio.gather(*(caller() for _ in range(n_tasks)))
+        print(json.dumps(answers), flush=True)
     elif mode == "hold":
         assert await ledger.try_acquire(key, AgentCapacity(max_concurrent=1)) is not None
         print(json.dumps({"held": True}), flush=True)
@@ -725,6 +742,26 @@ class TestProcesses:
         results = [await result(worker) for worker in workers]
         assert sum(r["admitted"] for r in results) == 3
         assert (await ledger.snapshot())["shared"].acquired == 3
+
+    async def test_one_live_limit_learned_by_every_process(
+        self, make_ledger: MakeLedger, redis_server: RedisServer
+    ) -> None:
+        """Three processes of six callers each, on a backend that serves 3 at once behind contracts that declare 8
+        (adaptive): every answer of every process is learned (the throttles in the shared state, or still filed in
+        Redis, are the throttles the workers saw), and the one live limit ends at or under the backend's 3."""
+        ledger = make_ledger()
+        namespace = ledger._ns
+        workers = [await spawn(redis_server.url, namespace, "adaptive", tasks=6, rounds=15) for _ in range(3)]
+        results = [await result(worker) for worker in workers]
+
+        assert sum(r["throttled"] + r["served"] for r in results) == 3 * 6 * 15
+        state = json.loads(await ledger._client.hget(ledger._name("shared", "meta"), "ls"))
+        filed = [json.loads(a) for a in await ledger._client.lrange(ledger._name("shared", "answers"), 0, -1)]
+        assert state["live"]["throttles"] + sum(a[0] for a in filed) == sum(r["throttled"] for r in results)
+        usage = (await ledger.snapshot())["shared"]
+        assert usage.live_limit is not None
+        assert 1 <= usage.live_limit <= 3
+        assert usage.ceiling == 8
 
     async def test_killed_holder_gives_its_slot_back(self, make_ledger: MakeLedger, redis_server: RedisServer) -> None:
         """A holder alive past its ttl keeps its slot; killed with SIGKILL, its slot comes back within the ttl."""
