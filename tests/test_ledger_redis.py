@@ -748,19 +748,23 @@ class TestProcesses:
     ) -> None:
         """Three processes of six callers each, on a backend that serves 3 at once behind contracts that declare 8
         (adaptive): every answer of every process is learned (the throttles in the shared state, or still filed in
-        Redis, are the throttles the workers saw), and the one live limit ends at or under the backend's 3."""
+        Redis, are the throttles the workers saw), few answers are 429s, and the one live limit ends at or under the
+        backend's 3, or one step above it when that step is a probe no call has answered yet."""
         ledger = make_ledger()
         namespace = ledger._ns
         workers = [await spawn(redis_server.url, namespace, "adaptive", tasks=6, rounds=15) for _ in range(3)]
         results = [await result(worker) for worker in workers]
 
+        throttled = sum(r["throttled"] for r in results)
         assert sum(r["throttled"] + r["served"] for r in results) == 3 * 6 * 15
+        assert throttled <= 3 * 6 * 15 // 5  # 10 of 270 when measured
         state = json.loads(await ledger._client.hget(ledger._name("shared", "meta"), "ls"))
         filed = [json.loads(a) for a in await ledger._client.lrange(ledger._name("shared", "answers"), 0, -1)]
-        assert state["live"]["throttles"] + sum(a[0] for a in filed) == sum(r["throttled"] for r in results)
+        assert state["live"]["throttles"] + sum(a[0] for a in filed) == throttled
         usage = (await ledger.snapshot())["shared"]
         assert usage.live_limit is not None
-        assert 1 <= usage.live_limit <= 3
+        probing = state["live"]["last_change"] is not None and state["live"]["last_change"][3] == "probe"
+        assert 1 <= usage.live_limit <= (4 if probing else 3)
         assert usage.ceiling == 8
 
     async def test_killed_holder_gives_its_slot_back(self, make_ledger: MakeLedger, redis_server: RedisServer) -> None:
