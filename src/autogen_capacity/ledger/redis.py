@@ -70,6 +70,10 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
     holder puts its leases back (at once when it sees the restart, at the latest at its next renewal). A
     process holding leases under an old epoch puts them back before it is admitted again itself.
 
+    An adaptive key (``AgentCapacity(adaptive=True)``) has one live limit for every process, kept in Redis and
+    enforced by every admission script; each process learns its answers with the same algorithm as
+    ``InMemoryLedger`` and writes the result with one compare-and-set script (see ``docs/adaptive.md``).
+
     Scripts are pipelined: those called while a batch is on its way to Redis go together in the next one,
     so concurrent callers share round trips.
 
