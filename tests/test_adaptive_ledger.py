@@ -12,7 +12,7 @@ from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
 
-from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger, Lease
+from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, CapacityLedger, InMemoryLedger, Lease
 from autogen_capacity.headers import cooldown_observer, parse_rate_limit_headers
 from autogen_capacity.testing import FakeLoopClock
 from faults import RateLimitError
@@ -20,10 +20,11 @@ from faults import RateLimitError
 ADAPTIVE = AgentCapacity(max_concurrent=4, adaptive=True, max_caller_retries=50)
 
 
-async def take(ledger: InMemoryLedger, n: int) -> list[Lease]:
+async def take(ledger: CapacityLedger, n: int, capacity: AgentCapacity = ADAPTIVE) -> list[Lease]:
+    """``n`` leases on key ``k`` (each must be admitted)."""
     leases = []
     for _ in range(n):
-        lease = await ledger.try_acquire("k", ADAPTIVE)
+        lease = await ledger.try_acquire("k", capacity)
         assert lease is not None
         leases.append(lease)
     return leases

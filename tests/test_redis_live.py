@@ -8,25 +8,16 @@ import json
 
 import pytest
 
-from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, Lease, RedisLedger, acquire
+from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, RedisLedger, acquire
 from autogen_capacity.adaptive import LiveLimit
 from autogen_capacity.ledger._learning import OVERLOAD_RATE_ALPHA
 from redis_server import MakeLedger
-from test_adaptive_ledger import Backend, Member
+from test_adaptive_ledger import Backend, Member, take
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
 pytestmark = pytest.mark.redis
 
 ADAPTIVE = AgentCapacity(max_concurrent=4, adaptive=True, max_caller_retries=50, backoff_initial_ms=20)
-
-
-async def take(ledger: RedisLedger, n: int, capacity: AgentCapacity = ADAPTIVE) -> list[Lease]:
-    leases = []
-    for _ in range(n):
-        lease = await ledger.try_acquire("k", capacity)
-        assert lease is not None
-        leases.append(lease)
-    return leases
 
 
 async def live_state(ledger: RedisLedger) -> LiveLimit:
@@ -39,7 +30,7 @@ async def test_a_429_seen_by_one_process_lowers_the_limit_every_process_enforces
     """Four leases across two processes, two answer 429 (one burst): the live limit drops once, to 2, and
     neither process is admitted past it; both snapshots show it, with its ceiling and the overload rate."""
     a, b = make_ledger(), make_ledger()
-    leases = await take(a, 2) + await take(b, 2)
+    leases = await take(a, 2, ADAPTIVE) + await take(b, 2, ADAPTIVE)
 
     first = await a.observe(leases[0], throttled=True)
     second = await b.observe(leases[2], throttled=True)  # same burst: admitted before the drop
@@ -49,8 +40,8 @@ async def test_a_429_seen_by_one_process_lowers_the_limit_every_process_enforces
     assert first is not None
     assert (first.key, first.old, first.new, first.ceiling, first.reason) == ("k", 4, 2, 4, "throttled")
     assert second is None
-    await take(b, 1)
-    await take(a, 1)
+    await take(b, 1, ADAPTIVE)
+    await take(a, 1, ADAPTIVE)
     assert await a.try_acquire("k", ADAPTIVE) is None
     assert await b.try_acquire("k", ADAPTIVE) is None
     for ledger in (a, b):
@@ -68,7 +59,7 @@ async def test_successes_in_every_process_climb_one_limit_back(make_ledger: Make
     """After a drop, the key serving at its live limit from two processes (turns alternate between them) grows
     back to its ceiling: both processes' successes count towards the one limit's windows."""
     a, b = make_ledger(), make_ledger()
-    first = await take(a, 4)
+    first = await take(a, 4, ADAPTIVE)
     await a.observe(first[0], throttled=True)
     for lease in first:
         await lease.release()
@@ -79,7 +70,7 @@ async def test_successes_in_every_process_climb_one_limit_back(make_ledger: Make
         if limit == 4:
             break
         ledger = (a, b)[turn % 2]
-        batch = await take(ledger, limit)
+        batch = await take(ledger, limit, ADAPTIVE)
         for lease in batch:
             change = await ledger.observe(lease, throttled=False)
             if change is not None:
@@ -96,14 +87,14 @@ async def test_a_step_up_wakes_a_waiter_in_another_process(make_ledger: MakeLedg
     before its backoff window ends."""
     a, b = make_ledger(), make_ledger()
     patient = ADAPTIVE.model_copy(update={"backoff_initial_ms": 60_000, "backoff_ceiling_ms": 60_000})
-    first = await take(a, 4)
+    first = await take(a, 4, ADAPTIVE)
     await a.observe(first[0], throttled=True)
     for lease in first:
         await lease.release()
-    held = await take(a, 2)  # at the live limit (2)
+    held = await take(a, 2, ADAPTIVE)  # at the live limit (2)
     assert await a.observe(held[1], throttled=False) is None  # one success at the limit: half a window
     await held.pop().release()
-    held += await take(a, 1)
+    held += await take(a, 1, ADAPTIVE)
     waiter = asyncio.ensure_future(acquire("k", patient, ledger=b))
     await asyncio.sleep(0.2)
     assert not waiter.done()
@@ -137,7 +128,7 @@ async def test_a_restarted_empty_redis_starts_learning_again(make_ledger: MakeLe
     """Redis lost the key's data: once the key's fence is down, its live limit starts again at the declared
     start, and the state this process remembered is not written over the new one."""
     a = make_ledger(lease_ttl_s=0.6)  # the fence after a restart lasts one renewal period, 0.2 s
-    first = await take(a, 4)
+    first = await take(a, 4, ADAPTIVE)
     await a.observe(first[0], throttled=True)
     for lease in first:
         await lease.release()
