@@ -10,14 +10,7 @@ from collections.abc import Iterable
 
 from .base import KeyStatus
 
-__all__ = [
-    "RATE_SLACK",
-    "TOKEN_WINDOW_S",
-    "bucket_burst",
-    "key_status",
-    "leaked",
-    "tokens_ready_in",
-]
+__all__ = ["RATE_SLACK", "TOKEN_WINDOW_S", "bucket_burst", "key_status", "leaked", "tokens_ready_in"]
 
 TOKEN_WINDOW_S = 60.0
 """The tpm window: tokens recorded in the last 60 s count against ``tpm``."""
