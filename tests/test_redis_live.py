@@ -173,3 +173,22 @@ async def test_teams_in_two_processes_learn_a_backends_true_limit(make_ledger: M
     assert usage.live_limit is not None
     assert usage.ceiling == 4
     assert backend.throttled <= backend.calls // 4
+
+
+async def test_a_throttled_keys_headroom_is_discounted_in_every_process(make_ledger: MakeLedger) -> None:
+    """As in memory: a key that was just throttled reports its headroom discounted by its overload rate, so
+    headroom routing in any process prefers a key with the same room that has been healthy."""
+    a, b = make_ledger(), make_ledger()
+    throttled = await a.try_acquire("throttled", ADAPTIVE)
+    healthy = await a.try_acquire("healthy", ADAPTIVE)
+    assert throttled is not None
+    assert healthy is not None
+    await a.observe(throttled, throttled=True)
+    await a.observe(healthy, throttled=False)
+    await throttled.release()
+    await healthy.release()
+
+    statuses = await b.statuses({"throttled": ADAPTIVE, "healthy": ADAPTIVE})
+
+    assert statuses["throttled"].headroom == pytest.approx(1.0 - OVERLOAD_RATE_ALPHA)
+    assert statuses["healthy"].headroom == 1.0
