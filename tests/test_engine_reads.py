@@ -9,14 +9,8 @@ from collections import Counter
 import pytest
 
 from autogen_capacity import AgentCapacity, InMemoryLedger, Lease
-from autogen_capacity._engine import (
-    ROUTED_AROUND,
-    STATUS_REUSE_S,
-    Admission,
-    Candidate,
-    WaitReport,
-    _unchanged_without_wakeup,
-)
+from autogen_capacity._engine import Admission, Candidate, WaitReport
+from autogen_capacity._engine_rules import ROUTED_AROUND, STATUS_REUSE_S, unchanged_without_wakeup
 from autogen_capacity.ledger import KeyStatus
 from autogen_capacity.testing import FakeLoopClock, settle
 
@@ -146,7 +140,7 @@ async def test_a_cooldowns_end_is_leased_straight_away(fake_clock: FakeLoopClock
 )
 def test_which_reads_a_pass_without_a_wakeup_trusts(statuses: dict[str, KeyStatus], age: float, trusted: bool) -> None:
     candidates = [Candidate(name, name, CAP) for name in statuses]
-    assert _unchanged_without_wakeup(candidates, statuses, age) is trusted
+    assert unchanged_without_wakeup(candidates, statuses, age) is trusted
 
 
 def test_a_nested_teams_probe_is_never_trusted() -> None:
@@ -154,4 +148,4 @@ def test_a_nested_teams_probe_is_never_trusted() -> None:
         return KeyStatus(0.0, "slots")
 
     statuses = {"a": KeyStatus(0.0, "slots")}
-    assert not _unchanged_without_wakeup([Candidate("a", "a", CAP, probe=probe)], statuses, 0.0)
+    assert not unchanged_without_wakeup([Candidate("a", "a", CAP, probe=probe)], statuses, 0.0)

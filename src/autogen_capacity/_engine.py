@@ -10,6 +10,15 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from . import telemetry
+from ._engine_rules import (
+    IDLE,
+    ROUTED_AROUND,
+    capped,
+    exhausted,
+    soonest,
+    soonest_cooldown,
+    unchanged_without_wakeup,
+)
 from ._logging import logger
 from .contracts import AgentCapacity
 from .deadlines import should_fail_fast
@@ -17,7 +26,7 @@ from .exceptions import CapacityExhausted
 from .ledger import CapacityLedger, KeyStatus, Lease
 from .ledger.base import WaitQueue
 from .priority import Priority
-from .testing import _backoff_cap, _record_pass
+from .testing import _record_pass
 
 __all__ = [
     "Admission",
@@ -26,14 +35,7 @@ __all__ = [
     "Observer",
     "Order",
     "WaitReport",
-    "capped",
-    "exhausted_reason",
 ]
-
-IDLE = KeyStatus(1.0)
-ROUTED_AROUND = KeyStatus(0.0, "exhausted")
-STATUS_REUSE_S = 1.0
-"""Seconds a read that found every candidate full is trusted while no wake-up comes (see admit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,7 @@ class Admission:
                 if woken_by is not None:  # a slot freed there, likely handed to this caller: take it first
                     admitted = await self._try_woken(candidates, statuses, order, woken_by)
                 if admitted is None:
-                    if woken or not _unchanged_without_wakeup(candidates, statuses, loop.time() - read_at):
+                    if woken or not unchanged_without_wakeup(candidates, statuses, loop.time() - read_at):
                         statuses = await self._statuses(candidates, routed_around)
                         read_at = loop.time()
                     admitted = await self._try(candidates, statuses, order)
@@ -192,7 +194,7 @@ class Admission:
                     return admitted
                 usable = [c for c in candidates if statuses[c.name].blocked_by != "exhausted"]
                 if not usable:
-                    raise _exhausted("every candidate is exhausted or out of retries", candidates, statuses)
+                    raise exhausted("every candidate is exhausted or out of retries", candidates, statuses)
                 schedule = usable[0].contract
                 now = loop.time()
                 if now >= window_end:
@@ -214,7 +216,7 @@ class Admission:
                                 if bound == deadline
                                 else "waited as long as the contract allows"
                             )
-                            raise _exhausted(why, candidates, statuses)
+                            raise exhausted(why, candidates, statuses)
                     window_end = now + delay
                     wait = telemetry.waiting(wait, statuses, candidates, window, retries, delay, self._team)
                     if self._observer is not None:
@@ -260,14 +262,14 @@ class Admission:
         if admitted.lease is not None:
             await admitted.lease.release()
         if takes is None:
-            raise _exhausted("the run's deadline has passed", candidates, statuses)
+            raise exhausted("the run's deadline has passed", candidates, statuses)
         logger.warning(
             "autogen_capacity.fail_fast",
             key=admitted.candidate.key,
             takes_s=round(takes, 3),
             left_s=round(remaining, 3),
         )
-        raise _exhausted(
+        raise exhausted(
             f"a turn of {admitted.candidate.name!r} takes about {takes:.3f}s and only {max(remaining, 0):.3f}s are "
             "left before the run's deadline",
             candidates,
@@ -289,10 +291,10 @@ class Admission:
                 are spent, or the team's retry budget is.
         """
         schedule = usable[0].contract
-        cooling = _soonest_cooldown(usable, statuses)
+        cooling = soonest_cooldown(usable, statuses)
         if cooling is not None and cooling > schedule.max_retry_after_ms / 1000:
             if all(statuses[c.name].blocked_by == "cooldown" for c in usable):
-                raise _exhausted(
+                raise exhausted(
                     f"the provider asked to wait {cooling:.1f}s, longer than max_retry_after_ms "
                     f"({schedule.max_retry_after_ms} ms) allows",
                     candidates,
@@ -304,14 +306,14 @@ class Admission:
             return "cooldown", cooling
         retry = retries + 1
         if retry > schedule.max_caller_retries:
-            raise _exhausted(
+            raise exhausted(
                 f"nothing was admitted after {schedule.max_caller_retries} retries",
                 candidates,
                 statuses,
-                retry_after=_soonest(statuses),
+                retry_after=soonest(statuses),
             )
         if retry > 1 and self._spend_retry is not None and not self._spend_retry():
-            raise _exhausted("the team's retry budget is spent", candidates, statuses)
+            raise exhausted("the team's retry budget is spent", candidates, statuses)
         return "backoff", capped(schedule.delay(retry))
 
     async def _try_woken(
@@ -345,22 +347,6 @@ class Admission:
         return None
 
 
-def _exhausted(
-    why: str,
-    candidates: Sequence[Candidate],
-    statuses: Mapping[str, KeyStatus],
-    *,
-    retry_after: float | None = None,
-) -> CapacityExhausted:
-    return CapacityExhausted(exhausted_reason(why, candidates, statuses), retry_after=retry_after)
-
-
-def exhausted_reason(why: str, candidates: Sequence[Candidate], statuses: Mapping[str, KeyStatus]) -> str:
-    """The one "Capacity exhausted" message: why, then each candidate and what held it back."""
-    held = ", ".join(f"{c.name}: {statuses[c.name].blocked_by or 'lost the race'}" for c in candidates)
-    return f"Capacity exhausted: {why} ({held})"
-
-
 def _fail_fast(
     expected: float | None,
     remaining: float,
@@ -378,37 +364,9 @@ def _fail_fast(
         return
     limit = "the run's deadline" if deadline is not None else "the contract"
     logger.warning("autogen_capacity.fail_fast", expected_s=round(expected, 3), left_s=round(remaining, 3), limit=limit)
-    raise _exhausted(
+    raise exhausted(
         f"the expected wait in line ({expected:.3f}s) exceeds the {max(remaining, 0):.3f}s {limit} leaves",
         candidates,
         statuses,
         retry_after=expected,
     )
-
-
-def _unchanged_without_wakeup(candidates: Sequence[Candidate], statuses: Mapping[str, KeyStatus], age: float) -> bool:
-    """Whether statuses read ``age`` seconds ago still hold when no wake-up came since: every candidate waited
-    for a release (a release wakes a waiter, a refill or a cooldown's end has a ``ready_in`` and a timer), and
-    the read is recent enough that a lease expired by its holder's death (which wakes nobody) is seen soon."""
-    return (
-        age < STATUS_REUSE_S
-        and bool(statuses)
-        and all(c.probe is None for c in candidates)
-        and all(s is ROUTED_AROUND or (s.blocked_by == "slots" and s.ready_in is None) for s in statuses.values())
-    )
-
-
-def _soonest_cooldown(usable: Sequence[Candidate], statuses: Mapping[str, KeyStatus]) -> float | None:
-    waits = [s.ready_in for c in usable if (s := statuses[c.name]).blocked_by == "cooldown" and s.ready_in]
-    return min(waits) if waits else None
-
-
-def _soonest(statuses: Mapping[str, KeyStatus]) -> float | None:
-    ready = [s.ready_in for s in statuses.values() if s.ready_in is not None]
-    return min(ready) if ready else None
-
-
-def capped(seconds: float) -> float:
-    """A delay or a hint, capped by :func:`autogen_capacity.testing.no_backoff` when it is on."""
-    cap = _backoff_cap()
-    return seconds if cap is None else min(seconds, cap)

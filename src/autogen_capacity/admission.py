@@ -31,7 +31,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from . import telemetry
-from ._engine import Admission, Admitted, Candidate, Observer, Order, WaitReport, capped, exhausted_reason
+from ._engine import Admission, Admitted, Candidate, Observer, Order, WaitReport
+from ._engine_rules import capped, exhausted_reason
 from ._logging import logger
 from .contracts import AgentCapacity
 from .exceptions import CapacityExhausted, QueueFull
