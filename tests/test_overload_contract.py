@@ -4,7 +4,6 @@ what a turn taught is recorded before its slot is handed on."""
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Sequence
 
 import pytest
@@ -23,6 +22,7 @@ from autogen_capacity import (
 )
 from autogen_capacity.testing import count_admission_passes
 from faults import RateLimitError, quota_error
+from ticker import Ticker
 
 TIMEOUT = 30.0
 
@@ -101,40 +101,6 @@ async def queued(ledger: InMemoryLedger, key: str, waiting: int = 1) -> None:
     await asyncio.wait_for(_poll(), TIMEOUT)
 
 
-class Ticker:
-    """A task on the test's loop that measures the longest stall between its wake-ups.
-
-    The heap is frozen while it ticks (``gc.freeze``): a full collection scans every object the whole test session
-    made (seen: 280 ms under coverage late in the suite, 50-85 ms in this file alone), which is the collector's
-    stall, not the code's.
-    """
-
-    def __init__(self, period: float = 0.005) -> None:
-        self.period = period
-        self.longest = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            await asyncio.sleep(self.period)
-            now = loop.time()
-            self.longest = max(self.longest, now - last - self.period)
-            last = now
-
-    def __enter__(self) -> Ticker:
-        gc.collect()
-        gc.freeze()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        gc.unfreeze()
-
-
 class TestNoSpin:
     async def test_nested_teams_under_contention_never_stall_the_loop(self, ledger: InMemoryLedger) -> None:
         """16 parents [inner(max 2) over a, b (max 1 each), z (max 1)] finish with a responsive loop and a
@@ -159,7 +125,7 @@ class TestNoSpin:
             )
 
         parents = [parent(i) for i in range(16)]  # built before the ticker starts: building is not running
-        with Ticker() as ticker, count_admission_passes() as passes:
+        with Ticker(asyncio.get_running_loop(), period=0.005) as ticker, count_admission_passes() as passes:
             runs = [asyncio.ensure_future(team.run(task="go")) for team in parents]
             done, _ = await asyncio.wait(runs, timeout=TIMEOUT)
         assert len(done) == 16

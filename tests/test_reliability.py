@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import random
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +29,7 @@ from agents import ConcurrencyProbe
 from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger
 from autogen_capacity.testing import AdmissionPasses, count_admission_passes
 from faults import FAULTS, QUICK, Fault, FaultyMember, RunRecord, contract
+from ticker import Ticker
 
 RUN_BOUND_S = 20.0
 """Generous: a run that has not ended by then is hung."""
@@ -87,44 +86,6 @@ class Squad:
     @property
     def running(self) -> bool:
         return self.run is not None and not self.run.task.done()
-
-
-class Ticker:
-    """Ticks on the machine's loop and keeps the longest stall between ticks while the loop runs, less the time
-    the garbage collector stopped the whole interpreter meanwhile (a pause, not a loop that fails to yield)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, period: float = 0.002) -> None:
-        self.loop = loop
-        self.period = period
-        self.longest = 0.0
-        self.last = loop.time()
-        self.collecting = 0.0
-        self._collection_started: float | None = None
-        gc.callbacks.append(self._on_collection)
-        self.task = loop.create_task(self._tick())
-
-    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._collection_started = time.perf_counter()
-        elif self._collection_started is not None:
-            self.collecting += time.perf_counter() - self._collection_started
-            self._collection_started = None
-
-    def close(self) -> None:
-        gc.callbacks.remove(self._on_collection)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.period)
-            now = self.loop.time()
-            self.longest = max(self.longest, now - self.last - self.period - self.collecting)
-            self.last = now
-            self.collecting = 0.0
-
-    def resume(self) -> None:
-        """The loop starts running again: the time it stood still between steps is not a stall."""
-        self.last = self.loop.time()
-        self.collecting = 0.0
 
 
 class CapacityMachine(RuleBasedStateMachine):
