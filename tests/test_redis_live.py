@@ -57,7 +57,7 @@ async def test_a_429_seen_by_one_process_lowers_the_limit_every_process_enforces
 
 async def test_successes_in_every_process_climb_one_limit_back(make_ledger: MakeLedger) -> None:
     """After a drop, the key serving at its live limit from two processes (turns alternate between them) grows
-    back to its ceiling: both processes' successes count towards the one limit's windows."""
+    back to its ceiling, a step at a time: both processes' successes count towards the one limit's windows."""
     a, b = make_ledger(), make_ledger()
     first = await take(a, 4, ADAPTIVE)
     await a.observe(first[0], throttled=True)
@@ -78,8 +78,9 @@ async def test_successes_in_every_process_climb_one_limit_back(make_ledger: Make
             await lease.release()
 
     assert (await b.snapshot())["k"].live_limit == 4
-    assert [c.reason for c in changes] == ["probe"] * len(changes)
-    assert [c.new for c in changes] == list(range(changes[0].old + 1, 5))
+    assert {c.reason for c in changes} <= {"probe", "latency"}  # real time: a stall can read as a latency rise
+    assert all(c.new == c.old + 1 for c in changes if c.reason == "probe")
+    assert sum(c.reason == "probe" for c in changes) >= 2  # from 2 to 4 at least
 
 
 async def test_a_step_up_wakes_a_waiter_in_another_process(make_ledger: MakeLedger) -> None:
