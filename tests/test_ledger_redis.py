@@ -361,6 +361,32 @@ class TestPipelining:
         assert 1 <= client.pipelines <= 2
         assert (await ledger.snapshot())["k"].in_flight == 64
 
+    async def test_identical_status_reads_in_a_batch_run_once(self, redis_ledger: RedisLedger) -> None:
+        """Sixteen teams reading the same key's status at once cost Redis one script, and all get its answer; reads
+        with other arguments, and acquires, each run (an acquire is never shared)."""
+
+        async def scripts_run() -> int:
+            stats = await redis_ledger._client.info("commandstats")
+            return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+        cap, other = AgentCapacity(max_concurrent=4), AgentCapacity(max_concurrent=8)
+        await redis_ledger.status("k", cap)  # the scripts are loaded in Redis, the key exists: no reload below
+        warm = await redis_ledger.try_acquire("k", cap)
+        assert warm is not None
+        await warm.release()
+        before = await scripts_run()
+        reads = await asyncio.gather(
+            *(redis_ledger.status("k", cap) for _ in range(16)), redis_ledger.status("k", other)
+        )
+        assert await scripts_run() - before == 2
+        assert reads[:16] == [KeyStatus(1.0)] * 16
+        assert reads[16] == KeyStatus(1.0)
+
+        before = await scripts_run()
+        leases = await asyncio.gather(*(redis_ledger.try_acquire("k", cap) for _ in range(6)))
+        assert await scripts_run() - before == 6
+        assert sum(lease is not None for lease in leases) == 4
+
     async def test_one_failing_script_fails_only_its_caller(self, redis_ledger: RedisLedger) -> None:
         """A script error (here a Redis key of the wrong type) is its caller's; the rest of the batch succeeds."""
         from redis.exceptions import ResponseError

@@ -2,7 +2,9 @@
 many teams sharing a ledger cost few round trips and little client CPU. A lone call goes out at once.
 
 Every script is idempotent for its arguments (ids are made by the client), so a batch that met a lost
-connection is sent again, with a backoff, until it lands or the retry window is over."""
+connection is sent again, with a backoff, until it lands or the retry window is over. Calls of a read-only script
+with the same keys and arguments in one batch (teams reading the same key's status at once) run once and share
+the reply: they are concurrent, so any order of them among the batch's other calls is one they could have had."""
 
 from __future__ import annotations
 
@@ -80,6 +82,8 @@ class ScriptPipeline:
     A script Redis no longer knows (a restart, ``SCRIPT FLUSH``) is loaded again and its calls are retried
     once. An error of one script is that call's. A lost connection sends the batch again for up to
     ``retry_for`` seconds (``on_reconnect`` is called once it lands); past that, every call of the batch fails.
+    Identical calls of the scripts in ``shared`` (their SHA1s: read-only, so that one run answers all) go to
+    Redis once a batch.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class ScriptPipeline:
         retry_for: float = 0.0,
         unreachable: tuple[type[Exception], ...] = (),
         on_reconnect: Callable[[], None] = lambda: None,
+        shared: frozenset[str] = frozenset(),
     ) -> None:
         from redis.exceptions import NoScriptError
 
@@ -96,6 +101,7 @@ class ScriptPipeline:
         self._retry_for = retry_for
         self._unreachable = unreachable
         self._on_reconnect = on_reconnect
+        self._shared = shared
         self._no_script = NoScriptError
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
@@ -205,7 +211,20 @@ class ScriptPipeline:
 
     async def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
+        queued: dict[tuple[Any, ...], int] = {}  # a call of a shared script -> its run in the pipeline
+        runs: list[int] = []  # each call's run
+        sent = 0
         for call in calls:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            sha = call.script.sha
+            same = (sha, *call.keys, None, *call.args) if sha in self._shared else None
+            if same is not None and (run := queued.get(same)) is not None:
+                runs.append(run)
+                continue
+            run = sent
+            sent += 1
+            if same is not None:
+                queued[same] = run
+            runs.append(run)
+            pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+        return [replies[run] for run in runs]

@@ -159,7 +159,11 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         self._scripts = register_scripts(self._client)
         self._learn_script = self._client.register_script(LEARN)
         self._pipeline = ScriptPipeline(
-            self._client, retry_for=self._retry_for, unreachable=self._unreachable, on_reconnect=self._renew_soon
+            self._client,
+            retry_for=self._retry_for,
+            unreachable=self._unreachable,
+            on_reconnect=self._renew_soon,
+            shared=frozenset({self._scripts.status.sha}),  # a status read writes nothing another read would see
         )
         self._held: dict[str, str] = {}  # lease id -> key, renewed by the heartbeat
         self._admitting: dict[str, str] = {}  # lease id -> key of every acquire on its way
