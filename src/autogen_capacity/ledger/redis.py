@@ -163,7 +163,7 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
             retry_for=self._retry_for,
             unreachable=self._unreachable,
             on_reconnect=self._renew_soon,
-            shared=frozenset({self._scripts.status.sha}),  # a status read writes nothing another read would see
+            shared=frozenset({self._scripts.status.sha}),  # what a status read writes is the same run twice
         )
         self._held: dict[str, str] = {}  # lease id -> key, renewed by the heartbeat
         self._admitting: dict[str, str] = {}  # lease id -> key of every acquire on its way
