@@ -2,9 +2,10 @@
 many teams sharing a ledger cost few round trips and little client CPU. A lone call goes out at once.
 
 Every script is idempotent for its arguments (ids are made by the client), so a batch that met a lost
-connection is sent again, with a backoff, until it lands or the retry window is over. Calls of a read-only script
-with the same keys and arguments in one batch (teams reading the same key's status at once) run once and share
-the reply: they are concurrent, so any order of them among the batch's other calls is one they could have had."""
+connection is sent again, with a backoff, until it lands or the retry window is over. Calls of a shared script (a
+read whose writes are the same run once or twice) with the same keys and arguments in one batch (teams reading
+the same key's status at once) run once and share the reply: they are concurrent, so any order of them among the
+batch's other calls is one they could have had."""
 
 from __future__ import annotations
 
@@ -82,8 +83,8 @@ class ScriptPipeline:
     A script Redis no longer knows (a restart, ``SCRIPT FLUSH``) is loaded again and its calls are retried
     once. An error of one script is that call's. A lost connection sends the batch again for up to
     ``retry_for`` seconds (``on_reconnect`` is called once it lands); past that, every call of the batch fails.
-    Identical calls of the scripts in ``shared`` (their SHA1s: read-only, so that one run answers all) go to
-    Redis once a batch.
+    Identical calls of the scripts in ``shared`` (their SHA1s: reads, so that one run answers all) go to Redis
+    once a batch.
     """
 
     def __init__(
