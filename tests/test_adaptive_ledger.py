@@ -30,6 +30,14 @@ async def take(ledger: CapacityLedger, n: int, capacity: AgentCapacity = ADAPTIV
     return leases
 
 
+async def answer(ledger: CapacityLedger, key: str, *, throttled: bool, capacity: AgentCapacity = ADAPTIVE) -> None:
+    """One call on ``key``: leased, answered (a 429 when ``throttled``), released."""
+    lease = await ledger.try_acquire(key, capacity)
+    assert lease is not None
+    await ledger.observe(lease, throttled=throttled)
+    await lease.release()
+
+
 async def test_a_throttled_answer_lowers_the_live_limit_once_per_burst(
     ledger: InMemoryLedger, fake_clock: FakeLoopClock
 ) -> None:
@@ -223,14 +231,8 @@ async def test_the_trajectory_shows_in_snapshots_and_routing_prefers_the_healthy
     from autogen_capacity.ledger._learning import OVERLOAD_RATE_ALPHA
     from autogen_capacity.routing import rank_by_headroom
 
-    healthy = await ledger.try_acquire("healthy", ADAPTIVE)
-    throttled = await ledger.try_acquire("throttled", ADAPTIVE)
-    assert healthy is not None
-    assert throttled is not None
-    await ledger.observe(healthy, throttled=False)
-    await ledger.observe(throttled, throttled=True)
-    await healthy.release()
-    await throttled.release()
+    await answer(ledger, "healthy", throttled=False)
+    await answer(ledger, "throttled", throttled=True)
     fake_clock.advance(5)
 
     usage = await ledger.snapshot()

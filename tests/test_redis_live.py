@@ -12,7 +12,7 @@ from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, RedisLedger,
 from autogen_capacity.adaptive import LiveLimit
 from autogen_capacity.ledger._learning import OVERLOAD_RATE_ALPHA
 from redis_server import MakeLedger
-from test_adaptive_ledger import Backend, Member, take
+from test_adaptive_ledger import Backend, Member, answer, take
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
 pytestmark = pytest.mark.redis
@@ -180,14 +180,8 @@ async def test_a_throttled_keys_headroom_is_discounted_in_every_process(make_led
     """As in memory: a key that was just throttled reports its headroom discounted by its overload rate, so
     headroom routing in any process prefers a key with the same room that has been healthy."""
     a, b = make_ledger(), make_ledger()
-    throttled = await a.try_acquire("throttled", ADAPTIVE)
-    healthy = await a.try_acquire("healthy", ADAPTIVE)
-    assert throttled is not None
-    assert healthy is not None
-    await a.observe(throttled, throttled=True)
-    await a.observe(healthy, throttled=False)
-    await throttled.release()
-    await healthy.release()
+    await answer(a, "throttled", throttled=True, capacity=ADAPTIVE)
+    await answer(a, "healthy", throttled=False, capacity=ADAPTIVE)
 
     statuses = await b.statuses({"throttled": ADAPTIVE, "healthy": ADAPTIVE})
 
