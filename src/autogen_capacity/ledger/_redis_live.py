@@ -4,8 +4,8 @@ Redis holds the key's live limit (``lv`` in its meta hash), which every admissio
 was learned from (``ls``: :meth:`~autogen_capacity.adaptive.LiveLimit.to_state` and the overload rate) with a
 version (``lver``), and a list of answers no process has learned yet (``answers``). A process learns with the
 algorithm in Python, as ``InMemoryLedger`` does, and writes the result with one compare-and-set script
-(:data:`LEARN`): it commits only when the state is the one it learned on and no answer is waiting in the list.
-Otherwise the script files the process' answer in the list and hands back the state and every waiting answer;
+(``_redis_scripts.LEARN``): it commits only when the state is the one it learned on and no answer is waiting in
+the list. Otherwise the script files the process' answer in the list and hands back the state and every waiting answer;
 the process learns them all, in order, and tries again. An answer is in the state or in the list, never lost:
 one a process gives up on (after ``_TRIES`` races) stays in the list for the next answer on the key to learn.
 
@@ -27,48 +27,17 @@ from .._logging import logger
 from ..adaptive import LiveLimit
 from ..contracts import AgentCapacity
 from ._learning import Answer, moved, overload_rate
-from ._redis_lua import PRELUDE
 from ._redis_wakeups import text
 from .base import Lease, LiveLimitChange
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
-__all__ = ["LEARN", "Learning", "LiveLimits"]
+    from ._redis_scripts import Scripts
+
+__all__ = ["Learning", "LiveLimits"]
 
 _TRIES = 8
-
-LEARN = (
-    PRELUDE
-    + """
--- KEYS: meta, answers. ARGV: the state's version the caller learned on ('' when none), the new state, live limit,
--- ceiling, overload rate, '1' when the limit moved, answers the caller learned from the list, its own answer
--- ('' when it is in the list already), channel, ledger key, slots the move added (each wakes a waiter in every
--- process). Commits when the version is the caller's and it learned every answer in the list: returns
--- {1, new version}. Else files the caller's answer in the list and returns {0, version, state, answers...}.
-local now = clock()
-local cur = redis.call('HMGET', KEYS[1], 'lver', 'ls')
-local version = cur[1] or ''
-if version ~= ARGV[1] or redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[7]) then
-  if ARGV[8] ~= '' then
-    redis.call('RPUSH', KEYS[2], ARGV[8])
-    redis.call('PEXPIRE', KEYS[2], KEEP_META * 1000)
-  end
-  local found = {0, version, cur[2] or ''}
-  for _, answer in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(found, answer) end
-  return found
-end
-version = tostring((tonumber(version) or 0) + 1)
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'lver', version, 'ls', ARGV[2], 'lv', ARGV[3], 'lceil', ARGV[4], 'or', ARGV[5])
-if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'lc', fmt(now)) end
-redis.call('HSETNX', KEYS[1], 'lc', fmt(now))
-redis.call('HSETNX', KEYS[1], 'acq', 0)
-keep_meta(KEYS[1], now, 0)
-for _ = 1, tonumber(ARGV[11]) do redis.call('PUBLISH', ARGV[9], ARGV[10]) end
-return {1, version}
-"""
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +57,7 @@ class _Ledger(Protocol):
     _learning: dict[str, Learning]
     _learning_locks: dict[str, asyncio.Lock]
     _live_states: dict[str, tuple[str, str]]
-    _learn_script: AsyncScript
+    _scripts: Scripts
 
     @property
     def _channel(self) -> str: ...
@@ -138,7 +107,7 @@ class LiveLimits:
             written = json.dumps({"live": live.to_state(), "rate": rate})
             args = [version, written, live.limit, ceiling, repr(rate), "1" if live.limit != before else "0"]
             args += [len(listed), own, self._channel, key, max(live.limit - before, 0)]
-            reply = await self._run(self._learn_script, key, ("meta", "answers"), args)
+            reply = await self._run(self._scripts.learn, key, ("meta", "answers"), args)
             if int(reply[0]) == 1:
                 self._live_states[key] = (text(reply[1]), written)
                 return moved(key, before, live)

@@ -18,7 +18,9 @@ Data per ledger key ``k`` (``{ns}:{{k}}:<part>``):
   for an adaptive key, ``lv`` (its live limit, which every script enforces), ``lceil`` (the ceiling it was
   learned under), ``lc`` (when it last moved, or was first used), ``or`` (the overload rate) and ``ls``/``lver``
   (the learning state, :meth:`~autogen_capacity.adaptive.LiveLimit.to_state`, and its version: written only by
-  ``ledger/_redis_live.py``'s compare-and-set script).
+  ``LEARN``, the compare-and-set script ``ledger/_redis_live.py`` runs).
+* ``answers``: for an adaptive key, the answers filed by a process that lost a race to write the learning state,
+  not learned yet (``LEARN``).
 * ``epoch``: hash with ``id``, ``created`` and ``fence``, never expired. It is created when missing: on the
   key's first use, or after Redis lost the key's data. A caller that knew an older epoch proves the data was
   lost and arms the fence: until ``created + fence_s``, a key with ``max_concurrent`` admits nobody, so that
@@ -273,6 +275,38 @@ return {held, redis.call('ZCARD', KEYS[4]), tonumber(redis.call('HGET', KEYS[2],
 """
 )
 
+LEARN = (
+    PRELUDE
+    + """
+-- KEYS: meta, answers. ARGV: the state's version the caller learned on ('' when none), the new state, live limit,
+-- ceiling, overload rate, '1' when the limit moved, answers the caller learned from the list, its own answer
+-- ('' when it is in the list already), channel, ledger key, slots the move added (each wakes a waiter in every
+-- process). Commits when the version is the caller's and it learned every answer in the list: returns
+-- {1, new version}. Else files the caller's answer in the list and returns {0, version, state, answers...}.
+local now = clock()
+local cur = redis.call('HMGET', KEYS[1], 'lver', 'ls')
+local version = cur[1] or ''
+if version ~= ARGV[1] or redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[7]) then
+  if ARGV[8] ~= '' then
+    redis.call('RPUSH', KEYS[2], ARGV[8])
+    redis.call('PEXPIRE', KEYS[2], KEEP_META * 1000)
+  end
+  local found = {0, version, cur[2] or ''}
+  for _, answer in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(found, answer) end
+  return found
+end
+version = tostring((tonumber(version) or 0) + 1)
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'lver', version, 'ls', ARGV[2], 'lv', ARGV[3], 'lceil', ARGV[4], 'or', ARGV[5])
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'lc', fmt(now)) end
+redis.call('HSETNX', KEYS[1], 'lc', fmt(now))
+redis.call('HSETNX', KEYS[1], 'acq', 0)
+keep_meta(KEYS[1], now, 0)
+for _ = 1, tonumber(ARGV[11]) do redis.call('PUBLISH', ARGV[9], ARGV[10]) end
+return {1, version}
+"""
+)
+
 
 class Scripts(NamedTuple):
     """The scripts, registered on one client (``EVALSHA``, loading a script again if the server lost it)."""
@@ -286,11 +320,12 @@ class Scripts(NamedTuple):
     record_tokens: AsyncScript
     set_until: AsyncScript
     usage: AsyncScript
+    learn: AsyncScript
 
 
 def register(client: Redis) -> Scripts:
     """Register every script on ``client``."""
-    sources = (ACQUIRE, RELEASE, RENEW, STATUS, ENTER_QUEUE, LEAVE_QUEUE, RECORD_TOKENS, SET_UNTIL, USAGE)
+    sources = (ACQUIRE, RELEASE, RENEW, STATUS, ENTER_QUEUE, LEAVE_QUEUE, RECORD_TOKENS, SET_UNTIL, USAGE, LEARN)
     return Scripts(*(client.register_script(source) for source in sources))
 
 

@@ -21,7 +21,7 @@ from ..priority import DEFAULT_AGING_S
 from ._config_model import DEFAULT_LEASE_TTL_S, LedgerConfig
 from ._redis_client import build_client, redact, scan_keys, unreachable_errors
 from ._redis_lines import READY_MARGIN_S, WaitingLines
-from ._redis_live import LEARN, Learning, LiveLimits
+from ._redis_live import Learning, LiveLimits
 from ._redis_pipeline import OnOrphan, ScriptPipeline, retrying
 from ._redis_queue import RedisQueue
 from ._redis_renewal import LeaseRenewal
@@ -110,7 +110,6 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         "_epochs",
         "_heartbeat",
         "_held",
-        "_learn_script",
         "_learning",
         "_learning_locks",
         "_live_states",
@@ -141,7 +140,7 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         client: Redis | None = None,
         aging_s: float = DEFAULT_AGING_S,
     ) -> None:
-        unreachable = unreachable_errors()  # ImportError without redis-py
+        self._unreachable = unreachable_errors()  # ImportError without redis-py
         if lease_ttl_s <= 0:
             raise ValueError(f"lease_ttl_s must be > 0, got {lease_ttl_s}")
         if unavailable_after_s < 0:
@@ -154,10 +153,8 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
             raise ValueError(f"aging_s must be > 0, got {aging_s}")
         self._aging_s = float(aging_s)
         self._owns_client = client is None
-        self._unreachable = unreachable
         self._client: Redis = client or build_client(url)
         self._scripts = register_scripts(self._client)
-        self._learn_script = self._client.register_script(LEARN)
         self._pipeline = ScriptPipeline(
             self._client,
             retry_for=self._retry_for,
