@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import DataError
 
 from autogen_capacity import (
     AgentCapacity,
@@ -26,6 +27,7 @@ from autogen_capacity import (
     QueueFull,
 )
 from autogen_capacity.ledger._config_model import INSTALL_HINT
+from autogen_capacity.ledger._redis_client import hiredis_packing
 from autogen_capacity.ledger.redis import RedisLedger
 from redis_server import MakeLedger, RedisServer, eventually, free_port
 
@@ -542,6 +544,41 @@ class TestPipelining:
         )
         assert status == KeyStatus(1.0)
         assert isinstance(acquired, LedgerUnavailable)
+
+
+class TestPacking:
+    """The ledger's own client packs commands with hiredis, byte for byte as redis-py does."""
+
+    ARGS: tuple[tuple[Any, ...], ...] = (
+        ("EVALSHA", "a" * 40, 3, "ns:{k}:slots", "ns:{k}:meta", 1.5, 0.30000000000000004, 1e-07, -0, 2**70),
+        ("SET", "ns:{é}:meta", b"\xff\x00", "µ"),
+        ("CONFIG GET", "maxmemory"),
+        ("SET", "k", memoryview(b"view")),
+    )
+
+    def test_commands_are_packed_by_hiredis_as_redis_py_packs_them(self) -> None:
+        from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+
+        for url, base in (("redis://127.0.0.1:1/0", Connection), ("unix:///tmp/none.sock", UnixDomainSocketConnection)):
+            ledger = RedisLedger(url)
+            pool = ledger._client.connection_pool
+            packed = pool.connection_class
+            assert issubclass(packed, base)
+            assert packed.pack_command is not base.pack_command
+            connection, reference = packed(**pool.connection_kwargs), base(**pool.connection_kwargs)
+            for args in self.ARGS:
+                assert b"".join(connection.pack_command(*args)) == b"".join(reference.pack_command(*args))
+            with pytest.raises(DataError):
+                connection.pack_command("SET", "k", True)
+
+    def test_redis_py_packs_without_hiredis_or_in_another_encoding(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from redis.asyncio.connection import Connection
+
+        assert (
+            RedisLedger("redis://127.0.0.1:1/0?encoding=latin-1")._client.connection_pool.connection_class is Connection
+        )
+        monkeypatch.setitem(sys.modules, "hiredis", None)
+        assert hiredis_packing(Connection) is Connection
 
 
 class TestLifecycle:

@@ -4,6 +4,7 @@ errors show it."""
 
 from __future__ import annotations
 
+import codecs
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,8 +13,9 @@ from ._redis_wakeups import PUBSUB_IDLE_S, text
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["MAX_CONNECTIONS", "build_client", "redact", "scan_keys", "unreachable_errors"]
+__all__ = ["MAX_CONNECTIONS", "build_client", "hiredis_packing", "redact", "scan_keys", "unreachable_errors"]
 
 MAX_CONNECTIONS = 64
 
@@ -34,12 +36,44 @@ def unreachable_errors() -> tuple[type[Exception], ...]:
 
 
 def build_client(url: str) -> Redis:
-    """A client for ``url`` on a blocking pool of :data:`MAX_CONNECTIONS`."""
+    """A client for ``url`` on a blocking pool of :data:`MAX_CONNECTIONS`, packing commands with hiredis when it
+    is installed."""
     from redis.asyncio import BlockingConnectionPool, Redis
 
-    return Redis.from_pool(
-        BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, **_connection_options())
-    )
+    pool = BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, **_connection_options())
+    if codecs.lookup(pool.connection_kwargs.get("encoding", "utf-8")).name == "utf-8":  # hiredis' encoding
+        cls = pool.connection_class
+        if cls not in _PACKED:
+            _PACKED[cls] = hiredis_packing(cls)
+        pool.connection_class = _PACKED[cls]
+    return Redis.from_pool(pool)
+
+
+_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def hiredis_packing(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``connection_class`` packing each command with hiredis' C packer, or itself without hiredis.
+
+    redis-py's asyncio connection packs every command in Python (its synchronous one uses hiredis): about 30 µs
+    for one of the ledger's scripts against 5 µs, the largest single CPU cost of a turn on Redis. The bytes are
+    the same; a command hiredis cannot pack as is (a name of two words, a bool or memoryview argument) falls back
+    to redis-py, which packs it or raises its own error.
+    """
+    try:
+        from hiredis import pack_command
+    except ImportError:
+        return connection_class
+
+    def pack(self: AbstractConnection, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str) and " " not in args[0]:
+            try:
+                return [pack_command(args)]
+            except TypeError:
+                pass
+        return connection_class.pack_command(self, *args)
+
+    return type(f"Hiredis{connection_class.__name__}", (connection_class,), {"pack_command": pack})
 
 
 def _connection_options() -> dict[str, Any]:
