@@ -52,6 +52,16 @@ class Reports:
         self.waits.append(report)
 
 
+class DeferredReports(Reports):
+    def __init__(self) -> None:
+        super().__init__()
+        self.deferred_calls: list[tuple[dict[str, KeyStatus], str | None]] = []
+
+    async def deferred(self, statuses: object, admitted: str | None) -> None:
+        assert isinstance(statuses, dict)
+        self.deferred_calls.append((dict(statuses), admitted))
+
+
 async def _windows(clock: FakeLoopClock, task: asyncio.Task[object], n: int) -> None:
     for _ in range(n):
         clock.advance(WINDOW_S)
@@ -60,7 +70,8 @@ async def _windows(clock: FakeLoopClock, task: asyncio.Task[object], n: int) -> 
 
 async def test_window_ends_without_a_wakeup_reuse_the_read(fake_clock: FakeLoopClock) -> None:
     """Every window's end is a pass (a retry spent, a wait reported), but while no release woke the caller and
-    every key waited for a release, the statuses read first still hold: no second read."""
+    every key waited for a release, the statuses read first still hold: no second read (and the first choice was
+    tried once, before the read)."""
     ledger, reports = CountingLedger(), Reports()
     holder = await ledger.try_acquire("k", CAP)
     assert holder is not None
@@ -70,7 +81,7 @@ async def test_window_ends_without_a_wakeup_reuse_the_read(fake_clock: FakeLoopC
     await _windows(fake_clock, admitting, 5)
 
     assert [r.retry for r in reports.waits] == [1, 2, 3, 4, 5, 6]
-    assert ledger.calls == {"statuses": 1}
+    assert ledger.calls == {"try_acquire": 1, "statuses": 1}
     admitting.cancel()
     await asyncio.gather(admitting, return_exceptions=True)
 
@@ -104,7 +115,7 @@ async def test_a_release_is_leased_straight_away(fake_clock: FakeLoopClock) -> N
 
     assert admitted is not None
     assert admitted.candidate.name == "b"
-    assert ledger.calls == {"statuses": 1, "try_acquire": 1}
+    assert ledger.calls == {"statuses": 1, "try_acquire": 2}  # the first choice, refused; then b, woken
     assert admitted.lease is not None
     await admitted.lease.release()
     await other.release()
@@ -118,6 +129,56 @@ async def test_a_cooldowns_end_is_leased_straight_away(fake_clock: FakeLoopClock
     await settle(admitting)
     await _windows(fake_clock, admitting, 10)
     admitted = await asyncio.wait_for(admitting, 5)
+
+    assert admitted is not None
+    assert ledger.calls == {"statuses": 1, "try_acquire": 2}  # refused before the read, leased when woken
+    assert admitted.lease is not None
+    await admitted.lease.release()
+
+
+async def test_the_first_choice_is_leased_before_anything_is_read() -> None:
+    """Candidates in preference order (no order to apply): one that admits costs one ledger call, however many
+    candidates there are, and nobody is reported deferred."""
+    ledger, reports = CountingLedger(), DeferredReports()
+    candidates = [Candidate(f"m{i}", f"k{i}", CAP) for i in range(64)]
+    admitted = await Admission(ledger, observer=reports).admit(candidates)
+
+    assert admitted is not None
+    assert admitted.candidate.name == "m0"
+    assert ledger.calls == {"try_acquire": 1}
+    assert reports.deferred_calls == [({}, "m0")]
+    assert admitted.lease is not None
+    await admitted.lease.release()
+
+
+async def test_a_refused_first_choice_reads_every_status_and_reports_it() -> None:
+    """The first choice refused: every status is read, the next candidate leased, the first reported deferred."""
+    ledger, reports = CountingLedger(), DeferredReports()
+    holder = await ledger.try_acquire("k0", CAP)
+    ledger.calls.clear()
+    candidates = [Candidate(f"m{i}", f"k{i}", CAP) for i in range(3)]
+    admitted = await Admission(ledger, observer=reports).admit(candidates)
+
+    assert admitted is not None
+    assert admitted.candidate.name == "m1"
+    assert ledger.calls == {"try_acquire": 2, "statuses": 1}
+    [(statuses, speaker)] = reports.deferred_calls
+    assert speaker == "m1"
+    assert statuses["m0"].blocked_by == "slots"
+    assert admitted.lease is not None
+    await admitted.lease.release()
+    assert holder is not None
+    await holder.release()
+
+
+async def test_with_an_order_the_statuses_are_read_first() -> None:
+    """An order that ranks by status (headroom routing, a model's pick) needs the statuses before any lease."""
+    ledger = CountingLedger()
+
+    async def keep(open_: list[Candidate], statuses: object) -> list[Candidate]:
+        return open_
+
+    admitted = await Admission(ledger).admit([Candidate("a", "k", CAP), Candidate("b", "j", CAP)], order=keep)
 
     assert admitted is not None
     assert ledger.calls == {"statuses": 1, "try_acquire": 1}

@@ -18,6 +18,7 @@ from redis.exceptions import DataError
 
 from autogen_capacity import (
     AgentCapacity,
+    CapacityExhausted,
     CapacityLedger,
     InMemoryLedger,
     KeyStatus,
@@ -25,6 +26,7 @@ from autogen_capacity import (
     LedgerClosed,
     LedgerUnavailable,
     QueueFull,
+    acquire,
 )
 from autogen_capacity.ledger._config_model import INSTALL_HINT
 from autogen_capacity.ledger._redis_client import hiredis_packing
@@ -362,6 +364,21 @@ class TestPipelining:
         assert all(lease is not None for lease in leases)
         assert 1 <= client.pipelines <= 2
         assert (await ledger.snapshot())["k"].in_flight == 64
+
+    async def test_an_admission_that_gets_its_first_choice_is_one_round_trip(
+        self, observed: tuple[_ObservedClient, RedisLedger]
+    ) -> None:
+        """acquire() on a key with room: one script, no status read before it; refused, it reads, then waits."""
+        client, ledger = observed
+        cap = AgentCapacity(max_concurrent=1, backoff_initial_ms=10, backoff_ceiling_ms=10, max_caller_retries=3)
+        await (await acquire("warm", cap, ledger=ledger)).release()  # Redis loads the script (a second batch)
+        client.pipelines = 0
+        lease = await acquire("k", cap, ledger=ledger)
+        assert client.pipelines == 1
+        with pytest.raises(CapacityExhausted):
+            await acquire("k", cap, ledger=ledger)
+        assert client.pipelines > 2  # the refused lease, then the status read, the line, the retries
+        await lease.release()
 
     async def test_identical_status_reads_in_a_batch_run_once(self, redis_ledger: RedisLedger) -> None:
         """Sixteen teams reading the same key's status at once cost Redis one script, and all get its answer; reads

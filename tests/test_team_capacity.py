@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections import Counter
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -26,11 +27,33 @@ from autogen_capacity import (
     CapacityWaitEvent,
     ContractError,
     InMemoryLedger,
+    KeyStatus,
+    Lease,
 )
 
 TIMEOUT = 30.0
 QUICK = {"backoff_initial_ms": 1, "backoff_ceiling_ms": 5, "backoff_jitter": False}
 SLOW = {"backoff_initial_ms": 60_000, "backoff_ceiling_ms": 60_000, "backoff_jitter": False}
+
+
+class CountingLedger(InMemoryLedger):
+    """Counts the reads and acquisitions a team asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    async def statuses(self, keys: Mapping[str, AgentCapacity]) -> dict[str, KeyStatus]:
+        self.calls["statuses"] += 1
+        return await super().statuses(keys)
+
+    async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
+        self.calls["status"] += 1
+        return await super().status(key, capacity)
+
+    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
+        self.calls["try_acquire"] += 1
+        return await super().try_acquire(key, capacity)
 
 
 def pool_team(
@@ -152,6 +175,46 @@ class TestLeases:
         spoke = [m.source for m in stream if isinstance(m, TextMessage)]
         assert spoke == ["user", "b"]
         await held.release()
+
+    @pytest.mark.parametrize("routing", ["round_robin", "headroom"])
+    async def test_saturated_next_member_is_deferred_with_an_event(self, routing: str) -> None:
+        """The member next in rotation held elsewhere: with either routing it is passed over and reported."""
+        ledger = InMemoryLedger()
+        contract = AgentCapacity(max_concurrent=1)
+        held = await ledger.try_acquire("a", contract)
+        assert held is not None
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a"), WorkerAgent("b"), WorkerAgent("c")],
+            capacities={name: contract for name in "abc"},
+            ledger=ledger,
+            routing=routing,  # type: ignore[arg-type]
+            max_turns=1,
+            emit_team_events=True,
+        )
+        stream = [m async for m in team.run_stream(task="go")]
+        [deferred] = [m for m in stream if isinstance(m, CapacityDeferredEvent)]
+        assert [(d.name, d.reason) for d in deferred.content] == [("a", "slots")]
+        assert deferred.speaker == "b"
+        await held.release()
+
+    async def test_a_round_robin_turn_reads_no_status_when_its_member_has_room(self) -> None:
+        """Round-robin routing leases the member next in rotation first: one ledger call a turn, not one per
+        member; headroom routing ranks by every member's status, read once a turn."""
+        counts: dict[str, Counter[str]] = {}
+        for routing in ("round_robin", "headroom"):
+            ledger = CountingLedger()
+            team = CapacityAwareGroupChat(
+                [WorkerAgent(f"m{i}") for i in range(16)],
+                capacities={f"m{i}": AgentCapacity(max_concurrent=4) for i in range(16)},
+                ledger=ledger,
+                routing=routing,  # type: ignore[arg-type]
+                max_turns=20,
+            )
+            result = await asyncio.wait_for(team.run(task="go"), TIMEOUT)
+            assert [m.source for m in result.messages[1:]] == [f"m{i % 16}" for i in range(20)]
+            counts[routing] = ledger.calls
+        assert counts["round_robin"] == {"try_acquire": 20}
+        assert counts["headroom"] == {"statuses": 20, "try_acquire": 20}
 
     async def test_waits_for_a_release_then_admits(self) -> None:
         """When nobody has headroom the team waits, and a release admits it without using the retries."""

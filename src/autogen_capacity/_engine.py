@@ -152,7 +152,8 @@ class Admission:
         routed_around: frozenset[str] = frozenset(),
         deadline: float | None = None,
     ) -> Admitted | None:
-        """Admit the first candidate in ``order`` whose key admits, waiting by contract while none does.
+        """Admit the first candidate in ``order`` whose key admits, waiting by contract while none does. Without an
+        ``order``, ``candidates`` are in preference order, and the first is leased before anything is read.
 
         With a ``deadline`` (loop time), it never waits past it, never starts a turn the time left cannot
         cover (the key's observed time per lease), and ends at once when its expected wait in line already
@@ -178,6 +179,8 @@ class Admission:
             while True:
                 passes += 1
                 admitted = None
+                if passes == 1 and order is None:  # the candidates are in preference order: lease the first
+                    admitted = await self._lease_first(candidates[0], routed_around)
                 if woken_by is not None:  # a slot freed there, likely handed to this caller: take it first
                     admitted = await self._try_woken(candidates, statuses, order, woken_by)
                 if admitted is None:
@@ -315,6 +318,15 @@ class Admission:
         if retry > 1 and self._spend_retry is not None and not self._spend_retry():
             raise exhausted("the team's retry budget is spent", candidates, statuses)
         return "backoff", capped(schedule.delay(retry))
+
+    async def _lease_first(self, first: Candidate, routed_around: frozenset[str]) -> Admitted | None:
+        """Lease the preferred candidate before reading any status: an admission that gets its first choice
+        costs one ledger call (one round trip on Redis), whatever the number of candidates. Refused, or not a
+        candidate that is leased on its own key, it reads every status as usual."""
+        if not first.leased or first.probe is not None or first.name in routed_around:
+            return None
+        held = await self._ledger.try_acquire(first.key, first.contract)
+        return Admitted(first, held) if held is not None else None
 
     async def _try_woken(
         self, candidates: Sequence[Candidate], statuses: dict[str, KeyStatus], order: Order | None, key: str

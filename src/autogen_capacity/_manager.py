@@ -291,11 +291,15 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         thread = self._message_thread
         explicit = await self._explicit_speaker(thread)
         names = [explicit] if explicit is not None else await self._candidates(thread)
+        fixed = explicit is not None or self._policy.routing == "round_robin"  # an order no status changes
+        if fixed and len(names) > 1:
+            allowed = set(names)
+            names = [name for name in rotation(self._participant_names, self._next_speaker_index) if name in allowed]
         candidates = [self._candidate(name) for name in names]
         try:
             admitted = await self._admission.admit(
                 candidates,
-                order=self._order if explicit is None else None,
+                order=None if fixed else self._order,
                 routed_around=frozenset(self._routed_around),
                 deadline=self._turns.deadline,
             )
