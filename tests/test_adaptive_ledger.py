@@ -201,16 +201,24 @@ async def test_a_moved_live_limit_is_an_event_in_the_run_stream() -> None:
     LiveLimitChangedEvent with the member, the key, the old and new limits, the ceiling and why."""
     from autogen_capacity import LiveLimitChangedEvent
 
+    class ThrottledOnce(Member):
+        async def on_messages(
+            self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
+        ) -> Response:
+            try:
+                return await super().on_messages(messages, cancellation_token)
+            finally:
+                self.backend.limit = 1  # one 429, then the backend serves the retry
+
     ledger = InMemoryLedger()
-    backend = Backend(limit=0)  # every call is refused until the limit is raised below
-    team = CapacityAwareGroupChat([Member("m", backend)], ledger=ledger, max_turns=1, emit_team_events=True)
+    backend = Backend(limit=0)
+    team = CapacityAwareGroupChat([ThrottledOnce("m", backend)], ledger=ledger, max_turns=1, emit_team_events=True)
     events: list[LiveLimitChangedEvent] = []
 
     async def run() -> None:
         async for item in team.run_stream(task="go"):
             if isinstance(item, LiveLimitChangedEvent):
                 events.append(item)
-                backend.limit = 1  # the retry is served
 
     await asyncio.wait_for(run(), 30)
 

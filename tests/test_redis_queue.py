@@ -195,8 +195,8 @@ class TestJoinQueue:
 class TestAdmissionOnRedis:
     async def test_an_admission_that_waits_joins_once(self, make_ledger: MakeLedger) -> None:
         """The engine's waits on a RedisLedger: one join and one leave whatever the number of passes, one status
-        read (nothing woke it meanwhile, so the passes at the ends of its windows trust it), and one acquire,
-        straight away, once the release wakes it."""
+        read (nothing woke it meanwhile, so the passes at the ends of its windows trust it), and two acquires:
+        the first choice's before anything is read (refused), and one straight away once the release wakes it."""
         holder, ledger = make_ledger(), make_ledger()
         cap = AgentCapacity(max_concurrent=1, backoff_initial_ms=30, backoff_ceiling_ms=30, max_caller_retries=50)
         lease = await holder.try_acquire("k", cap)
@@ -210,5 +210,5 @@ class TestAdmissionOnRedis:
         admitted = await asyncio.wait_for(admitting, 10)
         assert admitted is not None
         assert admitted.lease is not None
-        assert counted.by_name == {"status": 1, "enter_queue": 1, "leave_queue": 1, "acquire": 1}
+        assert counted.by_name == {"status": 1, "enter_queue": 1, "leave_queue": 1, "acquire": 2}
         await admitted.lease.release()
