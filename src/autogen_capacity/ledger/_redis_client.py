@@ -56,9 +56,9 @@ def hiredis_packing(connection_class: type[AbstractConnection]) -> type[Abstract
     """``connection_class`` packing each command with hiredis' C packer, or itself without hiredis.
 
     redis-py's asyncio connection packs every command in Python (its synchronous one uses hiredis): about 30 µs
-    for one of the ledger's scripts against 5 µs, the largest single CPU cost of a turn on Redis. The bytes are
-    the same; a command hiredis cannot pack as is (a name of two words, a bool or memoryview argument) falls back
-    to redis-py, which packs it or raises its own error.
+    for one of the ledger's scripts against 5 µs. The bytes are the same; a command hiredis cannot pack as is (a
+    name of two words, a bool or memoryview argument) falls back to redis-py, which packs it or raises its own
+    error.
     """
     try:
         from hiredis import pack_command
