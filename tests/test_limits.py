@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from autogen_capacity import AgentCapacity, InMemoryLedger, KeyStatus, RedisLedger
-from autogen_capacity.ledger._limits import RATE_SLACK, key_status, leaked, tokens_ready_in
+from autogen_capacity.ledger._limits import IDLE, RATE_SLACK, key_status, leaked, tokens_ready_in
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401  (registers the fixture)
 
 
@@ -73,6 +73,19 @@ def test_key_status(limits: dict[str, object], expected: KeyStatus) -> None:
     status = key_status(**arguments)  # type: ignore[arg-type]
     assert (status.blocked_by, status.headroom) == (expected.blocked_by, pytest.approx(expected.headroom))
     assert status.ready_in == (pytest.approx(expected.ready_in) if expected.ready_in is not None else None)
+
+
+async def test_a_key_with_room_for_anything_shares_one_status() -> None:
+    """Statuses are read per member a turn: an idle or unbounded key answers the one shared IDLE status, not a
+    new object (a frozen dataclass costs more to build than the rest of the read); any other is its own."""
+    ledger = InMemoryLedger()
+    idle, unbounded, busy = AgentCapacity(max_concurrent=4), AgentCapacity(), AgentCapacity(max_concurrent=2)
+    assert await ledger.try_acquire("busy", busy) is not None
+    found = await ledger.statuses({"idle": idle, "unbounded": unbounded, "busy": busy})
+    assert found["idle"] is IDLE
+    assert found["unbounded"] is IDLE
+    assert found["busy"] == KeyStatus(0.5)
+    assert KeyStatus(1.0) == IDLE
 
 
 Setup = Callable[[InMemoryLedger | RedisLedger, str], Awaitable[None]]

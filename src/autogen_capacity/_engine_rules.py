@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .exceptions import CapacityExhausted
 from .ledger import KeyStatus
+from .ledger._limits import IDLE
 from .testing import _backoff_cap
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ __all__ = [
     "unchanged_without_wakeup",
 ]
 
-IDLE = KeyStatus(1.0)
 ROUTED_AROUND = KeyStatus(0.0, "exhausted")
 STATUS_REUSE_S = 1.0
 """Seconds a read that found every candidate full is trusted while no wake-up comes (see ``Admission.admit``)."""

@@ -10,7 +10,10 @@ from collections.abc import Iterable
 
 from .base import KeyStatus
 
-__all__ = ["RATE_SLACK", "TOKEN_WINDOW_S", "bucket_burst", "key_status", "leaked", "tokens_ready_in"]
+__all__ = ["IDLE", "RATE_SLACK", "TOKEN_WINDOW_S", "bucket_burst", "key_status", "leaked", "tokens_ready_in"]
+
+IDLE = KeyStatus(1.0)
+"""A key with room for anything (idle or unbounded): one shared status, as statuses are read per member a turn."""
 
 TOKEN_WINDOW_S = 60.0
 """The tpm window: tokens recorded in the last 60 s count against ``tpm``."""
@@ -80,4 +83,4 @@ def key_status(
         if tokens_used >= tpm:
             return KeyStatus(0.0, "tpm", tokens_ready_in(token_entries, tokens_used, tpm, now))
         headroom = min(headroom, 1 - tokens_used / tpm)
-    return KeyStatus(headroom)
+    return IDLE if headroom == 1.0 else KeyStatus(headroom)
