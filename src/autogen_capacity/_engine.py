@@ -11,7 +11,6 @@ from typing import Literal, Protocol
 
 from . import telemetry
 from ._engine_rules import (
-    IDLE,
     ROUTED_AROUND,
     capped,
     exhausted,
@@ -24,6 +23,7 @@ from .contracts import AgentCapacity
 from .deadlines import should_fail_fast
 from .exceptions import CapacityExhausted
 from .ledger import CapacityLedger, KeyStatus, Lease
+from .ledger._limits import IDLE
 from .ledger.base import WaitQueue
 from .priority import Priority
 from .testing import _record_pass
@@ -179,7 +179,7 @@ class Admission:
             while True:
                 passes += 1
                 admitted = None
-                if passes == 1 and order is None:  # the candidates are in preference order: lease the first
+                if passes == 1 and order is None and candidates:  # in preference order: lease the first
                     admitted = await self._lease_first(candidates[0], routed_around)
                 if woken_by is not None:  # a slot freed there, likely handed to this caller: take it first
                     admitted = await self._try_woken(candidates, statuses, order, woken_by)

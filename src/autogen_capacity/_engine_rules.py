@@ -8,14 +8,12 @@ from typing import TYPE_CHECKING
 
 from .exceptions import CapacityExhausted
 from .ledger import KeyStatus
-from .ledger._limits import IDLE
 from .testing import _backoff_cap
 
 if TYPE_CHECKING:
     from ._engine import Candidate
 
 __all__ = [
-    "IDLE",
     "ROUTED_AROUND",
     "STATUS_REUSE_S",
     "capped",

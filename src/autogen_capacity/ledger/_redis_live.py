@@ -5,8 +5,8 @@ was learned from (``ls``: :meth:`~autogen_capacity.adaptive.LiveLimit.to_state` 
 version (``lver``), and a list of answers no process has learned yet (``answers``). A process learns with the
 algorithm in Python, as ``InMemoryLedger`` does, and writes the result with one compare-and-set script
 (``_redis_scripts.LEARN``): it commits only when the state is the one it learned on and no answer is waiting in
-the list. Otherwise the script files the process' answer in the list and hands back the state and every waiting answer;
-the process learns them all, in order, and tries again. An answer is in the state or in the list, never lost:
+the list. Otherwise the script files the process' answer in the list and hands back the state and every waiting
+answer; the process learns them all, in order, and tries again. An answer is in the state or in the list, never lost:
 one a process gives up on (after ``_TRIES`` races) stays in the list for the next answer on the key to learn.
 
 Answers on one key are learned one at a time in each process, so only processes race, never the tasks of one;
