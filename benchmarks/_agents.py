@@ -11,7 +11,7 @@ from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseChatMessage, TextMessage
 from autogen_core import CancellationToken
 
-from autogen_capacity import Lease
+from autogen_capacity import KeyStatus, Lease
 
 __all__ = ["Backend", "BackendAgent", "RateLimitError", "SlotClock", "TrivialAgent", "timed"]
 
@@ -38,10 +38,10 @@ class SlotClock:
         return total + level * (end - last)
 
 
-def timed(lease: Lease | None, clock: SlotClock) -> Lease | None:
-    """``lease`` counted on ``clock`` from now until it is released (``None`` stays ``None``)."""
-    if lease is None:
-        return None
+def timed(lease: Lease | KeyStatus, clock: SlotClock) -> Lease | KeyStatus:
+    """``lease`` counted on ``clock`` from now until it is released (a refusal's status stays as it is)."""
+    if not isinstance(lease, Lease):
+        return lease
     loop = asyncio.get_running_loop()
     clock.change(loop.time(), +1)
 

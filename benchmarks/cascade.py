@@ -37,7 +37,7 @@ from autogen_agentchat.base import TaskResult, Team
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
 from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from autogen_capacity import AgentCapacity, InMemoryLedger, Lease
+from autogen_capacity import AgentCapacity, InMemoryLedger, KeyStatus, Lease
 
 from ._agents import Backend, BackendAgent, SlotClock, timed
 from ._stats import jain, median, percentile
@@ -96,8 +96,8 @@ class _TimedLedger(InMemoryLedger):
         super().__init__()
         self.leased = SlotClock()
 
-    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-        return timed(await super().try_acquire(key, capacity), self.leased)
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        return timed(await super().acquire_or_status(key, capacity), self.leased)
 
 
 def _random_selector(rng: random.Random) -> Any:

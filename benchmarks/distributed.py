@@ -15,7 +15,7 @@ import asyncio
 import random
 from typing import Any
 
-from autogen_capacity import AgentCapacity, Lease
+from autogen_capacity import AgentCapacity, KeyStatus, Lease
 
 from . import cascade
 from ._agents import SlotClock, timed
@@ -47,8 +47,8 @@ def _timed_redis_ledger(url: str, namespace: str) -> Any:
 
             pipeline._pipeline = counted  # type: ignore[method-assign]
 
-        async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-            return timed(await super().try_acquire(key, capacity), self.leased)
+        async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+            return timed(await super().acquire_or_status(key, capacity), self.leased)
 
     return TimedRedisLedger()
 

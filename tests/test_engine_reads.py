@@ -36,9 +36,40 @@ class CountingLedger(InMemoryLedger):
         self.calls["statuses"] += 1
         return await super().statuses(keys)  # type: ignore[arg-type]
 
-    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-        self.calls["try_acquire"] += 1
-        return await super().try_acquire(key, capacity)
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        self.calls["acquire_or_status"] += 1
+        return await super().acquire_or_status(key, capacity)
+
+    async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
+        self.calls["status"] += 1
+        return await super().status(key, capacity)
+
+
+class RivalLedger(CountingLedger):
+    """A ledger shared with another process: its callers take the keys in ``taken_after_read`` right after this
+    caller's status read, and the next lease of a key in ``taken_on_wakeup``, before this caller gets there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken_after_read: set[str] = set()
+        self.taken_on_wakeup: set[str] = set()
+        self.rivals: list[Lease] = []
+
+    async def statuses(self, keys: object) -> dict[str, KeyStatus]:  # type: ignore[override]
+        found = await super().statuses(keys)
+        for key in self.taken_after_read:
+            rival = await InMemoryLedger.acquire_or_status(self, key, CAP)
+            assert isinstance(rival, Lease)
+            self.rivals.append(rival)
+        self.taken_after_read.clear()
+        return found
+
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        if key in self.taken_on_wakeup:
+            self.taken_on_wakeup.discard(key)
+            self.calls["acquire_or_status"] += 1
+            return KeyStatus(0.0, "slots")
+        return await super().acquire_or_status(key, capacity)
 
 
 class Reports:
@@ -81,7 +112,7 @@ async def test_window_ends_without_a_wakeup_reuse_the_read(fake_clock: FakeLoopC
     await _windows(fake_clock, admitting, 5)
 
     assert [r.retry for r in reports.waits] == [1, 2, 3, 4, 5, 6]
-    assert ledger.calls == {"try_acquire": 1, "statuses": 1}
+    assert ledger.calls == {"acquire_or_status": 1, "statuses": 1}
     admitting.cancel()
     await asyncio.gather(admitting, return_exceptions=True)
 
@@ -115,7 +146,7 @@ async def test_a_release_is_leased_straight_away(fake_clock: FakeLoopClock) -> N
 
     assert admitted is not None
     assert admitted.candidate.name == "b"
-    assert ledger.calls == {"statuses": 1, "try_acquire": 2}  # the first choice, refused; then b, woken
+    assert ledger.calls == {"statuses": 1, "acquire_or_status": 2}  # the first choice, refused; then b, woken
     assert admitted.lease is not None
     await admitted.lease.release()
     await other.release()
@@ -131,7 +162,7 @@ async def test_a_cooldowns_end_is_leased_straight_away(fake_clock: FakeLoopClock
     admitted = await asyncio.wait_for(admitting, 5)
 
     assert admitted is not None
-    assert ledger.calls == {"statuses": 1, "try_acquire": 2}  # refused before the read, leased when woken
+    assert ledger.calls == {"statuses": 1, "acquire_or_status": 2}  # refused before the read, leased when woken
     assert admitted.lease is not None
     await admitted.lease.release()
 
@@ -145,7 +176,7 @@ async def test_the_first_choice_is_leased_before_anything_is_read() -> None:
 
     assert admitted is not None
     assert admitted.candidate.name == "m0"
-    assert ledger.calls == {"try_acquire": 1}
+    assert ledger.calls == {"acquire_or_status": 1}
     assert reports.deferred_calls == [({}, "m0")]
     assert admitted.lease is not None
     await admitted.lease.release()
@@ -161,7 +192,7 @@ async def test_a_refused_first_choice_reads_every_status_and_reports_it() -> Non
 
     assert admitted is not None
     assert admitted.candidate.name == "m1"
-    assert ledger.calls == {"try_acquire": 2, "statuses": 1}
+    assert ledger.calls == {"acquire_or_status": 2, "statuses": 1}
     [(statuses, speaker)] = reports.deferred_calls
     assert speaker == "m1"
     assert statuses["m0"].blocked_by == "slots"
@@ -181,7 +212,7 @@ async def test_with_an_order_the_statuses_are_read_first() -> None:
     admitted = await Admission(ledger).admit([Candidate("a", "k", CAP), Candidate("b", "j", CAP)], order=keep)
 
     assert admitted is not None
-    assert ledger.calls == {"statuses": 1, "try_acquire": 1}
+    assert ledger.calls == {"statuses": 1, "acquire_or_status": 1}
     assert admitted.lease is not None
     await admitted.lease.release()
 
@@ -210,3 +241,52 @@ def test_a_nested_teams_probe_is_never_trusted() -> None:
 
     statuses = {"a": KeyStatus(0.0, "slots")}
     assert not unchanged_without_wakeup([Candidate("a", "a", CAP, probe=probe)], statuses, 0.0)
+
+
+async def test_a_lost_race_reports_the_status_that_refused_it_without_reading_again() -> None:
+    """The statuses said "a" had room, another process took it before the lease: the refusal's own status is
+    what is reported (one ledger call, no second read), and the next candidate is leased."""
+    ledger, reports = RivalLedger(), DeferredReports()
+    ledger.taken_after_read.add("k")
+
+    async def keep(open_: list[Candidate], statuses: object) -> list[Candidate]:
+        return open_
+
+    candidates = [Candidate("a", "k", CAP), Candidate("b", "j", CAP)]
+    admitted = await Admission(ledger, observer=reports).admit(candidates, order=keep)
+
+    assert admitted is not None
+    assert admitted.candidate.name == "b"
+    assert ledger.calls == {"statuses": 1, "acquire_or_status": 2}
+    [(statuses, speaker)] = reports.deferred_calls
+    assert speaker == "b"
+    assert statuses["a"] == KeyStatus(0.0, "slots")
+    assert admitted.lease is not None
+    await admitted.lease.release()
+    for rival in ledger.rivals:
+        await rival.release()
+
+
+async def test_a_wakeup_lost_to_another_process_waits_on_without_reading_again(fake_clock: FakeLoopClock) -> None:
+    """A release wakes the caller on "k", another process leases it first: the refusal says the key is full
+    again and nothing else woke the caller, so it waits on with no read, and the next release is leased."""
+    ledger = RivalLedger()
+    holder, other = await ledger.try_acquire("k", CAP), await ledger.try_acquire("j", CAP)
+    assert holder is not None
+    assert other is not None
+    ledger.calls.clear()
+    admitting = asyncio.create_task(Admission(ledger).admit([Candidate("a", "k", CAP), Candidate("b", "j", CAP)]))
+    await settle(admitting)
+    ledger.taken_on_wakeup.add("k")
+    await holder.release()
+    await settle(admitting)
+    assert not admitting.done()
+    await other.release()
+    admitted = await asyncio.wait_for(admitting, 5)
+
+    assert admitted is not None
+    assert admitted.candidate.name == "b"
+    # the first choice refused, one read; "k" woken and lost; "j" woken and leased
+    assert ledger.calls == {"acquire_or_status": 3, "statuses": 1}
+    assert admitted.lease is not None
+    await admitted.lease.release()

@@ -9,7 +9,7 @@ import pytest
 
 from agents import WorkerAgent
 from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger, LedgerUnavailable
-from autogen_capacity.ledger import Lease
+from autogen_capacity.ledger import KeyStatus, Lease
 
 TIMEOUT = 30.0
 
@@ -29,9 +29,9 @@ class FailingLedger(InMemoryLedger):
             if self.calls >= self.fail_at:
                 raise LedgerUnavailable("Redis ledger unreachable at redis://127.0.0.1:1: Connection refused")
 
-    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-        self._count("try_acquire")
-        return await super().try_acquire(key, capacity)
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        self._count("acquire_or_status")
+        return await super().acquire_or_status(key, capacity)
 
     async def record_tokens(self, key: str, tokens: int) -> None:
         self._count("record_tokens")
@@ -40,7 +40,7 @@ class FailingLedger(InMemoryLedger):
 
 @pytest.mark.parametrize(
     ("operation", "fail_at"),
-    [("try_acquire", 1), ("try_acquire", 3), ("record_tokens", 2)],
+    [("acquire_or_status", 1), ("acquire_or_status", 3), ("record_tokens", 2)],
     ids=["first admission", "mid-run admission", "recording a turn's tokens"],
 )
 async def test_a_ledger_failure_ends_the_run_with_its_typed_error(operation: str, fail_at: int) -> None:
@@ -66,7 +66,7 @@ async def test_a_ledger_failure_ends_the_run_with_its_typed_error(operation: str
 
 async def test_a_nested_teams_ledger_failure_reaches_the_parents_caller_typed() -> None:
     """A nested team's run that fails on its ledger ends the parent's run with ``LedgerUnavailable`` too."""
-    ledger = FailingLedger("try_acquire", 1)
+    ledger = FailingLedger("acquire_or_status", 1)
     child = CapacityAwareGroupChat(
         [WorkerAgent("inner")], name="child", capacities={"inner": AgentCapacity(max_concurrent=1)}, ledger=ledger
     )

@@ -279,6 +279,28 @@ class TestStatus:
         assert await ledger.status("a", cap) == KeyStatus(1.0)
         assert await ledger.headroom("a", cap) == 1.0
 
+    @pytest.mark.parametrize(
+        ("cap", "block"),
+        [
+            (AgentCapacity(max_concurrent=1), "slots"),
+            (AgentCapacity(rpm=1), "rate"),
+            (AgentCapacity(max_concurrent=4), "cooldown"),
+        ],
+    )
+    async def test_a_refusal_is_the_status_that_refused(
+        self, ledger: InMemoryLedger, fake_clock: FakeLoopClock, cap: AgentCapacity, block: str
+    ) -> None:
+        """acquire_or_status answers a lease, or on refusal exactly what status() reads, taking nothing."""
+        held = await ledger.acquire_or_status("a", cap)
+        assert isinstance(held, Lease)
+        if block == "cooldown":
+            await ledger.cooldown("a", 5.0)
+        refused = await ledger.acquire_or_status("a", cap)
+        assert isinstance(refused, KeyStatus)
+        assert refused.blocked_by == block
+        assert refused == await ledger.status("a", cap)
+        assert (await ledger.snapshot())["a"].in_flight == 1
+
     async def test_unbounded_key_has_full_headroom(self, ledger: InMemoryLedger) -> None:
         """An unbounded key keeps headroom 1 however busy it is."""
         cap = AgentCapacity()

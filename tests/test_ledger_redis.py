@@ -382,6 +382,25 @@ class TestPipelining:
         assert client.pipelines > 2  # the refused lease, then the status read, the line, the retries
         await lease.release()
 
+    async def test_a_refused_acquire_answers_the_status_that_refused_it_in_the_same_script(
+        self, observed: tuple[_ObservedClient, RedisLedger]
+    ) -> None:
+        """acquire_or_status on a full key: one script, whose refusal is the key's status (what a status read
+        answers), with nothing taken."""
+        client, ledger = observed
+        cap = AgentCapacity(max_concurrent=1)
+        held = await ledger.acquire_or_status("k", cap)  # Redis loads the script
+        assert isinstance(held, Lease)
+        client.pipelines = 0
+        refused = await ledger.acquire_or_status("k", cap)
+        assert client.pipelines == 1
+        assert refused == KeyStatus(0.0, "slots")
+        assert refused == await ledger.status("k", cap)
+        assert (await ledger.snapshot())["k"].in_flight == 1
+        await held.release()
+        assert isinstance(again := await ledger.acquire_or_status("k", cap), Lease)
+        await again.release()
+
     async def test_identical_status_reads_in_a_batch_run_once(self, redis_ledger: RedisLedger) -> None:
         """Sixteen teams reading the same key's status at once cost Redis one script, and all get its answer; reads
         with other arguments, and acquires, each run (an acquire is never shared)."""

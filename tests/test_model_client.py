@@ -29,7 +29,7 @@ from autogen_capacity import (
     InMemoryLedger,
 )
 from autogen_capacity.headers import async_client, cooldown_observer
-from autogen_capacity.ledger import Lease
+from autogen_capacity.ledger import KeyStatus, Lease
 from faults import QUICK, FlakyReplayClient, RateLimitError
 from openai_server import MODEL, MODEL_INFO, SNAPSHOT, ModelLimits, OpenAIServer
 
@@ -44,9 +44,9 @@ class CountingLedger(InMemoryLedger):
         super().__init__()
         self.granted: dict[str, int] = {}
 
-    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-        lease = await super().try_acquire(key, capacity)
-        if lease is not None:
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        lease = await super().acquire_or_status(key, capacity)
+        if isinstance(lease, Lease):
             self.granted[key] = self.granted.get(key, 0) + 1
         return lease
 

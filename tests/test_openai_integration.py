@@ -26,7 +26,7 @@ from autogen_agentchat.base import TaskResult
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 
 from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger
-from autogen_capacity.ledger import Lease
+from autogen_capacity.ledger import KeyStatus, Lease
 from openai_server import MODEL, MODEL_INFO, SNAPSHOT, Hint, ModelLimits, OpenAIServer, Served
 
 TIMEOUT = 30.0
@@ -43,9 +43,9 @@ class RecordingLedger(InMemoryLedger):
         self.cooldowns: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.exhausted: dict[str, list[float]] = defaultdict(list)
 
-    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-        lease = await super().try_acquire(key, capacity)
-        if lease is not None:
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        lease = await super().acquire_or_status(key, capacity)
+        if isinstance(lease, Lease):
             self.leases[key].append(self._now())
         return lease
 

@@ -51,9 +51,9 @@ class CountingLedger(InMemoryLedger):
         self.calls["status"] += 1
         return await super().status(key, capacity)
 
-    async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
-        self.calls["try_acquire"] += 1
-        return await super().try_acquire(key, capacity)
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        self.calls["acquire_or_status"] += 1
+        return await super().acquire_or_status(key, capacity)
 
 
 def pool_team(
@@ -213,8 +213,8 @@ class TestLeases:
             result = await asyncio.wait_for(team.run(task="go"), TIMEOUT)
             assert [m.source for m in result.messages[1:]] == [f"m{i % 16}" for i in range(20)]
             counts[routing] = ledger.calls
-        assert counts["round_robin"] == {"try_acquire": 20}
-        assert counts["headroom"] == {"statuses": 20, "try_acquire": 20}
+        assert counts["round_robin"] == {"acquire_or_status": 20}
+        assert counts["headroom"] == {"statuses": 20, "acquire_or_status": 20}
 
     async def test_waits_for_a_release_then_admits(self) -> None:
         """When nobody has headroom the team waits, and a release admits it without using the retries."""

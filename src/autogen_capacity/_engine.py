@@ -183,6 +183,7 @@ class Admission:
                     admitted = await self._lease_first(candidates[0], routed_around)
                 if woken_by is not None:  # a slot freed there, likely handed to this caller: take it first
                     admitted = await self._try_woken(candidates, statuses, order, woken_by)
+                    woken = False  # what the wake-up changed is read: the refusal's status replaced the key's
                 if admitted is None:
                     if woken or not unchanged_without_wakeup(candidates, statuses, loop.time() - read_at):
                         statuses = await self._statuses(candidates, routed_around)
@@ -325,22 +326,24 @@ class Admission:
         candidate that is leased on its own key, it reads every status as usual."""
         if not first.leased or first.probe is not None or first.name in routed_around:
             return None
-        held = await self._ledger.try_acquire(first.key, first.contract)
-        return Admitted(first, held) if held is not None else None
+        held = await self._ledger.acquire_or_status(first.key, first.contract)
+        return Admitted(first, held) if isinstance(held, Lease) else None
 
     async def _try_woken(
         self, candidates: Sequence[Candidate], statuses: dict[str, KeyStatus], order: Order | None, key: str
     ) -> Admitted | None:
         """After a wake-up on ``key``: lease the candidates on it straight away, as if only they had headroom
-        (the others were blocked at the last read, and only this key changed), with no status read first."""
+        (the others were blocked at the last read, and only this key changed), with no status read first. Refused,
+        each keeps the status that refused it."""
         woken = [c for c in candidates if c.key == key and c.leased and c.probe is None and c.name in statuses]
         if not woken:
             return None
         for candidate in await order(woken, statuses) if order is not None else woken:
-            held = await self._ledger.try_acquire(candidate.key, candidate.contract)
-            if held is not None:
+            held = await self._ledger.acquire_or_status(candidate.key, candidate.contract)
+            if isinstance(held, Lease):
                 statuses[candidate.name] = KeyStatus(0.0)  # admitted: no longer deferred
                 return Admitted(candidate, held)
+            statuses[candidate.name] = held
         return None
 
     async def _try(
@@ -352,10 +355,10 @@ class Admission:
         for candidate in await order(open_, statuses) if order is not None else open_:
             if not candidate.leased:
                 return Admitted(candidate, None)
-            held = await self._ledger.try_acquire(candidate.key, candidate.contract)
-            if held is not None:
+            held = await self._ledger.acquire_or_status(candidate.key, candidate.contract)
+            if isinstance(held, Lease):
                 return Admitted(candidate, held)
-            statuses[candidate.name] = await self.status(candidate)  # lost the race: report why
+            statuses[candidate.name] = held  # lost the race: report why
         return None
 
 

@@ -163,6 +163,11 @@ class CapacityLedger(Protocol):
         """Admit one unit of work on ``key`` atomically, or return ``None`` at once. Never blocks."""
         ...
 
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        """:meth:`try_acquire`, returning on refusal the status that refused it, read in the same atomic step (its
+        ``blocked_by`` is set): what a caller that lost a race reports and waits by, with no second read."""
+        ...
+
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
         """Whether ``key`` would admit now, its headroom, and why not."""
         ...

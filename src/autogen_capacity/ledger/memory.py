@@ -90,10 +90,16 @@ class InMemoryLedger:
 
     async def try_acquire(self, key: str, capacity: AgentCapacity) -> Lease | None:
         """Admit one unit of work on ``key`` now, or return ``None``. Never blocks."""
+        held = await self.acquire_or_status(key, capacity)
+        return held if isinstance(held, Lease) else None
+
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        """Admit one unit of work on ``key`` now, or return the status that refused it. Never blocks."""
         state = self._state(key)
         now = self._now()
-        if self._status(state, capacity, now).blocked_by is not None:
-            return None
+        status = self._status(state, capacity, now)
+        if status.blocked_by is not None:
+            return status
         if capacity.rpm is not None:
             state.rate_level = state.bucket_level(capacity.rpm, now) + 1
             state.rate_at = now

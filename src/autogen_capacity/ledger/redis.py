@@ -233,6 +233,16 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         Raises:
             LedgerClosed: the ledger is (or was closed while admitting; what it granted is given back).
         """
+        held = await self.acquire_or_status(key, capacity)
+        return held if isinstance(held, Lease) else None
+
+    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+        """Admit one unit of work on ``key`` now, or return the status that refused it: one atomic script either
+        way. Never blocks.
+
+        Raises:
+            LedgerClosed: the ledger is (or was closed while admitting; what it granted is given back).
+        """
         if self._closed:
             raise LedgerClosed("the ledger is closed")
         lease_id = uuid.uuid4().hex  # the request id: a retried script cannot take a second slot
@@ -246,7 +256,7 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
             raise LedgerClosed("the ledger was closed while admitting")
         if int(reply[0]) != 1:
             self._wakeups.refused(key)
-            return None
+            return self._status_of(key, reply[1:4])
         self._wakeups.admitted(key)
         queue = self._queues.get(asyncio.current_task()) if self._queues else None  # type: ignore[arg-type]
         if queue is not None and queue.place.woken_by == key:
@@ -325,8 +335,12 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         args = [*limit_args(capacity), *self._epoch_args(key), self._waiter_on(key)]
         reply = await self._run(self._scripts.status, key, _STATE, args)
         self._saw_epoch(key, reply[3])
-        status = key_status_of(reply[:3])
-        if status.ready_in is not None and self._wakeups.waiting_on(key):  # keeps the key's timer up to date
+        return self._status_of(key, reply[:3])
+
+    def _status_of(self, key: str, reply: Sequence[Any]) -> KeyStatus:
+        """A script's answer (headroom, reason, ready_in) as a status, keeping the key's wake-up timer up to date."""
+        status = key_status_of(reply)
+        if status.ready_in is not None and self._wakeups.waiting_on(key):
             self._wakeups.ready_at(key, asyncio.get_running_loop().time() + status.ready_in + READY_MARGIN_S)
         return status
 
