@@ -239,7 +239,7 @@ class TestWaiting:
         await lease.release()
         assert await wait is True
         assert loop.time() - started < 10
-        assert (await holder.snapshot())["k"].waiting == 0
+        assert (await waiter.snapshot())["k"].waiting == 0  # its departure from the line has landed
 
     async def test_times_out(self, redis_ledger: RedisLedger) -> None:
         """Without a release or a refill the wait ends with False after its timeout."""
@@ -398,7 +398,8 @@ class TestPipelining:
         assert refused == await ledger.status("k", cap)
         assert (await ledger.snapshot())["k"].in_flight == 1
         await held.release()
-        assert isinstance(again := await ledger.acquire_or_status("k", cap), Lease)
+        again = await ledger.acquire_or_status("k", cap)
+        assert isinstance(again, Lease)
         await again.release()
 
     async def test_identical_status_reads_in_a_batch_run_once(self, redis_ledger: RedisLedger) -> None:

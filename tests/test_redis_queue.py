@@ -52,6 +52,7 @@ class TestJoinQueue:
         assert await holder.try_acquire("a", ONE) is not None
         assert await holder.try_acquire("b", ONE) is not None
         await (await waiter.join_queue({"a": ONE})).leave()  # the scripts are loaded on the server
+        await waiter._pipeline.landed()
         counted = _Counted(waiter)
         queue = await waiter.join_queue({"a": ONE, "b": ONE})
         assert (counted.batches, counted.scripts) == (1, 2)
@@ -60,7 +61,8 @@ class TestJoinQueue:
             snapshot = await holder.snapshot()
             assert (snapshot["a"].waiting, snapshot["b"].waiting) == (1, 1)
         assert (counted.batches, counted.scripts) == (1, 2)
-        await queue.leave()
+        await queue.leave()  # here at once; in Redis with the next batch, which nobody has to wait for
+        await waiter._pipeline.landed()
         assert (counted.batches, counted.scripts) == (2, 4)
         snapshot = await holder.snapshot()
         assert (snapshot["a"].waiting, snapshot["b"].waiting) == (0, 0)
@@ -210,5 +212,44 @@ class TestAdmissionOnRedis:
         admitted = await asyncio.wait_for(admitting, 10)
         assert admitted is not None
         assert admitted.lease is not None
+        await ledger._pipeline.landed()  # its departure from the line, which the admission did not wait for
         assert counted.by_name == {"status": 1, "enter_queue": 1, "leave_queue": 1, "acquire": 2}
+        await admitted.lease.release()
+
+    async def test_an_admitted_waiter_does_not_wait_for_its_departure_from_the_lines(
+        self, make_ledger: MakeLedger
+    ) -> None:
+        """Leaving the lines goes to Redis with the next batch, and the admitted caller starts its turn without
+        waiting for the reply (it would hold its slot a round trip longer): here Redis' reply to the departure is
+        held back, and the admission still returns its lease. The caller's next script lands after the
+        departure, and a snapshot waits for it."""
+        holder, ledger = make_ledger(), make_ledger()
+        cap = AgentCapacity(max_concurrent=1, backoff_initial_ms=30, backoff_ceiling_ms=30, max_caller_retries=50)
+        lease = await holder.try_acquire("k", cap)
+        assert lease is not None
+        names = {script.sha: name for name, script in ledger._scripts._asdict().items()}
+        pipeline, send, answer = ledger._pipeline, ledger._pipeline._pipeline, asyncio.Event()
+
+        async def held_back(calls: Any) -> list[Any]:
+            replies = await send(calls)
+            if any(names[call.script.sha] == "leave_queue" for call in calls):
+                await answer.wait()
+            return replies
+
+        pipeline._pipeline = held_back  # type: ignore[method-assign]
+        admitting = asyncio.create_task(Admission(ledger).admit([Candidate("k", "k", cap)]))
+        await asyncio.sleep(0.1)
+        await lease.release()
+        admitted = await asyncio.wait_for(admitting, 10)
+        assert admitted is not None
+        assert admitted.lease is not None
+        assert (await holder.snapshot())["k"].waiting == 0  # it landed: only the reply is held back
+        next_read = asyncio.create_task(ledger.status("k", cap))
+        snapshot = asyncio.create_task(ledger.snapshot())
+        await asyncio.sleep(0.1)
+        assert not next_read.done()  # behind the departure
+        assert not snapshot.done()
+        answer.set()
+        assert (await asyncio.wait_for(next_read, 10)).blocked_by == "slots"
+        assert (await asyncio.wait_for(snapshot, 10))["k"].waiting == 0
         await admitted.lease.release()

@@ -5,10 +5,9 @@ process' wake-ups (a release, a refill or a cooldown's end)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._logging import logger
@@ -83,7 +82,7 @@ class _Ledger(Protocol):
 
     async def _leave_entered_queue(self, key: str, waiter_id: str, reply: Sequence[Any]) -> None: ...
 
-    async def _leave_queues(self, waiter_id: str, keys: Sequence[str], pass_on: str | None = None) -> None: ...
+    def _leave_queues(self, waiter_id: str, keys: Sequence[str], pass_on: str | None = None) -> Awaitable[None]: ...
 
 
 class WaitingLines:
@@ -192,9 +191,10 @@ class WaitingLines:
         return await self._run(self._scripts.enter_queue, key, QUEUE_PARTS, args, on_orphan=on_orphan)
 
     async def _leave(self: _Ledger, queue: RedisQueue) -> None:
-        """Leave the lines of ``queue`` here and in Redis (one pipelined batch); a wake-up it was given and did not
-        use wakes the next waiter on that key, here and, since a slot may have been kept for this caller, in every
-        process (the key is published again)."""
+        """Leave the lines of ``queue`` here at once and in Redis in the background (one pipelined batch, sent as
+        soon as one can go: the caller, often just admitted, does not wait a round trip for it); a wake-up it was
+        given and did not use wakes the next waiter on that key, here and, since a slot may have been kept for
+        this caller, in every process (the key is published again)."""
         self._wakeups.forget(queue.place, queue.keys)
         if queue.task is not None and self._queues.get(queue.task) is queue:
             del self._queues[queue.task]
@@ -202,19 +202,28 @@ class WaitingLines:
         if woken_by is not None:
             self._wakeups.wake_oldest(woken_by)
         if not self._closed and self._waiting.pop(queue.waiter_id, None) is not None:  # else aclose() leaves
-            await self._leave_queues(queue.waiter_id, queue.keys, pass_on=woken_by)
+            self._pipeline.detach(self._leave_queues(queue.waiter_id, queue.keys, pass_on=woken_by))
 
-    async def _leave_queues(self: _Ledger, waiter_id: str, keys: Sequence[str], pass_on: str | None = None) -> None:
-        """Take ``waiter_id`` off the Redis lines of ``keys`` (one pipelined batch)."""
+    def _leave_queues(
+        self: _Ledger, waiter_id: str, keys: Sequence[str], pass_on: str | None = None
+    ) -> Awaitable[None]:
+        """Take ``waiter_id`` off the Redis lines of ``keys``: the scripts go in the next batch, ahead of any later
+        script of this process (so its next acquire does not find it in line); await the result for them to land."""
         script = self._scripts.leave_queue
-        with contextlib.suppress(*self._unreachable):  # else the entry expires within the ttl
-            await asyncio.gather(
-                *(
-                    self._pipeline.run(
-                        script,
-                        [self._name(k, "waiters"), self._name(k, "rank")],
-                        [waiter_id, self._channel if k == pass_on else "", k],
-                    )
-                    for k in keys
-                )
+        sent = [
+            self._pipeline.submit(
+                script,
+                [self._name(k, "waiters"), self._name(k, "rank")],
+                [waiter_id, self._channel if k == pass_on else "", k],
             )
+            for k in keys
+        ]
+        return _landed(sent, self._unreachable)
+
+
+async def _landed(sent: Sequence[asyncio.Future[Any]], unreachable: tuple[type[Exception], ...]) -> None:
+    """Wait for scripts submitted to the pipeline; Redis being unreachable is not an error (a waiter's entry
+    expires within the lease ttl)."""
+    for reply in await asyncio.gather(*sent, return_exceptions=True):
+        if isinstance(reply, BaseException) and not isinstance(reply, unreachable):
+            raise reply

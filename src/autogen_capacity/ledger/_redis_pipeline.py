@@ -121,26 +121,46 @@ class ScriptPipeline:
         A caller cancelled before its batch leaves is dropped from it. One cancelled once its script is on the
         way does not stop the script: the reply goes to ``on_orphan`` instead (awaited by :meth:`drain`).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Call(script, keys, args, future, on_orphan))
-        if self._sender is None:
-            self._sender = loop.create_task(self._send_all())
+        future = self.submit(script, keys, args, on_orphan=on_orphan)
         try:
             return await future
         except asyncio.CancelledError:
             # Cancelled in the same turn of the loop as its reply arrived: the reply is the orphan's.
             if on_orphan is not None and future.done() and not future.cancelled() and future.exception() is None:
-                self._adopt(on_orphan(future.result()))
+                self.detach(on_orphan(future.result()))
             raise
 
+    def submit(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[str | float],
+        *,
+        on_orphan: OnOrphan | None = None,
+    ) -> asyncio.Future[Any]:
+        """Put ``script`` in the next batch now, ahead of every script submitted after it: the future is resolved
+        with its reply (or its error)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(_Call(script, keys, args, future, on_orphan))
+        if self._sender is None:
+            self._sender = loop.create_task(self._send_all())
+        return future
+
     async def drain(self) -> None:
-        """Wait until every batch on its way, and every orphan handler, has finished (being cancelled does not
+        """Wait until every batch on its way, and every detached handler, has finished (being cancelled does not
         cancel them)."""
         while running := {task for task in (self._sender, *self._orphans) if task is not None}:
             await asyncio.wait(running)
 
-    def _adopt(self, handler: Awaitable[None]) -> None:
+    async def landed(self) -> None:
+        """Wait until the handlers detached so far have finished (not for later ones, nor for other batches)."""
+        if self._orphans:
+            await asyncio.wait(set(self._orphans))
+
+    def detach(self, handler: Awaitable[None]) -> None:
+        """Run ``handler`` (scripts whose replies nobody waits for) in the background: its failure is logged, and
+        :meth:`drain` and :meth:`landed` wait for it."""
         orphan = asyncio.ensure_future(handler)
         self._orphans.add(orphan)
         orphan.add_done_callback(self._orphan_done)
@@ -188,7 +208,7 @@ class ScriptPipeline:
                 else:
                     call.future.set_result(reply)
             elif call.on_orphan is not None and not isinstance(reply, Exception):
-                self._adopt(call.on_orphan(reply))
+                self.detach(call.on_orphan(reply))
 
     async def _execute(self, batch: Sequence[_Call]) -> list[Any]:
         replies = await self._pipeline(batch)

@@ -372,9 +372,11 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         return self._service.get(key)
 
     async def snapshot(self) -> LedgerSnapshot:
-        """Usage per key of the namespace (found with ``SCAN``), across every process."""
+        """Usage per key of the namespace (found with ``SCAN``), across every process, after this process' own
+        departures from the lines have landed."""
         if self._closed:
             raise LedgerClosed("the ledger is closed")
+        await self._pipeline.landed()
         try:
             keys = await retrying(self._scan_keys, within=self._retry_for, unreachable=self._unreachable)
         except self._unreachable as exc:
