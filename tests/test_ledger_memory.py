@@ -662,7 +662,10 @@ class TestClose:
         "call",
         [
             pytest.param(lambda led: led.try_acquire("a", AgentCapacity()), id="try_acquire"),
+            pytest.param(lambda led: led.acquire_or_status("a", AgentCapacity()), id="acquire_or_status"),
             pytest.param(lambda led: led.status("a", AgentCapacity()), id="status"),
+            pytest.param(lambda led: led.statuses({"a": AgentCapacity()}), id="statuses"),
+            pytest.param(lambda led: led.statuses({}), id="statuses of no key"),
             pytest.param(lambda led: led.headroom("a", AgentCapacity()), id="headroom"),
             pytest.param(lambda led: led.wait_for_change({"a": AgentCapacity()}, 1), id="wait_for_change"),
             pytest.param(lambda led: led.record_tokens("a", 1), id="record_tokens"),

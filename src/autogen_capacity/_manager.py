@@ -295,7 +295,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         if fixed and len(names) > 1:
             allowed = set(names)
             names = [name for name in rotation(self._participant_names, self._next_speaker_index) if name in allowed]
-        candidates = [self._candidate(name) for name in names]
+        as_candidates, cooled = self._as_candidates, self._cooled
+        candidates = [as_candidates[name][name in cooled] for name in names]  # self._candidate, inlined: per member
         try:
             admitted = await self._admission.admit(
                 candidates,

@@ -22,4 +22,5 @@ def rotation(names: Sequence[str], start: int) -> list[str]:
 def rank_by_headroom(ordered: Sequence[str], headroom: Mapping[str, float]) -> list[str]:
     """``ordered`` sorted by headroom, highest first; ties keep their order in ``ordered`` (the rotation),
     so equal members take turns. A name missing from ``headroom`` counts as idle (1.0)."""
-    return sorted(ordered, key=lambda name: -headroom.get(name, 1.0))
+    ranks = {**dict.fromkeys(ordered, 1.0), **headroom}
+    return sorted(ordered, key=ranks.__getitem__, reverse=True)  # a reversed sort keeps ties in order

@@ -26,6 +26,7 @@ The gauges' observations are kept by ``_telemetry_gauges``.
 from __future__ import annotations
 
 import asyncio
+import operator
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -181,6 +182,10 @@ def _member(candidate: Candidate, team: str | None) -> str | None:
 # ----------------------------------------------------------------- admission hooks (called by the engine)
 
 
+_BLOCKED_BY = operator.attrgetter("blocked_by")
+"""A status's reason, truthy when it is blocked."""
+
+
 def admitted(
     candidate: Candidate,
     statuses: Mapping[str, KeyStatus],
@@ -196,7 +201,7 @@ def admitted(
         return
     waited = asyncio.get_running_loop().time() - started
     found.wait.record(waited, found.attrs(team, candidate.key, _member(candidate, team)))
-    if wait is not None or any(s.blocked_by is not None for s in statuses.values()):
+    if wait is not None or any(map(_BLOCKED_BY, statuses.values())):  # in C: one status per candidate
         _deferred(found, statuses, candidates, candidate.name, team)
     if wait is not None:
         wait.end("admitted", candidate, team)

@@ -181,8 +181,10 @@ class InMemoryLedger:
 
     async def statuses(self, keys: Mapping[str, AgentCapacity]) -> dict[str, KeyStatus]:
         """:meth:`status` of several keys at once."""
-        now = self._now()
-        return {key: self._status(self._state(key), capacity, now) for key, capacity in keys.items()}
+        now, known = self._now(), self._keys
+        if self._closed:
+            raise LedgerClosed("the ledger is closed")
+        return {key: self._status(known.get(key) or self._state(key), capacity, now) for key, capacity in keys.items()}
 
     async def headroom(self, key: str, capacity: AgentCapacity) -> float:
         """How much more ``key`` can take now, from 0 to 1."""
