@@ -96,8 +96,10 @@ class _TimedLedger(InMemoryLedger):
         super().__init__()
         self.leased = SlotClock()
 
-    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
-        return timed(await super().acquire_or_status(key, capacity), self.leased)
+    async def acquire_or_status(
+        self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+    ) -> Lease | KeyStatus:
+        return timed(await super().acquire_or_status(key, capacity, idle_only=idle_only), self.leased)
 
 
 def _random_selector(rng: random.Random) -> Any:

@@ -47,8 +47,10 @@ def _timed_redis_ledger(url: str, namespace: str) -> Any:
 
             pipeline._pipeline = counted  # type: ignore[method-assign]
 
-        async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
-            return timed(await super().acquire_or_status(key, capacity), self.leased)
+        async def acquire_or_status(
+            self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+        ) -> Lease | KeyStatus:
+            return timed(await super().acquire_or_status(key, capacity, idle_only=idle_only), self.leased)
 
     return TimedRedisLedger()
 

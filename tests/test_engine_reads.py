@@ -12,6 +12,7 @@ from autogen_capacity import AgentCapacity, InMemoryLedger, Lease
 from autogen_capacity._engine import Admission, Candidate, WaitReport
 from autogen_capacity._engine_rules import ROUTED_AROUND, STATUS_REUSE_S, unchanged_without_wakeup
 from autogen_capacity.ledger import KeyStatus
+from autogen_capacity.routing import rank_by_headroom
 from autogen_capacity.testing import FakeLoopClock, settle
 
 WINDOW_S = 0.1
@@ -36,9 +37,11 @@ class CountingLedger(InMemoryLedger):
         self.calls["statuses"] += 1
         return await super().statuses(keys)  # type: ignore[arg-type]
 
-    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+    async def acquire_or_status(
+        self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+    ) -> Lease | KeyStatus:
         self.calls["acquire_or_status"] += 1
-        return await super().acquire_or_status(key, capacity)
+        return await super().acquire_or_status(key, capacity, idle_only=idle_only)
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
         self.calls["status"] += 1
@@ -64,12 +67,14 @@ class RivalLedger(CountingLedger):
         self.taken_after_read.clear()
         return found
 
-    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+    async def acquire_or_status(
+        self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+    ) -> Lease | KeyStatus:
         if key in self.taken_on_wakeup:
             self.taken_on_wakeup.discard(key)
             self.calls["acquire_or_status"] += 1
             return KeyStatus(0.0, "slots")
-        return await super().acquire_or_status(key, capacity)
+        return await super().acquire_or_status(key, capacity, idle_only=idle_only)
 
 
 class Reports:
@@ -290,3 +295,44 @@ async def test_a_wakeup_lost_to_another_process_waits_on_without_reading_again(f
     assert ledger.calls == {"acquire_or_status": 3, "statuses": 1}
     assert admitted.lease is not None
     await admitted.lease.release()
+
+
+async def _by_headroom(open_: list[Candidate], statuses: dict[str, KeyStatus]) -> list[Candidate]:
+    ranked = rank_by_headroom([c.name for c in open_], {n: s.headroom for n, s in statuses.items()})
+    return sorted(open_, key=lambda c: ranked.index(c.name))
+
+
+async def test_an_idle_first_choice_is_leased_before_anything_is_read_under_headroom_routing() -> None:
+    """Ranked by headroom, ties in the candidates' order: an idle first candidate outranks nobody can, so it is
+    leased with one call (not when it is only partly free: then every status is read and the idler one wins,
+    and the next admission reads first, until a read finds the first candidate idle again)."""
+    ledger, two = CountingLedger(), AgentCapacity(max_concurrent=2)
+    candidates = [Candidate("a", "k", two), Candidate("b", "j", two)]
+    admission = Admission(ledger)
+
+    first = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+    assert first is not None
+    assert first.candidate.name == "a"
+    assert ledger.calls == {"acquire_or_status": 1}
+
+    ledger.calls.clear()  # "a" is half used now: "b" ranks first
+    second = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+    assert second is not None
+    assert second.candidate.name == "b"
+    assert ledger.calls == {"acquire_or_status": 2, "statuses": 1}  # "a" refused as not idle, read, "b" leased
+
+    ledger.calls.clear()  # both half used: the last look found "a" not idle, so this one reads first
+    third = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+    assert third is not None
+    assert third.candidate.name == "a"
+    assert ledger.calls == {"statuses": 1, "acquire_or_status": 1}
+
+    for admitted in (first, second, third):
+        assert admitted.lease is not None
+        await admitted.lease.release()
+    ledger.calls.clear()  # idle again: this read sees it, and the next admission leases first straight away
+    await (await admission.admit(candidates, order=_by_headroom, first_if_idle=True)).lease.release()  # type: ignore[union-attr]
+    assert ledger.calls == {"statuses": 1, "acquire_or_status": 1}
+    ledger.calls.clear()
+    await (await admission.admit(candidates, order=_by_headroom, first_if_idle=True)).lease.release()  # type: ignore[union-attr]
+    assert ledger.calls == {"acquire_or_status": 1}

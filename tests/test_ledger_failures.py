@@ -29,9 +29,11 @@ class FailingLedger(InMemoryLedger):
             if self.calls >= self.fail_at:
                 raise LedgerUnavailable("Redis ledger unreachable at redis://127.0.0.1:1: Connection refused")
 
-    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+    async def acquire_or_status(
+        self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+    ) -> Lease | KeyStatus:
         self._count("acquire_or_status")
-        return await super().acquire_or_status(key, capacity)
+        return await super().acquire_or_status(key, capacity, idle_only=idle_only)
 
     async def record_tokens(self, key: str, tokens: int) -> None:
         self._count("record_tokens")

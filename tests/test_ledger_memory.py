@@ -301,6 +301,14 @@ class TestStatus:
         assert refused == await ledger.status("a", cap)
         assert (await ledger.snapshot())["a"].in_flight == 1
 
+    async def test_idle_only_leases_only_a_key_with_room_for_anything(self, ledger: InMemoryLedger) -> None:
+        """idle_only: headroom 1 is leased; a key partly used answers its status (open), taking nothing."""
+        two = AgentCapacity(max_concurrent=2)
+        held = await ledger.acquire_or_status("a", two, idle_only=True)
+        assert isinstance(held, Lease)
+        assert await ledger.acquire_or_status("a", two, idle_only=True) == KeyStatus(0.5)
+        assert (await ledger.snapshot())["a"].in_flight == 1
+
     async def test_unbounded_key_has_full_headroom(self, ledger: InMemoryLedger) -> None:
         """An unbounded key keeps headroom 1 however busy it is."""
         cap = AgentCapacity()

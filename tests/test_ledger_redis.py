@@ -402,6 +402,21 @@ class TestPipelining:
         assert isinstance(again, Lease)
         await again.release()
 
+    async def test_idle_only_leases_a_key_with_room_for_anything_and_else_answers_its_status(
+        self, redis_ledger: RedisLedger
+    ) -> None:
+        """idle_only (headroom routing's first choice): a key with headroom 1 is leased; a key partly used is not,
+        and the answer is its status (open, half the headroom), with nothing taken."""
+        two = AgentCapacity(max_concurrent=2)
+        held = await redis_ledger.acquire_or_status("k", two, idle_only=True)
+        assert isinstance(held, Lease)
+        assert await redis_ledger.acquire_or_status("k", two, idle_only=True) == KeyStatus(0.5)
+        assert (await redis_ledger.snapshot())["k"].in_flight == 1
+        other = await redis_ledger.acquire_or_status("k", two)
+        assert isinstance(other, Lease)
+        await held.release()
+        await other.release()
+
     async def test_identical_status_reads_in_a_batch_run_once(self, redis_ledger: RedisLedger) -> None:
         """Sixteen teams reading the same key's status at once cost Redis one script, and all get its answer; reads
         with other arguments, and acquires, each run (an acquire is never shared)."""

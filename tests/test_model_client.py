@@ -44,8 +44,10 @@ class CountingLedger(InMemoryLedger):
         super().__init__()
         self.granted: dict[str, int] = {}
 
-    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
-        lease = await super().acquire_or_status(key, capacity)
+    async def acquire_or_status(
+        self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+    ) -> Lease | KeyStatus:
+        lease = await super().acquire_or_status(key, capacity, idle_only=idle_only)
         if isinstance(lease, Lease):
             self.granted[key] = self.granted.get(key, 0) + 1
         return lease

@@ -43,8 +43,10 @@ class RecordingLedger(InMemoryLedger):
         self.cooldowns: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.exhausted: dict[str, list[float]] = defaultdict(list)
 
-    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
-        lease = await super().acquire_or_status(key, capacity)
+    async def acquire_or_status(
+        self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+    ) -> Lease | KeyStatus:
+        lease = await super().acquire_or_status(key, capacity, idle_only=idle_only)
         if isinstance(lease, Lease):
             self.leases[key].append(self._now())
         return lease

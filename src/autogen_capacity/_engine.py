@@ -97,7 +97,7 @@ class Admission:
         priority: The caller's class in the keys' waiting lines (``critical``, ``default``, ``sheddable``).
     """
 
-    __slots__ = ("_ledger", "_observer", "_poll_s", "_priority", "_should_stop", "_spend_retry", "_team")
+    __slots__ = ("_first_idle", "_ledger", "_observer", "_poll_s", "_priority", "_should_stop", "_spend_retry", "_team")
 
     def __init__(
         self,
@@ -117,6 +117,7 @@ class Admission:
         self._spend_retry = spend_retry
         self._should_stop = should_stop
         self._poll_s = poll_s
+        self._first_idle = True  # whether the first choice was idle at the last look: lease it before reading
 
     async def status(self, candidate: Candidate) -> KeyStatus:
         """Whether ``candidate`` can be admitted now: the one definition the loop, waits and reports share."""
@@ -151,9 +152,13 @@ class Admission:
         order: Order | None = None,
         routed_around: frozenset[str] = frozenset(),
         deadline: float | None = None,
+        first_if_idle: bool = False,
     ) -> Admitted | None:
         """Admit the first candidate in ``order`` whose key admits, waiting by contract while none does. Without an
-        ``order``, ``candidates`` are in preference order, and the first is leased before anything is read.
+        ``order``, ``candidates`` are in preference order, and the first is leased before anything is read. With
+        ``first_if_idle`` (an ``order`` that ranks by headroom, ties in the order of ``candidates``), the first is
+        leased before anything is read when its key has room for anything (nothing can rank above it), as long as
+        it had at the last look (under load, statuses are read first).
 
         With a ``deadline`` (loop time), it never waits past it, never starts a turn the time left cannot
         cover (the key's observed time per lease), and ends at once when its expected wait in line already
@@ -179,8 +184,8 @@ class Admission:
             while True:
                 passes += 1
                 admitted = None
-                if passes == 1 and order is None and candidates:  # in preference order: lease the first
-                    admitted = await self._lease_first(candidates[0], routed_around)
+                if passes == 1 and candidates and (order is None or (first_if_idle and self._first_idle)):
+                    admitted = await self._lease_first(candidates[0], routed_around, idle_only=order is not None)
                 if woken_by is not None:  # a slot freed there, likely handed to this caller: take it first
                     admitted = await self._try_woken(candidates, statuses, order, woken_by)
                     woken = False  # what the wake-up changed is read: the refusal's status replaced the key's
@@ -188,6 +193,8 @@ class Admission:
                     if woken or not unchanged_without_wakeup(candidates, statuses, loop.time() - read_at):
                         statuses = await self._statuses(candidates, routed_around)
                         read_at = loop.time()
+                        if first_if_idle and passes == 1:
+                            self._first_idle = statuses[candidates[0].name] == IDLE
                     admitted = await self._try(candidates, statuses, order)
                 if admitted is not None:
                     if deadline is not None:
@@ -320,14 +327,23 @@ class Admission:
             raise exhausted("the team's retry budget is spent", candidates, statuses)
         return "backoff", capped(schedule.delay(retry))
 
-    async def _lease_first(self, first: Candidate, routed_around: frozenset[str]) -> Admitted | None:
-        """Lease the preferred candidate before reading any status: an admission that gets its first choice
-        costs one ledger call (one round trip on Redis), whatever the number of candidates. Refused, or not a
-        candidate that is leased on its own key, it reads every status as usual."""
-        if not first.leased or first.probe is not None or first.name in routed_around:
+    async def _lease_first(
+        self, first: Candidate, routed_around: frozenset[str], *, idle_only: bool = False
+    ) -> Admitted | None:
+        """Lease the preferred candidate before reading any status (with ``idle_only``, only when its key has room
+        for anything): an admission that gets its first choice costs one ledger call (one round trip on Redis),
+        whatever the number of candidates, and one that nothing limits costs none. Refused, or a nested team, it
+        reads every status as usual."""
+        if first.probe is not None or first.name in routed_around:
             return None
-        held = await self._ledger.acquire_or_status(first.key, first.contract)
-        return Admitted(first, held) if isinstance(held, Lease) else None
+        if not first.leased:
+            return None if first.checked else Admitted(first, None)  # unchecked: idle by definition
+        held = await self._ledger.acquire_or_status(first.key, first.contract, idle_only=idle_only)
+        if isinstance(held, Lease):
+            return Admitted(first, held)
+        if idle_only:
+            self._first_idle = False
+        return None
 
     async def _try_woken(
         self, candidates: Sequence[Candidate], statuses: dict[str, KeyStatus], order: Order | None, key: str

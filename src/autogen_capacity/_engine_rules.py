@@ -40,9 +40,12 @@ def exhausted(
 
 
 def exhausted_reason(why: str, candidates: Sequence[Candidate], statuses: Mapping[str, KeyStatus]) -> str:
-    """The one "Capacity exhausted" message: why, then each candidate and what held it back."""
-    held = ", ".join(f"{c.name}: {statuses[c.name].blocked_by or 'lost the race'}" for c in candidates)
-    return f"Capacity exhausted: {why} ({held})"
+    """The one "Capacity exhausted" message: why, then each candidate whose status was read and what held it back
+    (none was read when the first choice was leased straight away)."""
+    held = ", ".join(
+        f"{c.name}: {status.blocked_by or 'lost the race'}" for c in candidates if (status := statuses.get(c.name))
+    )
+    return f"Capacity exhausted: {why} ({held})" if held else f"Capacity exhausted: {why}"
 
 
 def unchanged_without_wakeup(candidates: Sequence[Candidate], statuses: Mapping[str, KeyStatus], age: float) -> bool:

@@ -292,7 +292,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         explicit = await self._explicit_speaker(thread)
         names = [explicit] if explicit is not None else await self._candidates(thread)
         fixed = explicit is not None or self._policy.routing == "round_robin"  # an order no status changes
-        if fixed and len(names) > 1:
+        by_headroom = not fixed and self._policy.routing == "headroom"  # the rotation breaks its ties
+        if (fixed or by_headroom) and len(names) > 1:
             allowed = set(names)
             names = [name for name in rotation(self._participant_names, self._next_speaker_index) if name in allowed]
         as_candidates, cooled = self._as_candidates, self._cooled
@@ -303,6 +304,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
                 order=None if fixed else self._order,
                 routed_around=frozenset(self._routed_around),
                 deadline=self._turns.deadline,
+                first_if_idle=by_headroom,
             )
         except CapacityExhausted as exhausted:
             raise _Exhausted(str(exhausted), exhausted.retry_after) from exhausted

@@ -68,7 +68,8 @@ ACQUIRE = (
     PRELUDE
     + """
 -- KEYS: slots, meta, tokens, epoch, waiters, rank. ARGV: lease id, ttl, limits (4), known epoch, fence_s, holding
--- ('1' when the caller holds leases on the key), waiter id ('' when not in the line).
+-- ('1' when the caller holds leases on the key), waiter id ('' when not in the line), idle only ('1': admit only
+-- when the key has room for anything, headroom 1; else its status, with reason '').
 -- A free slot is kept for the waiters ranked ahead of a caller in the line.
 -- Returns {1, leases in flight on the key, now, epoch} when admitted, {-1, epoch} when the caller holds leases
 -- under another epoch (it must put them back first), else {0, headroom, reason, ready_in, epoch}. Idempotent
@@ -82,7 +83,7 @@ prune(KEYS[5], KEYS[6], now)
 local mc, rpm, tpm, rate = limits(KEYS[2], now, ARGV, 3)
 local headroom, reason, ready_in = status(KEYS[1], KEYS[2], KEYS[3], now, mc, rpm, tpm, fence,
   ahead(KEYS[6], ARGV[10]), rate)
-if reason then return {0, fmt(headroom), reason, fmt(ready_in), id} end
+if reason or (ARGV[11] == '1' and headroom < 1) then return {0, fmt(headroom), reason or '', fmt(ready_in), id} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 keep_zset(KEYS[1], now)
 local drain = 0

@@ -163,9 +163,13 @@ class CapacityLedger(Protocol):
         """Admit one unit of work on ``key`` atomically, or return ``None`` at once. Never blocks."""
         ...
 
-    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
+    async def acquire_or_status(
+        self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+    ) -> Lease | KeyStatus:
         """:meth:`try_acquire`, returning on refusal the status that refused it, read in the same atomic step (its
-        ``blocked_by`` is set): what a caller that lost a race reports and waits by, with no second read."""
+        ``blocked_by`` is set): what a caller that lost a race reports and waits by, with no second read. With
+        ``idle_only``, a key is leased only when its headroom is 1 (nothing can rank above it); else its status is
+        returned (``blocked_by`` is ``None`` when it would have admitted)."""
         ...
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:

@@ -93,12 +93,15 @@ class InMemoryLedger:
         held = await self.acquire_or_status(key, capacity)
         return held if isinstance(held, Lease) else None
 
-    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
-        """Admit one unit of work on ``key`` now, or return the status that refused it. Never blocks."""
+    async def acquire_or_status(
+        self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+    ) -> Lease | KeyStatus:
+        """Admit one unit of work on ``key`` now (with ``idle_only``, only when its headroom is 1), or return the
+        status that refused it. Never blocks."""
         state = self._state(key)
         now = self._now()
         status = self._status(state, capacity, now)
-        if status.blocked_by is not None:
+        if status.blocked_by is not None or (idle_only and status.headroom < 1.0):
             return status
         if capacity.rpm is not None:
             state.rate_level = state.bucket_level(capacity.rpm, now) + 1

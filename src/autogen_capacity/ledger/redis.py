@@ -236,9 +236,11 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         held = await self.acquire_or_status(key, capacity)
         return held if isinstance(held, Lease) else None
 
-    async def acquire_or_status(self, key: str, capacity: AgentCapacity) -> Lease | KeyStatus:
-        """Admit one unit of work on ``key`` now, or return the status that refused it: one atomic script either
-        way. Never blocks.
+    async def acquire_or_status(
+        self, key: str, capacity: AgentCapacity, *, idle_only: bool = False
+    ) -> Lease | KeyStatus:
+        """Admit one unit of work on ``key`` now (with ``idle_only``, only when its headroom is 1), or return the
+        status that refused it: one atomic script either way. Never blocks.
 
         Raises:
             LedgerClosed: the ledger is (or was closed while admitting; what it granted is given back).
@@ -248,15 +250,17 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         lease_id = uuid.uuid4().hex  # the request id: a retried script cannot take a second slot
         self._admitting[lease_id] = key
         try:
-            reply = await self._admit(key, capacity, lease_id)
+            reply = await self._admit(key, capacity, lease_id, idle_only)
         finally:
             if not self._closed:  # else aclose() gives it back, granted or not
                 del self._admitting[lease_id]
         if self._closed:
             raise LedgerClosed("the ledger was closed while admitting")
         if int(reply[0]) != 1:
-            self._wakeups.refused(key)
-            return self._status_of(key, reply[1:4])
+            status = self._status_of(key, reply[1:4])
+            if status.blocked_by is not None:
+                self._wakeups.refused(key)
+            return status
         self._wakeups.admitted(key)
         queue = self._queues.get(asyncio.current_task()) if self._queues else None  # type: ignore[arg-type]
         if queue is not None and queue.place.woken_by == key:
@@ -266,7 +270,7 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         self._ensure_heartbeat()
         return Lease(key, lease_id, asyncio.get_running_loop().time(), self._release)
 
-    async def _admit(self, key: str, capacity: AgentCapacity, lease_id: str) -> Any:
+    async def _admit(self, key: str, capacity: AgentCapacity, lease_id: str, idle_only: bool = False) -> Any:
         """Run the acquire script; when this process holds leases on ``key`` under an epoch Redis no longer has,
         put them back first (the script refuses to admit before that)."""
         for _ in range(_REREGISTER_TRIES):
@@ -278,6 +282,7 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
                 *self._epoch_args(key),
                 "1" if holding else "0",
                 self._waiter_on(key),
+                "1" if idle_only else "0",
             ]
             on_orphan = functools.partial(self._give_back_granted, key, lease_id)
             reply = await self._run(self._scripts.acquire, key, _STATE, args, on_orphan=on_orphan)
