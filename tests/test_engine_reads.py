@@ -98,6 +98,14 @@ class DeferredReports(Reports):
         self.deferred_calls.append((dict(statuses), admitted))
 
 
+async def _hold(ledger: CountingLedger, *keys: str) -> list[Lease]:
+    """A lease on each of ``keys`` (another caller's), then the ledger's counts cleared."""
+    held = [await ledger.try_acquire(key, CAP) for key in keys]
+    assert all(lease is not None for lease in held)
+    ledger.calls.clear()
+    return [lease for lease in held if lease is not None]
+
+
 async def _windows(clock: FakeLoopClock, task: asyncio.Task[object], n: int) -> None:
     for _ in range(n):
         clock.advance(WINDOW_S)
@@ -140,10 +148,7 @@ async def test_a_read_older_than_the_reuse_bound_is_read_again(fake_clock: FakeL
 async def test_a_release_is_leased_straight_away(fake_clock: FakeLoopClock) -> None:
     """The release wakes the caller on its key, and the caller leases that key without reading first."""
     ledger = CountingLedger()
-    holder, other = await ledger.try_acquire("k", CAP), await ledger.try_acquire("other", CAP)
-    assert holder is not None
-    assert other is not None
-    ledger.calls.clear()
+    holder, other = await _hold(ledger, "k", "other")
     admitting = asyncio.create_task(Admission(ledger).admit([Candidate("a", "other", CAP), Candidate("b", "k", CAP)]))
     await settle(admitting)
     await holder.release()
@@ -276,10 +281,7 @@ async def test_a_wakeup_lost_to_another_process_waits_on_without_reading_again(f
     """A release wakes the caller on "k", another process leases it first: the refusal says the key is full
     again and nothing else woke the caller, so it waits on with no read, and the next release is leased."""
     ledger = RivalLedger()
-    holder, other = await ledger.try_acquire("k", CAP), await ledger.try_acquire("j", CAP)
-    assert holder is not None
-    assert other is not None
-    ledger.calls.clear()
+    holder, other = await _hold(ledger, "k", "j")
     admitting = asyncio.create_task(Admission(ledger).admit([Candidate("a", "k", CAP), Candidate("b", "j", CAP)]))
     await settle(admitting)
     ledger.taken_on_wakeup.add("k")
