@@ -339,11 +339,7 @@ class Admission:
         if not first.leased:
             return None if first.checked else Admitted(first, None)  # unchecked: idle by definition
         held = await self._ledger.acquire_or_status(first.key, first.contract, idle_only=idle_only)
-        if isinstance(held, Lease):
-            return Admitted(first, held)
-        if idle_only:
-            self._first_idle = False
-        return None
+        return Admitted(first, held) if isinstance(held, Lease) else None
 
     async def _try_woken(
         self, candidates: Sequence[Candidate], statuses: dict[str, KeyStatus], order: Order | None, key: str
