@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from . import adaptive, cascade, distributed, ledger, overhead, priorities, real_agents, scale
+from . import adaptive, cascade, distributed, instructions, ledger, overhead, priorities, real_agents, scale
 from ._report import plot, print_tables, write_json
 from ._stats import machine
 
@@ -23,7 +23,10 @@ SCENARIOS = {
     "distributed": distributed.run,
     "priorities": priorities.run,
     "adaptive": adaptive.run,
+    "instructions": instructions.run,
 }
+OPT_IN = frozenset({"instructions"})
+"""Scenarios that run only when named with ``--only`` (they take long)."""
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes, few repeats")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results.json and the PNGs go")
-    parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    default = [name for name in SCENARIOS if name not in OPT_IN]
+    parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=default)
     args = parser.parse_args(argv)
     console = Console(width=150)
     report = asyncio.run(_run(args.only, args.quick, console))

@@ -178,6 +178,19 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
                 else:
                     table.add_row(name, _f(value, 3))
             console.print(table)
+    if "instructions" in report:
+        counted = report["instructions"]
+        table = Table(title="9. Instructions per turn (callgrind), ratio to RoundRobinGroupChat")
+        for column in ("scenario", "members", "turns/run", "contestant", "instructions/turn", "ratio to RR"):
+            table.add_column(column, justify="right")
+        for r in counted["results"]:
+            table.add_row(
+                r["scenario"], str(r["members"]), str(r["turns_per_run"]), r["contestant"],
+                f"{r['instructions_per_turn']:,}", _f(r["ratio_to_round_robin"], 4),
+            )  # fmt: skip
+        console.print(table)
+        if counted["note"]:
+            console.print(counted["note"])
 
 
 def write_json(report: dict[str, Any], out: Path) -> Path:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from benchmarks import instructions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +56,19 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     assert {"throttled_per_turn", "calls_per_turn", "goodput_vs_exact", "rise_to_5_s"} <= adaptive[0].keys()
     for name in ("overhead.png", "cascade.png", "ledger.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_instructions_counts_a_real_process_under_callgrind() -> None:
+    """The opt-in instructions scenario's count: callgrind's total for a real process, more for more work, and
+    the child a count runs (one contestant's warm-up and runs) exits 0."""
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    idle = asyncio.run(instructions.collected([sys.executable, "-S", "-c", "pass"]))
+    busy = asyncio.run(instructions.collected([sys.executable, "-S", "-c", "sum(range(3_000_000))"]))
+    assert 0 < idle < busy
+    with pytest.raises(RuntimeError, match="under callgrind failed"):
+        asyncio.run(instructions.collected([sys.executable, "-S", "-c", "raise SystemExit(3)"]))
+    child = instructions.child_command("real_agents", "ours_contracts", 3, 5, 1)
+    completed = subprocess.run(child, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert asyncio.run(instructions.run(quick=True))["note"] == "--quick: not run"
