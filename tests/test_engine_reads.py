@@ -307,7 +307,8 @@ async def _by_headroom(open_: list[Candidate], statuses: dict[str, KeyStatus]) -
 async def test_an_idle_first_choice_is_leased_before_anything_is_read_under_headroom_routing() -> None:
     """Ranked by headroom, ties in the candidates' order: an idle first candidate outranks nobody can, so it is
     leased with one call (not when it is only partly free: then every status is read and the idler one wins,
-    and the next admission reads first, until a read finds the first candidate idle again)."""
+    and the next admission asks for the first candidate's idle lease together with the others' statuses, until
+    one finds the first candidate idle again)."""
     ledger, two = CountingLedger(), AgentCapacity(max_concurrent=2)
     candidates = [Candidate("a", "k", two), Candidate("b", "j", two)]
     admission = Admission(ledger)
@@ -323,18 +324,39 @@ async def test_an_idle_first_choice_is_leased_before_anything_is_read_under_head
     assert second.candidate.name == "b"
     assert ledger.calls == {"acquire_or_status": 2, "statuses": 1}  # "a" refused as not idle, read, "b" leased
 
-    ledger.calls.clear()  # both half used: the last look found "a" not idle, so this one reads first
+    ledger.calls.clear()  # both half used: the last look found "a" not idle, so its idle lease goes with the read
     third = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
     assert third is not None
     assert third.candidate.name == "a"
-    assert ledger.calls == {"statuses": 1, "acquire_or_status": 1}
+    assert ledger.calls == {"acquire_or_status": 2, "statuses": 1}  # "a" refused as not idle, "b" read; "a" leased
 
     for admitted in (first, second, third):
         assert admitted.lease is not None
         await admitted.lease.release()
-    ledger.calls.clear()  # idle again: this read sees it, and the next admission leases first straight away
+    ledger.calls.clear()  # idle again: leased with the others' read, and the next admission leases first alone
     await (await admission.admit(candidates, order=_by_headroom, first_if_idle=True)).lease.release()  # type: ignore[union-attr]
     assert ledger.calls == {"statuses": 1, "acquire_or_status": 1}
     ledger.calls.clear()
     await (await admission.admit(candidates, order=_by_headroom, first_if_idle=True)).lease.release()  # type: ignore[union-attr]
     assert ledger.calls == {"acquire_or_status": 1}
+
+
+class _ReadFails(CountingLedger):
+    """A ledger whose status reads fail (Redis went away between two scripts of one batch)."""
+
+    async def statuses(self, keys: object) -> dict[str, KeyStatus]:  # type: ignore[override]
+        await asyncio.sleep(0)  # the lease beside it is granted meanwhile
+        raise RuntimeError("the read failed")
+
+
+async def test_a_lease_taken_beside_a_failed_read_is_given_back() -> None:
+    """Under load the first choice's idle lease goes together with the others' read: when the read fails, the
+    lease it got is given back, not left held."""
+    ledger = _ReadFails()
+    candidates = [Candidate("a", "k", CAP), Candidate("b", "j", CAP)]
+    admission = Admission(ledger)
+    admission._first_idle = False  # the last look found "a" busy
+    with pytest.raises(RuntimeError, match="the read failed"):
+        await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+    assert ledger.calls["acquire_or_status"] == 1
+    assert (await ledger.snapshot())["k"].in_flight == 0

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from autogen_capacity import AgentCapacity, QueueFull
 from autogen_capacity.admission import Admission, Candidate
+from autogen_capacity.ledger import KeyStatus
 from autogen_capacity.ledger.redis import RedisLedger
+from autogen_capacity.routing import rank_by_headroom
 from redis_server import MakeLedger
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
@@ -37,6 +40,11 @@ class _Counted:
             return await send(calls)
 
         pipeline._pipeline = counted  # type: ignore[method-assign]
+
+
+async def _by_headroom(open_: list[Candidate], statuses: Mapping[str, KeyStatus]) -> list[Candidate]:
+    ranked = rank_by_headroom([c.name for c in open_], {n: s.headroom for n, s in statuses.items()})
+    return sorted(open_, key=lambda c: ranked.index(c.name))
 
 
 async def _settle() -> None:
@@ -215,6 +223,31 @@ class TestAdmissionOnRedis:
         await ledger._pipeline.landed()  # its departure from the line, which the admission did not wait for
         assert counted.by_name == {"status": 1, "enter_queue": 1, "leave_queue": 1, "acquire": 2}
         await admitted.lease.release()
+
+    async def test_under_load_the_first_choice_is_leased_and_the_rest_read_in_one_round_trip(
+        self, make_ledger: MakeLedger
+    ) -> None:
+        """Headroom routing after a look that found the first choice busy: the next admission sends the first
+        choice's idle-only lease and the other candidates' status reads in one batch, so a first choice with room
+        again is admitted in one round trip (with the others' statuses for its report)."""
+        holder, ledger = make_ledger(), make_ledger()
+        busy = await holder.try_acquire("a", ONE)
+        assert busy is not None
+        candidates = [Candidate("a", "a", ONE), Candidate("b", "b", ONE)]
+        admission = Admission(ledger)
+        first = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+        assert first is not None
+        assert first.lease is not None
+        assert first.candidate.name == "b"  # "a" was busy: the admission now knows it
+        await first.lease.release()
+        await busy.release()
+        counted = _Counted(ledger)
+        again = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+        assert again is not None
+        assert again.lease is not None
+        assert again.candidate.name == "a"
+        assert (counted.batches, counted.by_name) == (1, {"acquire": 1, "status": 1})
+        await again.lease.release()
 
     async def test_an_admitted_waiter_does_not_wait_for_its_departure_from_the_lines(
         self, make_ledger: MakeLedger
