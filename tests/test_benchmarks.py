@@ -58,17 +58,20 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_instructions_counts_a_real_process_under_callgrind() -> None:
+async def test_instructions_counts_a_real_process_under_callgrind() -> None:
     """The opt-in instructions scenario's count: callgrind's total for a real process, more for more work, and
-    the child a count runs (one contestant's warm-up and runs) exits 0."""
+    the child a count runs (one contestant's warm-up and runs) exits 0. (Async: ``asyncio.run`` in a test would drop
+    pytest-asyncio's current loop unclosed.)"""
     if shutil.which("valgrind") is None:
         pytest.skip("valgrind is not installed")
-    idle = asyncio.run(instructions.collected([sys.executable, "-S", "-c", "pass"]))
-    busy = asyncio.run(instructions.collected([sys.executable, "-S", "-c", "sum(range(3_000_000))"]))
+    idle = await instructions.collected([sys.executable, "-S", "-c", "pass"])
+    busy = await instructions.collected([sys.executable, "-S", "-c", "sum(range(3_000_000))"])
     assert 0 < idle < busy
     with pytest.raises(RuntimeError, match="under callgrind failed"):
-        asyncio.run(instructions.collected([sys.executable, "-S", "-c", "raise SystemExit(3)"]))
+        await instructions.collected([sys.executable, "-S", "-c", "raise SystemExit(3)"])
     child = instructions.child_command("real_agents", "ours_contracts", 3, 5, 1)
-    completed = subprocess.run(child, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    completed = await asyncio.to_thread(
+        subprocess.run, child, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    assert asyncio.run(instructions.run(quick=True))["note"] == "--quick: not run"
+    assert (await instructions.run(quick=True))["note"] == "--quick: not run"
