@@ -22,7 +22,7 @@ from ._logging import logger
 from .contracts import AgentCapacity
 from .deadlines import should_fail_fast
 from .exceptions import CapacityExhausted
-from .ledger import CapacityLedger, KeyStatus, Lease
+from .ledger import CapacityLedger, InMemoryLedger, KeyStatus, Lease
 from .ledger._limits import IDLE
 from .ledger.base import WaitQueue
 from .priority import Priority
@@ -358,7 +358,12 @@ class Admission:
         first = candidates[0]
         if first.probe is not None or first.name in routed_around or not first.leased:
             return None, None
-        leasing = asyncio.ensure_future(self._ledger.acquire_or_status(first.key, first.contract, idle_only=True))
+        lease = self._ledger.acquire_or_status(first.key, first.contract, idle_only=True)
+        if isinstance(self._ledger, InMemoryLedger):  # its calls never wait: nothing to batch, no task's loop pass
+            leasing: asyncio.Future[Lease | KeyStatus] = asyncio.get_running_loop().create_future()
+            leasing.set_result(await lease)
+        else:  # a task, so that the lease's script goes in the same batch as the reads
+            leasing = asyncio.ensure_future(lease)
         try:
             read = await self._statuses(candidates[1:], routed_around)
         except BaseException:  # the read failed or the admission was cancelled: give back what the lease got
