@@ -12,8 +12,8 @@ from autogen_capacity import AgentCapacity, InMemoryLedger, Lease
 from autogen_capacity._engine import Admission, Candidate, WaitReport
 from autogen_capacity._engine_rules import ROUTED_AROUND, STATUS_REUSE_S, unchanged_without_wakeup
 from autogen_capacity.ledger import KeyStatus
-from autogen_capacity.routing import rank_by_headroom
 from autogen_capacity.testing import FakeLoopClock, settle
+from orders import by_headroom
 
 WINDOW_S = 0.1
 CAP = AgentCapacity(
@@ -299,11 +299,6 @@ async def test_a_wakeup_lost_to_another_process_waits_on_without_reading_again(f
     await admitted.lease.release()
 
 
-async def _by_headroom(open_: list[Candidate], statuses: dict[str, KeyStatus]) -> list[Candidate]:
-    ranked = rank_by_headroom([c.name for c in open_], {n: s.headroom for n, s in statuses.items()})
-    return sorted(open_, key=lambda c: ranked.index(c.name))
-
-
 async def test_an_idle_first_choice_is_leased_before_anything_is_read_under_headroom_routing() -> None:
     """Ranked by headroom, ties in the candidates' order: an idle first candidate outranks nobody can, so it is
     leased with one call (not when it is only partly free: then every status is read and the idler one wins,
@@ -313,19 +308,19 @@ async def test_an_idle_first_choice_is_leased_before_anything_is_read_under_head
     candidates = [Candidate("a", "k", two), Candidate("b", "j", two)]
     admission = Admission(ledger)
 
-    first = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+    first = await admission.admit(candidates, order=by_headroom, first_if_idle=True)
     assert first is not None
     assert first.candidate.name == "a"
     assert ledger.calls == {"acquire_or_status": 1}
 
     ledger.calls.clear()  # "a" is half used now: "b" ranks first
-    second = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+    second = await admission.admit(candidates, order=by_headroom, first_if_idle=True)
     assert second is not None
     assert second.candidate.name == "b"
     assert ledger.calls == {"acquire_or_status": 2, "statuses": 1}  # "a" refused as not idle, read, "b" leased
 
     ledger.calls.clear()  # both half used: the last look found "a" not idle, so its idle lease goes with the read
-    third = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+    third = await admission.admit(candidates, order=by_headroom, first_if_idle=True)
     assert third is not None
     assert third.candidate.name == "a"
     assert ledger.calls == {"acquire_or_status": 2, "statuses": 1}  # "a" refused as not idle, "b" read; "a" leased
@@ -334,10 +329,10 @@ async def test_an_idle_first_choice_is_leased_before_anything_is_read_under_head
         assert admitted.lease is not None
         await admitted.lease.release()
     ledger.calls.clear()  # idle again: leased with the others' read, and the next admission leases first alone
-    await (await admission.admit(candidates, order=_by_headroom, first_if_idle=True)).lease.release()  # type: ignore[union-attr]
+    await (await admission.admit(candidates, order=by_headroom, first_if_idle=True)).lease.release()  # type: ignore[union-attr]
     assert ledger.calls == {"statuses": 1, "acquire_or_status": 1}
     ledger.calls.clear()
-    await (await admission.admit(candidates, order=_by_headroom, first_if_idle=True)).lease.release()  # type: ignore[union-attr]
+    await (await admission.admit(candidates, order=by_headroom, first_if_idle=True)).lease.release()  # type: ignore[union-attr]
     assert ledger.calls == {"acquire_or_status": 1}
 
 
@@ -357,6 +352,6 @@ async def test_a_lease_taken_beside_a_failed_read_is_given_back() -> None:
     admission = Admission(ledger)
     admission._first_idle = False  # the last look found "a" busy
     with pytest.raises(RuntimeError, match="the read failed"):
-        await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+        await admission.admit(candidates, order=by_headroom, first_if_idle=True)
     assert ledger.calls["acquire_or_status"] == 1
     assert (await ledger.snapshot())["k"].in_flight == 0

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from autogen_capacity import AgentCapacity, QueueFull
 from autogen_capacity.admission import Admission, Candidate
-from autogen_capacity.ledger import KeyStatus
 from autogen_capacity.ledger.redis import RedisLedger
-from autogen_capacity.routing import rank_by_headroom
+from orders import by_headroom
 from redis_server import MakeLedger
 
 pytest.importorskip("redis", reason="redis-py is not installed (pip install autogen-capacity[redis])")
@@ -40,11 +38,6 @@ class _Counted:
             return await send(calls)
 
         pipeline._pipeline = counted  # type: ignore[method-assign]
-
-
-async def _by_headroom(open_: list[Candidate], statuses: Mapping[str, KeyStatus]) -> list[Candidate]:
-    ranked = rank_by_headroom([c.name for c in open_], {n: s.headroom for n, s in statuses.items()})
-    return sorted(open_, key=lambda c: ranked.index(c.name))
 
 
 async def _settle() -> None:
@@ -235,14 +228,14 @@ class TestAdmissionOnRedis:
         assert busy is not None
         candidates = [Candidate("a", "a", ONE), Candidate("b", "b", ONE)]
         admission = Admission(ledger)
-        first = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+        first = await admission.admit(candidates, order=by_headroom, first_if_idle=True)
         assert first is not None
         assert first.lease is not None
         assert first.candidate.name == "b"  # "a" was busy: the admission now knows it
         await first.lease.release()
         await busy.release()
         counted = _Counted(ledger)
-        again = await admission.admit(candidates, order=_by_headroom, first_if_idle=True)
+        again = await admission.admit(candidates, order=by_headroom, first_if_idle=True)
         assert again is not None
         assert again.lease is not None
         assert again.candidate.name == "a"
