@@ -33,18 +33,25 @@ def _f(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _interval(row: dict[str, Any]) -> str:
+    """A row's 95 % interval of its median ratio ("-" in results saved before it was reported)."""
+    low, high = row.get("ratio_ci95") or (None, None)
+    return "-" if low is None else f"{low:.3f}-{high:.3f}"
+
+
 def print_tables(report: dict[str, Any], console: Console | None = None) -> None:
     """One table per scenario that ran."""
     console = console or Console()
     if "overhead" in report:
-        table = Table(title="1. Overhead: time per turn (median of interleaved repeats)")
+        table = Table(title="1. Overhead: time per turn (median of interleaved repeats in fresh processes)")
         target = report["overhead"].get("target_ratio", 1.05)
-        for column in ("members", "contestant", "us/turn", "ratio to RR (median)", "min", "max", f"<= {target:.2f}"):
+        columns = ("members", "contestant", "us/turn", "ratio to RR (median)", "95% interval", "min", "max")
+        for column in (*columns, f"<= {target:.2f}"):
             table.add_column(column, justify="right")
         for r in report["overhead"]["results"]:
             table.add_row(
                 str(r["members"]), r["contestant"], _f(r["us_per_turn"], 0), _f(r["ratio_to_round_robin"], 3),
-                _f(r["ratio_min"], 3), _f(r["ratio_max"], 3), _f(r["meets_target"]),
+                _interval(r), _f(r["ratio_min"], 3), _f(r["ratio_max"], 3), _f(r["meets_target"]),
             )  # fmt: skip
         console.print(table)
     if "cascade" in report:
@@ -129,7 +136,7 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
         for r in real["results"]:
             table.add_row(
                 str(r["turns"]), r["contestant"], _f(r["s_per_run"], 3), _f(r["us_per_turn"], 0),
-                _f(r["ratio_to_round_robin"], 3), _f(r["ratio_min"], 3), _f(r["ratio_max"], 3),
+                _f(r["ratio_to_round_robin"], 3), _interval(r), _f(r["ratio_min"], 3), _f(r["ratio_max"], 3),
                 _f(r["cpu_ratio_to_round_robin"], 3), _f(r["meets_target"]),
             )  # fmt: skip
         console.print(table)
@@ -258,14 +265,20 @@ def _target(ax: Axes, y: float, label: str) -> None:
 def _overhead_figure(overhead: dict[str, Any]) -> Figure:
     rows = overhead["results"]
     repeats = max((r.get("repeats", 1) for r in rows), default=1)
+    processes = max((r.get("processes", 1) for r in rows), default=1)
+    intervals = all("ratio_ci95" in r for r in rows)  # results saved before it was reported: min to max
     fig, (ax,) = _figure("Overhead: time per turn relative to RoundRobinGroupChat (scripted members, no waits)", 1)
     kinds = list(dict.fromkeys(r["contestant"] for r in rows))
     for index, kind in enumerate(kinds):
         mine = [r for r in rows if r["contestant"] == kind]
         ratios = [r["ratio_to_round_robin"] for r in mine]
+        bounds = [
+            r["ratio_ci95"] if intervals else (r.get("ratio_min", m), r.get("ratio_max", m))
+            for r, m in zip(mine, ratios, strict=True)
+        ]
         spread = [
-            [max(m - r.get("ratio_min", m), 0) for r, m in zip(mine, ratios, strict=True)],
-            [max(r.get("ratio_max", m) - m, 0) for r, m in zip(mine, ratios, strict=True)],
+            [max(m - low, 0) for (low, _), m in zip(bounds, ratios, strict=True)],
+            [max(high - m, 0) for (_, high), m in zip(bounds, ratios, strict=True)],
         ]
         members = _dodge([r["members"] for r in mine], index, len(kinds))
         ax.errorbar(members, ratios, yerr=spread, marker="o", capsize=4, label=readable(kind))
@@ -274,7 +287,8 @@ def _overhead_figure(overhead: dict[str, Any]) -> Figure:
         xscale="log",
         xlabel="members in the team (log scale)",
         ylabel="time per turn / RoundRobinGroupChat's (ratio)",
-        title=f"median of {repeats} interleaved repeats; bars: min to max (series shifted apart slightly)",
+        title=f"median of {repeats} interleaved repeats in {processes} processes; bars: "
+        f"{'95% interval of the median' if intervals else 'min to max'} (series shifted apart slightly)",
     )
     _log_ticks(ax, [r["members"] for r in rows])
     _legend(fig, [ax])

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-__all__ = ["jain", "machine", "median", "percentile"]
+__all__ = ["jain", "machine", "median", "median_ci", "percentile", "ratio_summary"]
 
 _PACKAGES = ("autogen-agentchat", "autogen-core", "autogen-capacity", "redis", "tenacity", "pydantic")
 
@@ -18,6 +20,32 @@ _PACKAGES = ("autogen-agentchat", "autogen-core", "autogen-capacity", "redis", "
 def median(values: Sequence[float]) -> float:
     """The median, or ``nan`` for no values."""
     return statistics.median(values) if values else math.nan
+
+
+def median_ci(groups: Sequence[Sequence[float]], level: float = 0.95, resamples: int = 2000) -> tuple[float, float]:
+    """A ``level`` confidence interval of the median of the pooled ``groups`` (one group per process), by a cluster
+    bootstrap: whole groups are drawn with replacement, so the spread between processes counts, not only within.
+    Seeded: the same groups give the same interval."""
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median([value for group in rng.choices(groups, k=len(groups)) for value in group])
+        for _ in range(resamples)
+    )
+    tail = (1 - level) / 2
+    return medians[int(tail * resamples)], medians[min(int((1 - tail) * resamples), resamples - 1)]
+
+
+def ratio_summary(groups: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """What a scenario reports of a contestant's ratios to its baseline, one group per process: the median of
+    all of them, their range, each process's median and the median's 95 % interval."""
+    pooled = [value for group in groups for value in group]
+    return {
+        "ratio_to_round_robin": median(pooled),
+        "ratio_min": min(pooled),
+        "ratio_max": max(pooled),
+        "process_medians": [median(group) for group in groups],
+        "ratio_ci95": list(median_ci(groups)),
+    }
 
 
 def percentile(values: Sequence[float], q: float) -> float:

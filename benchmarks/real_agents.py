@@ -1,19 +1,23 @@
 """Scenario 5, real agents: runs of AssistantAgents, whose state grows with the conversation.
 
 Three ``AssistantAgent`` members on ``ReplayChatCompletionClient`` (400-character replies), runs of 100 and
-1,000 turns (41 and 9 repeats: a 100-turn run takes 0.07 s, so its single ratios scatter widely).
-Contestants: RoundRobinGroupChat, CapacityAwareGroupChat without contracts, and with a contract
-on every member (ample: ``max_concurrent=2``, ``rpm=1e9``). They run interleaved in a shuffled order each
-repeat; each repeat's time is divided by RoundRobinGroupChat's time of the same repeat, and the median of
-those ratios is reported. Any per-turn work that grows with a member's context (such as saving its state
-before every turn) shows here as a ratio that grows with the run's length.
+1,000 turns. Contestants: RoundRobinGroupChat, CapacityAwareGroupChat without contracts, and with a contract
+on every member (ample: ``max_concurrent=2``, ``rpm=1e9``). Each length runs in several fresh processes (a
+process's memory layout moves every contestant's speed by several per cent); in each, the contestants run
+interleaved in a shuffled order each repeat and each repeat's time is divided by RoundRobinGroupChat's time of
+the same repeat. Reported: the median of all those ratios, each process's median and a 95 % interval of the
+median (cluster bootstrap over the processes). Any per-turn work that grows with a member's context (such as
+saving its state before every turn) shows here as a ratio that grows with the run's length.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import json
 import os
 import random
+import sys
 import time
 from typing import Any
 
@@ -24,9 +28,10 @@ from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger
 
-from ._stats import median
+from ._stats import median, ratio_summary
+from ._workers import in_fresh_process
 
-__all__ = ["CONTESTANTS", "TARGET_RATIO", "run"]
+__all__ = ["CONTESTANTS", "LENGTHS", "TARGET_RATIO", "measure", "run"]
 
 TARGET_RATIO = 1.05
 """Ours may take at most this much time per run relative to RoundRobinGroupChat, at every run length."""
@@ -35,6 +40,10 @@ CONTESTANTS = ("round_robin", "ours_no_contracts", "ours_contracts")
 MEMBERS = 3
 REPLY = ("lorem ipsum dolor sit amet " * 16)[:400]
 """A 400-character reply."""
+
+LENGTHS = {100: (6, 15), 1000: (6, 3)}
+"""Turns per run: (fresh processes, interleaved repeats in each). A 100-turn run takes 0.07 s, so its single
+ratios scatter widely and it gets more repeats."""
 
 _CONTRACT = AgentCapacity(max_concurrent=2, rpm=1e9)
 
@@ -69,42 +78,55 @@ async def time_run(team: Team, clients: list[ReplayChatCompletionClient], turns:
     return elapsed, cpu
 
 
+async def measure(turns: int, repeats: int, seed: int) -> dict[str, dict[str, list[float]]]:
+    """One process's share: a warm-up run of each contestant, then ``repeats`` repeats in a shuffled order each;
+    seconds per run, and wall-clock and CPU ratios to RoundRobinGroupChat of the same repeat, per contestant."""
+    teams = {kind: _team(kind, turns) for kind in CONTESTANTS}
+    for team, clients in teams.values():  # warm-up: registers the agents and instantiates them in the runtime
+        await time_run(team, clients, turns)
+    rng = random.Random(seed)
+    per_run: dict[str, list[float]] = {kind: [] for kind in CONTESTANTS}
+    ratios: dict[str, list[float]] = {kind: [] for kind in CONTESTANTS}
+    cpu_ratios: dict[str, list[float]] = {kind: [] for kind in CONTESTANTS}
+    for _ in range(repeats):
+        order = list(CONTESTANTS)
+        rng.shuffle(order)
+        this = {kind: await time_run(*teams[kind], turns) for kind in order}
+        for kind in CONTESTANTS:
+            per_run[kind].append(this[kind][0])
+            ratios[kind].append(this[kind][0] / this["round_robin"][0])
+            cpu_ratios[kind].append(this[kind][1] / this["round_robin"][1])
+    return {"per_run": per_run, "ratios": ratios, "cpu_ratios": cpu_ratios}
+
+
 async def run(quick: bool) -> dict[str, Any]:
     """Median seconds per run and median ratio to RoundRobinGroupChat, per run length and contestant."""
-    lengths = {100: 41, 1000: 9} if not quick else {20: 1, 60: 1}
-    rng = random.Random(11)
+    lengths = LENGTHS if not quick else {20: (2, 1), 60: (1, 1)}
     results: list[dict[str, Any]] = []
-    for turns, repeats in lengths.items():
-        teams = {kind: _team(kind, turns) for kind in CONTESTANTS}
-        for team, clients in teams.values():  # warm-up: registers the agents and instantiates them in the runtime
-            await time_run(team, clients, turns)
-        per_run: dict[str, list[float]] = {kind: [] for kind in CONTESTANTS}
-        ratios: dict[str, list[float]] = {kind: [] for kind in CONTESTANTS}
-        cpu_ratios: dict[str, list[float]] = {kind: [] for kind in CONTESTANTS}
-        for _ in range(repeats):
-            order = list(CONTESTANTS)
-            rng.shuffle(order)
-            this = {kind: await time_run(*teams[kind], turns) for kind in order}
-            for kind in CONTESTANTS:
-                per_run[kind].append(this[kind][0])
-                ratios[kind].append(this[kind][0] / this["round_robin"][0])
-                cpu_ratios[kind].append(this[kind][1] / this["round_robin"][1])
+    for turns, (processes, repeats) in lengths.items():
+        shares = [await in_fresh_process(__name__, turns, repeats, seed) for seed in range(processes)]
         load = [round(x, 2) for x in os.getloadavg()]
         for kind in CONTESTANTS:
-            ratio = median(ratios[kind])
+            summary = ratio_summary([share["ratios"][kind] for share in shares])
+            ratio = summary["ratio_to_round_robin"]
+            per_run = median([t for share in shares for t in share["per_run"][kind]])
             results.append(
                 {
                     "turns": turns,
                     "contestant": kind,
-                    "repeats": repeats,
-                    "s_per_run": median(per_run[kind]),
-                    "us_per_turn": median(per_run[kind]) / turns * 1e6,
-                    "ratio_to_round_robin": ratio,
-                    "ratio_min": min(ratios[kind]),
-                    "ratio_max": max(ratios[kind]),
-                    "cpu_ratio_to_round_robin": median(cpu_ratios[kind]),
+                    "processes": processes,
+                    "repeats": processes * repeats,
+                    "s_per_run": per_run,
+                    "us_per_turn": per_run / turns * 1e6,
+                    **summary,
+                    "cpu_ratio_to_round_robin": median([r for share in shares for r in share["cpu_ratios"][kind]]),
                     "meets_target": ratio <= TARGET_RATIO if kind.startswith("ours") else None,
                     "load_average": load,
                 }
             )
     return {"target_ratio": TARGET_RATIO, "members": MEMBERS, "reply_chars": len(REPLY), "results": results}
+
+
+if __name__ == "__main__":
+    turns, repeats, seed = map(int, sys.argv[1:4])
+    print(json.dumps(asyncio.run(measure(turns, repeats, seed))))

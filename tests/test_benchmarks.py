@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchmarks import instructions
+from benchmarks import instructions, overhead, real_agents
+from benchmarks._stats import median_ci, ratio_summary
+from benchmarks._workers import in_fresh_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +24,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a hang guard: the quick run takes about a minute
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
@@ -40,6 +42,10 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     assert {"ledger", "tasks", "ops_s", "p99_ms"} <= report["ledger"]["results"][0].keys()
     real_keys = {"turns", "contestant", "s_per_run", "ratio_to_round_robin", "meets_target"}
     assert real_keys <= report["real_agents"]["results"][0].keys()
+    for row in (*report["overhead"]["results"], *report["real_agents"]["results"]):  # repeats in fresh processes
+        assert len(row["process_medians"]) == row["processes"]
+        low, high = row["ratio_ci95"]
+        assert low <= row["ratio_to_round_robin"] <= high
     if report["ledger"]["open_loop"]:  # with redis-server installed
         assert {"offered_s", "gc_frozen", "ops_s", "p99_ms"} <= report["ledger"]["open_loop"][0].keys()
     priorities = report["priorities"]
@@ -75,3 +81,33 @@ async def test_instructions_counts_a_real_process_under_callgrind() -> None:
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert (await instructions.run(quick=True))["note"] == "--quick: not run"
+
+
+def test_the_interval_of_the_median_counts_the_spread_between_processes() -> None:
+    """The cluster bootstrap draws whole processes: processes that disagree widen the interval even when each one's
+    repeats agree among themselves, and the same groups give the same interval."""
+    steady = [[1.0, 1.01, 1.02]] * 4
+    apart = [[0.9, 0.9, 0.9], [1.0, 1.0, 1.0], [1.1, 1.1, 1.1], [1.2, 1.2, 1.2]]
+    steady_low, steady_high = median_ci(steady)
+    apart_low, apart_high = median_ci(apart)
+    assert 1.0 <= steady_low <= steady_high <= 1.02
+    assert apart_high - apart_low > 0.1 > steady_high - steady_low
+    assert median_ci(apart) == (apart_low, apart_high)
+    summary = ratio_summary(apart)
+    assert summary["process_medians"] == [0.9, 1.0, 1.1, 1.2]
+    assert (summary["ratio_min"], summary["ratio_max"]) == (0.9, 1.2)
+    assert summary["ratio_to_round_robin"] == pytest.approx(1.05)
+
+
+async def test_a_worker_process_returns_its_share_and_a_failing_one_says_which() -> None:
+    """The timed scenarios' workers run in fresh processes: their JSON comes back, and a worker that fails or
+    prints no JSON raises with its command."""
+    share = await in_fresh_process(overhead.__name__, 4, 3, 2, 0)
+    assert {len(ratios) for ratios in share["ratios"].values()} == {2}
+    assert share["ratios"]["round_robin"] == [1.0, 1.0]
+    real = await in_fresh_process(real_agents.__name__, 3, 1, 0)
+    assert set(real["cpu_ratios"]) == set(real_agents.CONTESTANTS)
+    with pytest.raises(RuntimeError, match=r"benchmarks\.no_such_module failed"):
+        await in_fresh_process("benchmarks.no_such_module")
+    with pytest.raises(RuntimeError, match="printed no JSON"):
+        await in_fresh_process("this")
