@@ -211,7 +211,7 @@ class WakeUps:
             finally:
                 self._listening.set()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._reconnect_max_s)
 
