@@ -194,15 +194,15 @@ class TestAdmission:
         ],
     )
     async def test_same_status_as_in_memory(self, redis_ledger: RedisLedger, cap: AgentCapacity) -> None:
-        """The same operations give the same headroom and blocking reason as the in-memory ledger."""
+        """The same operations give the same headroom and blocking reason as the in-memory ledger. (The two reads
+        are instants apart and an rpm bucket refills in between: 0.05 requests a second at rpm=3, so headrooms
+        agree to within 0.01 and not to the digit; rounding both made a flaky test under load.)"""
         memory = InMemoryLedger()
 
-        async def both() -> list[tuple[float, str | None]]:
-            statuses = [await redis_ledger.status("k", cap), await memory.status("k", cap)]
-            return [(round(s.headroom, 3), s.blocked_by) for s in statuses]
-
         for step in range(5):
-            assert len({*await both()}) == 1, f"step {step}"
+            on_redis, in_memory = await redis_ledger.status("k", cap), await memory.status("k", cap)
+            assert on_redis.blocked_by == in_memory.blocked_by, f"step {step}"
+            assert on_redis.headroom == pytest.approx(in_memory.headroom, abs=0.01), f"step {step}"
             await redis_ledger.record_tokens("k", 20)
             await memory.record_tokens("k", 20)
             got = [await redis_ledger.try_acquire("k", cap), await memory.try_acquire("k", cap)]
