@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from . import overhead, real_agents
+from ._workers import worker_command
 
 __all__ = ["CELLS", "collected", "run"]
 
@@ -54,7 +55,7 @@ async def collected(command: list[str]) -> int:
 
 def child_command(scenario: str, kind: str, members: int, turns: int, runs: int) -> list[str]:
     """The process one count runs: ``python -m benchmarks.instructions`` with the cell's arguments."""
-    return [sys.executable, "-m", "benchmarks.instructions", scenario, kind, str(members), str(turns), str(runs)]
+    return worker_command(__name__, scenario, kind, members, turns, runs)
 
 
 async def _child(scenario: str, kind: str, members: int, turns: int, runs: int) -> None:
