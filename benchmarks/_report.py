@@ -130,8 +130,10 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
             title=f"5. Real agents: {real['members']} AssistantAgents, {real['reply_chars']}-character replies "
             "(median of interleaved repeats in fresh processes)"
         )
-        columns = ("turns", "contestant", "s/run", "us/turn", "ratio to RR (median)", "95% interval", "min", "max")
-        columns = (*columns, "CPU ratio")
+        columns = (
+            "turns", "contestant", "s/run", "us/turn", "ratio to RR (median)", "95% interval", "min", "max",
+            "CPU ratio",
+        )  # fmt: skip
         for column in (*columns, "<= 1.05"):
             table.add_column(column, justify="right")
         for r in real["results"]:
