@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import weakref
 from collections import Counter
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -29,7 +31,9 @@ from autogen_capacity import (
     InMemoryLedger,
     KeyStatus,
     Lease,
+    Routing,
 )
+from autogen_capacity import _team as team_module
 
 TIMEOUT = 30.0
 QUICK = {"backoff_initial_ms": 1, "backoff_ceiling_ms": 5, "backoff_jitter": False}
@@ -541,6 +545,82 @@ async def test_a_selector_func_that_cancels_the_run_selects_nobody() -> None:
         await asyncio.wait_for(team.run(task="go", cancellation_token=token), TIMEOUT)
     assert named.calls == 0
     assert await in_flight(ledger) == {}
+
+
+class CallbackCountingToken(CancellationToken):
+    """A run's cancellation token that counts what is attached to it (a callback stays until the token dies)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callbacks = 0
+        self.links = 0
+
+    @property
+    def attached(self) -> int:
+        return self.callbacks + self.links
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        self.callbacks += 1
+        super().add_callback(callback)
+
+    def link_future(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        self.links += 1
+        return super().link_future(future)
+
+
+@pytest.mark.parametrize("routing", ["round_robin", "headroom"])
+async def test_a_run_attaches_to_its_token_independently_of_its_length(routing: Routing) -> None:
+    """What a run hangs on its cancellation token (kept until the run ends) does not grow with its turns:
+    AutoGen's own managers link a speaker-selection task to it on every turn."""
+    attached = []
+    for turns in (5, 40):
+        token = CallbackCountingToken()
+        team = CapacityAwareGroupChat(
+            [WorkerAgent("a"), WorkerAgent("b")],
+            capacities={"a": AgentCapacity(max_concurrent=1)},
+            routing=routing,
+            ledger=InMemoryLedger(),
+            max_turns=turns,
+        )
+        result = await asyncio.wait_for(team.run(task="go", cancellation_token=token), TIMEOUT)
+        assert len(result.messages) == turns + 1
+        attached.append(token.attached)
+    assert attached[0] == attached[1]
+
+
+async def test_speaker_selection_attaches_to_a_run_token_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within a run, the manager attaches one canceller of speaker selection to the run's token, not one a turn
+    (the futures AutoGen links to it, one per message it streams, go when the run ends)."""
+    run_tokens: list[CallbackCountingToken] = []
+
+    class RunToken(CallbackCountingToken):
+        def __init__(self) -> None:
+            super().__init__()
+            run_tokens.append(self)
+
+    monkeypatch.setattr(team_module, "CancellationToken", RunToken)
+    for turns in (5, 40):
+        team = CapacityAwareGroupChat([WorkerAgent("a"), WorkerAgent("b")], ledger=InMemoryLedger(), max_turns=turns)
+        await asyncio.wait_for(team.run(task="go", cancellation_token=CancellationToken()), TIMEOUT)
+    assert [token.callbacks for token in run_tokens] == [1, 1]
+
+
+async def test_a_run_token_goes_with_its_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's token does not keep a finished run's own token (and what AutoGen linked to it) alive."""
+    run_tokens: list[weakref.ref[CancellationToken]] = []
+
+    class RunToken(CancellationToken):
+        def __init__(self) -> None:
+            super().__init__()
+            run_tokens.append(weakref.ref(self))
+
+    monkeypatch.setattr(team_module, "CancellationToken", RunToken)
+    token = CancellationToken()
+    team = CapacityAwareGroupChat([WorkerAgent("a")], ledger=InMemoryLedger(), max_turns=3)
+    await asyncio.wait_for(team.run(task="go", cancellation_token=token), TIMEOUT)
+    gc.collect()
+    assert len(run_tokens) == 1
+    assert run_tokens[0]() is None
 
 
 async def test_reset_of_a_running_team_keeps_its_leases() -> None:

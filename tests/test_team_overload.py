@@ -134,6 +134,24 @@ class TestReroute:
         assert a.calls == 2
         await assert_nothing_in_flight(ledger)
 
+    async def test_cancelling_the_run_cancels_the_wait_after_an_overload(self) -> None:
+        """The run's token cancels the rerouted turn's wait (here a minute, the only member's Retry-After): the
+        run ends with CancelledError at once, with nothing held."""
+        ledger = InMemoryLedger()
+        a = FlakyMember("a", [RateLimitError(429, {"Retry-After": "60"})])
+        team = CapacityAwareGroupChat(
+            [a], capacities={"a": AgentCapacity(max_concurrent=1, **QUICK)}, max_turns=1, ledger=ledger
+        )
+        token = CancellationToken()
+        run = asyncio.ensure_future(team.run(task="go", cancellation_token=token))
+        while (await ledger.status("a", UNBOUNDED)).blocked_by != "cooldown":  # noqa: ASYNC110
+            await asyncio.sleep(0)  # the ledger has no "cooled down" signal
+        token.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(run, TIMEOUT)  # not a minute
+        assert a.calls == 1
+        await assert_nothing_in_flight(ledger)
+
     async def test_overloaded_raised_by_a_member_is_throttled(self) -> None:
         """``Overloaded`` is treated as a 429: cooled down for its retry_after, turn rerouted."""
         ledger = InMemoryLedger()

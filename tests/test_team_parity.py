@@ -12,6 +12,7 @@ behaviour and the ``capacity`` case proves parity. Where the expectation is too 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -605,6 +606,24 @@ async def test_cancellation(
         assert _sources(result.messages) == ["agent_3", "agent_1", "agent_2", "agent_3"]
     else:
         assert _sources(result.messages) == ["agent_2", "agent_3", "agent_1", "agent_2", "agent_3"]
+
+
+async def test_a_token_serves_runs_before_and_after_it_is_cancelled(
+    make_team: Callable[..., BaseGroupChat], runtime: SingleThreadedAgentRuntime | None
+) -> None:
+    """One token passed to several runs: each runs to its end while it is not cancelled; cancelled between runs, it
+    cancels nothing that ended, and the next run on it raises CancelledError at once."""
+    agents = _echoes("agent_1", "agent_2")
+    team = make_team(agents, max_turns=2, runtime=runtime)
+    token = CancellationToken()
+    for _ in range(2):
+        result = await team.run(task=TASK, cancellation_token=token)
+        assert result.stop_reason == "Maximum number of turns 2 reached."
+    gc.collect()  # a run's own token goes with its run
+    token.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await team.run(task=TASK, cancellation_token=token)
+    assert [agent.calls for agent in agents] == [2, 2]
 
 
 async def test_agent_exception_surfaces_as_runtime_error(

@@ -132,7 +132,11 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
                 given_up=verdict.given_up,
                 error=SerializableException.from_exception(e),
             )
-            await self.publish_message(report, topic_id=DefaultTopicId(type=self._manager_topic_type))
+            await self.publish_message(
+                report,
+                topic_id=DefaultTopicId(type=self._manager_topic_type),
+                cancellation_token=ctx.cancellation_token,  # the rerouted turn's wait is cancelled with the run
+            )
             return
         finally:
             await self._turns.release(name)  # whatever is left (a cancelled turn): nothing to record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -55,12 +56,13 @@ class CapacityAwareManagerState(SelectorManagerState):
 
 
 class _WhileSelecting:
-    """Cancels the task that selects a speaker, while it does (a token's callbacks cannot be removed)."""
+    """Cancels the task that selects a speaker, while it does: attached once to a run's token (a token keeps
+    its callbacks until it dies)."""
 
     __slots__ = ("task",)
 
     def __init__(self) -> None:
-        self.task: asyncio.Task[Any] | None = asyncio.current_task()
+        self.task: asyncio.Task[Any] | None = None
 
     def cancel(self) -> None:
         if self.task is not None:
@@ -154,6 +156,9 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         self._routed_around: set[str] = set()
         self._retries = 0
         self._turns_this_run = 0
+        self._selecting_token: weakref.ref[CancellationToken] | None = None
+        """The run's token that ``_selecting`` is attached to (weakly: it goes with its run)."""
+        self._selecting = _WhileSelecting()
 
     # ----------------------------------------------------------------- lifecycle and state
 
@@ -164,6 +169,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
 
     def _forget_run(self) -> None:
         self._turns.forget_run()
+        self._selecting_token = None
         self._routed_around.clear()
         self._retries = 0
         self._turns_this_run = 0
@@ -251,8 +257,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
             raise asyncio.CancelledError
         if self._turns.live_changes:  # what the last answers taught, before the next speaker is admitted by it
             await self._reports.live_limits_changed(self._turns.take_live_changes())
-        selecting = _WhileSelecting()
-        cancellation_token.add_callback(selecting.cancel)
+        selecting = self._while_selecting(cancellation_token)
+        selecting.task = asyncio.current_task()
         try:
             try:
                 speaker = await self._admit_next_speaker()
@@ -279,6 +285,13 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
             cancellation_token=cancellation_token,
         )
         self._active_speakers.append(speaker)
+
+    def _while_selecting(self, token: CancellationToken) -> _WhileSelecting:
+        """The run's one canceller of speaker selection, attached to ``token`` the first time it is seen."""
+        if self._selecting_token is None or self._selecting_token() is not token:
+            self._selecting_token, self._selecting = weakref.ref(token), _WhileSelecting()
+            token.add_callback(self._selecting.cancel)
+        return self._selecting
 
     async def _admit_next_speaker(self) -> str | None:
         """Lease the first candidate in preference order that has headroom; wait by contract when none has.

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import random
 import sys
+import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -280,6 +281,7 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         self._turns.deadline = asyncio.get_running_loop().time() + limit if limit is not None else None
         own_lease = None
         result: TaskResult | None = None
+        cancellation_token = _for_one_run(cancellation_token)
         try:
             if self._declared_capacity is not None:
                 try:
@@ -398,3 +400,21 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         team = cls(**load_team_config(config, DEFAULT_SELECTOR_PROMPT))
         team._ledger_config = config.ledger
         return team
+
+
+def _for_one_run(token: CancellationToken | None) -> CancellationToken | None:
+    """A token for one run, cancelled with the caller's ``token``. AutoGen links a future to the run's token on
+    every turn and a token keeps what is linked to it while it lives; the caller's token, which may outlive many
+    runs, keeps one small callback per run instead."""
+    if token is None:
+        return None
+    run_token = CancellationToken()
+    cancel_run = weakref.WeakMethod(run_token.cancel)
+
+    def cancel() -> None:
+        method = cancel_run()
+        if method is not None:
+            method()
+
+    token.add_callback(cancel)
+    return run_token
