@@ -132,7 +132,7 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
         )
         columns = (
             "turns", "contestant", "s/run", "us/turn", "ratio to RR (median)", "95% interval", "min", "max",
-            "CPU ratio",
+            "CPU ratio", "page faults/run",
         )  # fmt: skip
         for column in (*columns, "<= 1.05"):
             table.add_column(column, justify="right")
@@ -140,7 +140,7 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
             table.add_row(
                 str(r["turns"]), r["contestant"], _f(r["s_per_run"], 3), _f(r["us_per_turn"], 0),
                 _f(r["ratio_to_round_robin"], 3), _interval(r), _f(r["ratio_min"], 3), _f(r["ratio_max"], 3),
-                _f(r["cpu_ratio_to_round_robin"], 3), _f(r["meets_target"]),
+                _f(r["cpu_ratio_to_round_robin"], 3), _f(r.get("page_faults_per_run"), 0), _f(r["meets_target"]),
             )  # fmt: skip
         console.print(table)
     if "distributed" in report:

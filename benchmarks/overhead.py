@@ -31,9 +31,9 @@ __all__ = ["PROCESSES", "REPEATS", "TARGET_RATIO", "measure", "run"]
 
 TARGET_RATIO = 1.05
 """Ours may cost at most this much per turn relative to RoundRobinGroupChat, at every size (issue 14)."""
-PROCESSES = 6
+PROCESSES = 10
 """Fresh processes per size."""
-REPEATS = 7
+REPEATS = 5
 """Interleaved repeats in each process (a run takes 0.1 to 0.5 s)."""
 
 _AMPLE = AgentCapacity(max_concurrent=1_000_000)

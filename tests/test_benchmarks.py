@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mmap
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from autogen_agentchat.base import Response
+from autogen_agentchat.messages import BaseChatMessage
+from autogen_agentchat.teams import RoundRobinGroupChat
+from autogen_core import CancellationToken
 from benchmarks import instructions, overhead, real_agents
+from benchmarks._agents import TrivialAgent
 from benchmarks._stats import median_ci, ratio_summary
 from benchmarks._workers import in_fresh_process
 
@@ -40,7 +47,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     assert report["overhead"]["target_ratio"] == 1.05
     assert {"growth_100_to_1000", "ledger_bytes_per_key"} <= report["scale"].keys()
     assert {"ledger", "tasks", "ops_s", "p99_ms"} <= report["ledger"]["results"][0].keys()
-    real_keys = {"turns", "contestant", "s_per_run", "ratio_to_round_robin", "meets_target"}
+    real_keys = {"turns", "contestant", "s_per_run", "ratio_to_round_robin", "page_faults_per_run", "meets_target"}
     assert real_keys <= report["real_agents"]["results"][0].keys()
     for row in (*report["overhead"]["results"], *report["real_agents"]["results"]):  # repeats in fresh processes
         assert len(row["process_medians"]) == row["processes"]
@@ -81,6 +88,28 @@ async def test_instructions_counts_a_real_process_under_callgrind() -> None:
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert (await instructions.run(quick=True))["note"] == "--quick: not run"
+
+
+class _MemoryToucher(TrivialAgent):
+    """Maps 16 MiB afresh on every turn and writes to each of its pages before it answers."""
+
+    async def on_messages(self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken) -> Response:
+        with mmap.mmap(-1, 16 << 20) as fresh:
+            for page in range(0, len(fresh), mmap.PAGESIZE):
+                fresh[page] = 1
+        return await super().on_messages(messages, cancellation_token)
+
+
+async def test_a_real_agents_run_counts_the_memory_it_maps_afresh() -> None:
+    """A run's page faults (the real-agent table's column): a run whose member writes 16 MiB of fresh memory a
+    turn counts a fault for each of those pages, more than a run of trivial members."""
+    plain = RoundRobinGroupChat([TrivialAgent("a")], max_turns=3)
+    touching = RoundRobinGroupChat([_MemoryToucher("a")], max_turns=3)
+    await real_agents.time_run(plain, [], 3)  # warm-up: the runtime's first run maps memory of its own
+    await real_agents.time_run(touching, [], 3)
+    _, _, plain_faults = await real_agents.time_run(plain, [], 3)
+    _, _, touching_faults = await real_agents.time_run(touching, [], 3)
+    assert touching_faults - plain_faults >= 3 * (16 << 20) // mmap.PAGESIZE
 
 
 def test_the_interval_of_the_median_counts_the_spread_between_processes() -> None:
