@@ -548,7 +548,7 @@ async def test_a_selector_func_that_cancels_the_run_selects_nobody() -> None:
 
 
 class CallbackCountingToken(CancellationToken):
-    """A run's cancellation token that counts what is attached to it (a callback stays until the token dies)."""
+    """A cancellation token that counts what is attached to it (a callback stays until the token dies)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -570,8 +570,9 @@ class CallbackCountingToken(CancellationToken):
 
 @pytest.mark.parametrize("routing", ["round_robin", "headroom"])
 async def test_a_run_attaches_to_its_token_independently_of_its_length(routing: Routing) -> None:
-    """What a run hangs on its cancellation token (kept until the run ends) does not grow with its turns:
-    AutoGen's own managers link a speaker-selection task to it on every turn."""
+    """What a run hangs on the caller's cancellation token (kept while the token lives) does not grow with its
+    turns: AutoGen's teams link a future to it for every message they stream, their managers a speaker-selection
+    task every turn."""
     attached = []
     for turns in (5, 40):
         token = CallbackCountingToken()
