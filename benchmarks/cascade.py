@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -200,7 +201,10 @@ async def _measure(
     *,
     ledger: Any = None,
 ) -> dict[str, Any]:
-    """One cell; ``ledger``: our team's ledger instead of a fresh in-memory one (it must record ``leased``)."""
+    """One cell; ``ledger``: our team's ledger instead of a fresh in-memory one (it must record ``leased``). It starts
+    from a collected heap: a contestant does not pay for the garbage the cell before it left (the collector's full
+    passes run on the loop every team shares)."""
+    gc.collect()
     cell = _Cell(kind, k, turns, service_s, seed=k, ledger=ledger)
     loop = asyncio.get_running_loop()
     begin = loop.time()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import mmap
 import shutil
 import subprocess
 import sys
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseChatMessage
 from autogen_agentchat.teams import RoundRobinGroupChat
 from autogen_core import CancellationToken
-from benchmarks import instructions, overhead, real_agents
+from benchmarks import cascade, instructions, overhead, real_agents
 from benchmarks._agents import TrivialAgent
 from benchmarks._stats import median_ci, ratio_summary
 from benchmarks._workers import in_fresh_process
@@ -110,6 +112,27 @@ async def test_a_real_agents_run_counts_the_memory_it_maps_afresh() -> None:
     _, _, plain_faults = await real_agents.time_run(plain, [], 3)
     _, _, touching_faults = await real_agents.time_run(touching, [], 3)
     assert touching_faults - plain_faults >= 3 * (16 << 20) // mmap.PAGESIZE
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_a_cascade_cell_starts_from_a_collected_heap() -> None:
+    """The garbage a cell before left (cycles only the collector frees) is collected before the next cell starts,
+    with automatic collection off so that nothing else frees it."""
+    left = _Cycle()
+    gone = weakref.ref(left)
+    del left
+    gc.disable()
+    try:
+        with cascade._quiet_runtime():
+            row = await cascade._measure("ours_exact", 2, 1, 0.001, 0.01, 0.05, 0.5)
+        assert gone() is None
+    finally:
+        gc.enable()
+    assert row["runs_failed"] == 0
 
 
 def test_the_interval_of_the_median_counts_the_spread_between_processes() -> None:
