@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import operator
 from collections.abc import Hashable, Iterator
 from typing import Generic, Literal, TypeVar, get_args
 
@@ -112,8 +113,8 @@ class _Entry(Generic[T]):
         self.order = (since, seq)
 
 
-def _order(entry: _Entry[T]) -> tuple[float, int]:
-    return entry.order
+_order = operator.attrgetter("order")
+"""An entry's place in its class's list (in C: bisections call it per comparison)."""
 
 
 class _Class(Generic[T]):
@@ -137,9 +138,13 @@ class _Class(Generic[T]):
     def add(self, entry: _Entry[T]) -> None:
         bisect.insort(self.entries, entry, key=_order)
 
+    def index(self, entry: _Entry[T]) -> int:
+        """Where ``entry`` is: how many of the class arrived before it."""
+        return bisect.bisect_left(self.entries, entry.order, key=_order)
+
     def take(self, entry: _Entry[T]) -> None:
         """``entry`` left (served, shed or removed)."""
-        del self.entries[bisect.bisect_left(self.entries, entry.order, key=_order)]
+        del self.entries[self.index(entry)]
 
 
 class WaitLine(Generic[T]):
@@ -320,20 +325,22 @@ class WaitLine(Generic[T]):
 
         Within a class the older waiter is always served first (it has waited as long or longer, so it is
         lifted as high or higher, and it wins the tie), so the waiters ahead are a prefix of each class: one
-        bisection per class counts them.
+        bisection per other class counts them, and in its own class they are the ones that arrived before it.
 
         Raises:
             KeyError: ``item`` does not wait here.
         """
         r, entry = self._entries[item]
-        mine = self._key(r, entry, now)
-        ahead = 0
-        for r2, waiters in enumerate(self._classes):
+        ahead = self._classes[r].index(entry)  # its own class: exactly the ones that arrived before it
+        others = [(r2, waiters.entries) for r2, waiters in enumerate(self._classes) if r2 != r and waiters.entries]
+        if others:
+            mine = self._key(r, entry, now)
+            for r2, entries in others:
 
-            def behind(other: _Entry[T], r2: int = r2) -> bool:
-                return not self._key(r2, other, now) > mine
+                def behind(other: _Entry[T], r2: int = r2) -> bool:
+                    return not self._key(r2, other, now) > mine
 
-            ahead += bisect.bisect_left(waiters.entries, True, key=behind)
+                ahead += bisect.bisect_left(entries, True, key=behind)
         return ahead
 
     def count(self, priority: Priority) -> int:
