@@ -15,6 +15,7 @@ from autogen_capacity import (
     Lease,
     LedgerClosed,
     QueueFull,
+    acquire,
     default_ledger,
 )
 from autogen_capacity.testing import FakeLoopClock, settle
@@ -605,6 +606,84 @@ class TestWaitForChange:
 
         assert waiter.result() is True
         assert (await ledger.snapshot())["a"].waiting == 0
+
+
+_PATIENT = AgentCapacity(
+    max_concurrent=1,
+    backoff_strategy="constant",
+    backoff_initial_ms=60_000,
+    backoff_ceiling_ms=60_000,
+    max_caller_retries=2,
+)
+"""One slot, and a caller that waits a minute between retries: only a wake-up can admit it sooner."""
+
+
+class TestHandOver:
+    async def test_a_slot_freed_during_a_cooldown_goes_to_the_waiter_when_it_ends(
+        self, ledger: InMemoryLedger, fake_clock: FakeLoopClock
+    ) -> None:
+        """A lease released while its key cools down (its call answered 429, recorded before the release) is not
+        handed to a waiter that cannot use it: nothing is reserved meanwhile, and the cooldown's end admits the
+        waiter, not the end of its minute-long backoff window."""
+        (held,) = await take(ledger, "a", _PATIENT, 1)
+        waiter = asyncio.create_task(acquire("a", _PATIENT, ledger=ledger))
+        await settle()
+        await ledger.cooldown("a", 5)
+        await held.release()
+        await settle()
+
+        assert (await ledger.status("a", _PATIENT)).blocked_by == "cooldown"  # not "slots": no slot held back
+        fake_clock.advance(5)
+        await settle(waiter)
+
+        assert waiter.done()
+        await waiter.result().release()
+
+    async def test_a_slot_freed_with_the_bucket_full_goes_to_the_waiter_when_it_refills(
+        self, ledger: InMemoryLedger, fake_clock: FakeLoopClock
+    ) -> None:
+        """The same for the rpm bucket: a release with the bucket full wakes the waiter when the bucket has room."""
+        cap = _PATIENT.model_copy(update={"rpm": 6})
+        for _ in range(5):
+            (done,) = await take(ledger, "a", cap, 1)
+            await done.release()
+        (held,) = await take(ledger, "a", cap, 1)  # the sixth request: the bucket is full, the slot held
+        waiter = asyncio.create_task(acquire("a", cap, ledger=ledger))
+        await settle()
+        await held.release()
+        await settle()
+
+        assert (await ledger.status("a", cap)).blocked_by == "rate"
+        fake_clock.advance(10)  # one request leaks out of a bucket of 6 a minute
+        await settle(waiter)
+
+        assert waiter.done()
+        await waiter.result().release()
+
+    async def test_a_long_lived_task_keeps_no_callback_per_slot_it_was_handed(self, ledger: InMemoryLedger) -> None:
+        """A worker task that is handed a released slot again and again (``acquire`` under contention, in a loop)
+        keeps no done-callback per hand-over: what reserved the slot for it is dropped once it takes the slot."""
+        me = asyncio.current_task()
+        assert me is not None
+        cap = AgentCapacity(max_concurrent=1)
+
+        async def release_once_waited(held: Lease) -> None:
+            await settle()
+            assert (await ledger.snapshot())["a"].waiting == 1  # the worker below
+            await held.release()
+
+        async def contended_acquire() -> None:
+            (held,) = await take(ledger, "a", cap, 1)
+            releaser = asyncio.create_task(release_once_waited(held))
+            await (await acquire("a", cap, ledger=ledger)).release()  # in this task: waits, is handed the slot
+            await releaser
+
+        await contended_acquire()
+        callbacks = len(me._callbacks or ())  # type: ignore[attr-defined]  # CPython's pending done-callbacks
+        for _ in range(20):
+            await contended_acquire()
+
+        assert len(me._callbacks or ()) == callbacks  # type: ignore[attr-defined]
 
 
 class TestMaxQueue:

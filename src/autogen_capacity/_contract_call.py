@@ -3,7 +3,6 @@ capacity-aware model client share. The rules are the engine's (:mod:`autogen_cap
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -13,7 +12,7 @@ from autogen_core import CancellationToken
 
 from ._engine import Candidate
 from ._logging import logger
-from .admission import admit_one, record_overload, settle
+from .admission import admit_linked, record_overload, settle
 from .contracts import AgentCapacity
 from .exceptions import CapacityExhausted
 from .ledger import CapacityLedger
@@ -97,10 +96,7 @@ class ContractCall(Generic[T]):
         candidate = Candidate(self.name, self.key, self.contract, leased=self.leases)
         overloads = 0
         while True:
-            admission = asyncio.ensure_future(admit_one(ledger, candidate, priority=self.priority))
-            if token is not None:
-                token.link_future(admission)
-            held = await admission
+            held = await admit_linked(ledger, candidate, token, priority=self.priority)
             undo: Callable[[], Awaitable[None]] | None = None
             try:
                 if before_attempt is not None:

@@ -28,7 +28,7 @@ from ._manager import CapacityAwareGroupChatManager
 from ._plan import DEFAULT_EXHAUSTED_TTL_S, aggregate_mode, plan_members, resolve_routing, team_status
 from ._relay import relaying_factory
 from ._turns import TeamPolicy, TurnKeeper
-from .admission import admit_one, settle
+from .admission import admit_linked, settle
 from .contracts import AgentCapacity, RetryBudget, ledger_key
 from .deadlines import deadline_from
 from .events import CAPACITY_EVENT_TYPES
@@ -324,12 +324,9 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         if granted is not None:
             return granted
         own = Candidate(self.key, self.key, self._declared_capacity)
-        admission = asyncio.ensure_future(
-            admit_one(self.ledger, own, priority=self._priority, deadline=self._turns.deadline)
+        lease = await admit_linked(
+            self.ledger, own, cancellation_token, priority=self._priority, deadline=self._turns.deadline
         )
-        if cancellation_token is not None:
-            cancellation_token.link_future(admission)
-        lease = await admission
         assert lease is not None
         return lease
 

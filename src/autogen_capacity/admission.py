@@ -30,6 +30,8 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from autogen_core import CancellationToken
+
 from . import telemetry
 from ._engine import Admission, Admitted, Candidate, Observer, Order, WaitReport
 from ._engine_rules import capped, exhausted_reason
@@ -48,6 +50,7 @@ __all__ = [
     "Order",
     "WaitReport",
     "acquire",
+    "admit_linked",
     "admit_one",
     "exhausted_reason",
     "lease",
@@ -137,6 +140,30 @@ async def admit_one(
         ) from None
     assert admitted is not None  # no should_stop: only admission ends the loop
     return admitted.lease
+
+
+async def admit_linked(
+    ledger: CapacityLedger,
+    candidate: Candidate,
+    token: CancellationToken | None,
+    *,
+    priority: Priority = "default",
+    deadline: float | None = None,
+) -> Lease | None:
+    """:func:`admit_one` in a task of its own, cancelled with ``token`` as well as with the caller. A caller
+    cancelled after that task was granted its lease, before it resumed, gives the lease back (nobody else holds
+    it: a slot would be lost)."""
+    admission = asyncio.ensure_future(admit_one(ledger, candidate, priority=priority, deadline=deadline))
+    if token is not None:
+        token.link_future(admission)
+    try:
+        return await admission
+    except asyncio.CancelledError:
+        if admission.done() and not admission.cancelled() and admission.exception() is None:
+            granted = admission.result()
+            if granted is not None:
+                await granted.release()
+        raise
 
 
 async def acquire(

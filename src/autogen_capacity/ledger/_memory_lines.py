@@ -8,6 +8,7 @@ takes it out of a line as that line's head, and it goes back to the head if it w
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -79,8 +80,9 @@ class KeyState:
         self.cooldown_until = 0.0
         self.exhausted_until = 0.0
         self.waiters: WaitLine[Waiter] = WaitLine(aging_s)
-        self.reserved: set[asyncio.Task[Any]] = set()
-        """Tasks a released slot was handed to: the slot is theirs until they take it or finish."""
+        self.reserved: dict[asyncio.Task[Any], Callable[[asyncio.Task[Any]], object]] = {}
+        """Tasks a released slot was handed to: the slot is theirs until they take it, leave or finish (with the
+        done-callback that passes it on if they finish first)."""
         self.capacity: AgentCapacity | None = None
         """The contract the key's waiters wait by, to know how many a refill or a cooldown's end admits."""
         self.ready_timer: asyncio.TimerHandle | None = None
@@ -93,6 +95,20 @@ class KeyState:
         """The adaptive key's exponentially weighted share of throttled answers."""
         self.admitted_with: dict[str, int] = {}
         """Leases held on an adaptive key, and the leases in flight when each was admitted (itself included)."""
+
+    def reserve(self, task: asyncio.Task[Any], on_done: Callable[[KeyState, asyncio.Task[Any]], object]) -> None:
+        """Hold a released slot for ``task``; ``on_done(self, task)`` runs if the task finishes before it takes it."""
+        callback = functools.partial(on_done, self)
+        self.reserved[task] = callback
+        task.add_done_callback(callback)
+
+    def unreserve(self, task: asyncio.Task[Any] | None) -> bool:
+        """Drop ``task``'s hold on a slot (it took the slot, or leaves it): whether it had one."""
+        callback = self.reserved.pop(task, None) if task is not None else None
+        if task is None or callback is None:
+            return False
+        task.remove_done_callback(callback)  # a task that lives on keeps nothing per slot it was handed
+        return True
 
     def slots(self, capacity: AgentCapacity) -> int | None:
         """The key's concurrency limit now: the live one for an adaptive contract, else ``max_concurrent``."""

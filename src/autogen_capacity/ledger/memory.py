@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import weakref
 from collections.abc import Mapping
@@ -107,7 +106,7 @@ class InMemoryLedger:
             state.rate_level = state.bucket_level(capacity.rpm, now) + 1
             state.rate_at = now
         if state.reserved:
-            state.reserved.discard(asyncio.current_task())
+            state.unreserve(asyncio.current_task())
         state.in_flight += 1
         state.acquired += 1
         lease = Lease(key, str(next(self._ids)), now, self._release)
@@ -145,14 +144,21 @@ class InMemoryLedger:
         return change
 
     def _hand_over(self, state: KeyState) -> bool:
-        """Wake the oldest live waiter and reserve the freed slot for its task. ``False``: nobody waits, or the
-        key has no slot to hand over (an adaptive key whose live limit dropped below the leases it holds: a
-        reservation it could not honour would leave every waiter refused, and waiting, for good)."""
-        if state.capacity is not None:
-            slots = state.slots(state.capacity)
+        """Wake the oldest live waiter and reserve the freed slot for its task. ``False``: nobody waits, the key
+        has no slot to hand over (an adaptive key whose live limit dropped below the leases it holds: a
+        reservation it could not honour would leave every waiter refused, and waiting, for good), or it admits
+        nobody now (a cooldown, the rpm bucket, the tpm window, an exhausted mark): the key's timer hands the
+        slot over when it does, and until then nobody holds it."""
+        now = self._now()
+        capacity = state.capacity
+        if capacity is not None and state.waiters:
+            slots = state.slots(capacity)
             if slots is not None and slots - state.in_flight - len(state.reserved) <= 0:
                 return False
-        now = self._now()
+            status = self._status(state, capacity, now)
+            if status.ready_in is not None:  # blocked until then: a waiter woken now would be refused
+                self._schedule_ready(state, now + status.ready_in)
+                return False
         while state.waiters:
             waiter = state.waiters.pop_next(now)
             assert waiter is not None
@@ -167,15 +173,13 @@ class InMemoryLedger:
             waiter.woken_by = state.key
             task = waiter.task
             if task is not None and not task.done() and task not in state.reserved:
-                state.reserved.add(task)
-                task.add_done_callback(functools.partial(self._drop_reservation, state))
+                state.reserve(task, self._drop_reservation)
             return True
         return False
 
     def _drop_reservation(self, state: KeyState, task: asyncio.Task[Any]) -> None:
         """A task that was handed a slot finished (or gave up) without taking it: pass it on."""
-        if task in state.reserved:
-            state.reserved.discard(task)
+        if state.unreserve(task):
             self._hand_over(state)
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
