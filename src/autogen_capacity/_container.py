@@ -107,15 +107,16 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         # so that the retry, which is handed the kept buffer again, does not show the model every message twice.
         name = self._agent.name
         before: TurnCheckpoint | None = None
+        lease = self._turns.begin(name)  # this turn's own: freed when it ends, whatever the run does meanwhile
         try:
             before = await checkpoint(self._agent)
-            response = await self._run_turn(ctx)
+            response = await self._run_turn(ctx, lease)
         except Exception as e:
             overload = self._classify(e)
             if overload is None:
                 if isinstance(e, LedgerUnavailable):  # a nested team's ledger: the run ends with it, typed
                     self._turns.ledger_failed(e)
-                await self._turns.release(name)
+                await self._turns.end(lease)
                 await self.publish_message(
                     GroupChatError(error=SerializableException.from_exception(e)),
                     topic_id=DefaultTopicId(type=self._parent_topic_type),
@@ -124,7 +125,7 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
                 raise
             if before is not None:
                 await before.restore()
-            verdict = await self._turns.overloaded(name, overload)  # recorded, then the slot is freed
+            verdict = await self._turns.overloaded(name, lease, overload)  # recorded, then the slot is freed
             report = GroupChatMemberOverloaded(
                 name=name,
                 kind=verdict.kind,
@@ -139,7 +140,7 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
             )
             return
         finally:
-            await self._turns.release(name)  # whatever is left (a cancelled turn): nothing to record
+            await self._turns.end(lease)  # whatever is left (a cancelled turn): nothing to record
         self._message_buffer.clear()
         await self.publish_message(
             response, topic_id=DefaultTopicId(type=self._parent_topic_type), cancellation_token=ctx.cancellation_token
@@ -158,13 +159,15 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         if not _is_idle_team(self._agent):
             await ChatAgentContainer.handle_resume(self, message, ctx)
 
-    async def _run_turn(self, ctx: MessageContext) -> GroupChatAgentResponse | GroupChatTeamResponse:
+    async def _run_turn(
+        self, ctx: MessageContext, lease: Lease | None
+    ) -> GroupChatAgentResponse | GroupChatTeamResponse:
         """The member's turn, as AutoGen 0.7.5's ``ChatAgentContainer.handle_request`` runs it; as soon as the
         final item (the response or the result) arrives, its tokens are recorded and its lease released."""
         name = self._agent.name
         if isinstance(self._agent, Team):
             result: TaskResult | None = None
-            granted = GRANTED_LEASE.set(self._turns.lease_of(name))
+            granted = GRANTED_LEASE.set(lease)
             try:
                 # A nested team picked again before anything new reached it (a repeat, or a turn rerouted after
                 # an overload) carries on its own thread: AutoGen refuses an empty task list.
@@ -174,7 +177,7 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
                     output_task_messages=False,
                 ):
                     if isinstance(item, TaskResult):
-                        await self._turns.answered(name, tokens_used(item.messages))
+                        await self._turns.answered(name, lease, tokens_used(item.messages))
                         result = item
                     else:
                         await self._log_message(item)
@@ -187,11 +190,13 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
             agent_name=self._agent.name, agent_description=self._agent.description, agent_id=str(self.id)
         ):
             response: Response | None = None
-            turn = TURN_LEASE.set(self._turns.lease_of(name))
+            turn = TURN_LEASE.set(lease)
             try:
                 async for msg in self._agent.on_messages_stream(self._message_buffer, ctx.cancellation_token):
                     if isinstance(msg, Response):
-                        await self._turns.answered(name, tokens_used([*(msg.inner_messages or ()), msg.chat_message]))
+                        await self._turns.answered(
+                            name, lease, tokens_used([*(msg.inner_messages or ()), msg.chat_message])
+                        )
                         await self._log_message(msg.chat_message)
                         response = msg
                     else:

@@ -33,9 +33,10 @@ class Verdict:
 
 
 class TurnKeeper:
-    """The one owner of a team's leases: it holds what the manager admitted, records each turn's outcome in
-    the ledger *before* releasing its lease (tokens used, a cooldown, an exhausted mark), and releases
-    whatever is left when a run ends, however it ends (the runtime never cancels a dead turn's task)."""
+    """The one owner of a team's leases: it holds what the manager admitted until the member's turn starts, records
+    each turn's outcome in the ledger *before* releasing its lease (tokens used, a cooldown, an exhausted mark),
+    and releases what no turn took when a run ends, however it ends. A turn that started keeps its lease until it
+    ends, even past its run (a shared runtime does not wait for, nor cancel, the handler of a cancelled run)."""
 
     __slots__ = (
         "_held",
@@ -61,6 +62,7 @@ class TurnKeeper:
         """A typed error to raise once the run's stream ends: ``CapacityExhausted`` (``on_exhausted="raise"``),
         or the ``LedgerUnavailable`` that ended the run (AutoGen reports it as a ``RuntimeError``)."""
         self._held: dict[str, Lease] = {}
+        """Leases the manager admitted, by member, whose turns have not started."""
         self._overloads: dict[str, int] = {}
         self.live_changes: list[tuple[str, LiveLimitChange]] = []
         """Live limits the members' answers moved, for the manager to report (``take_live_changes``)."""
@@ -68,8 +70,9 @@ class TurnKeeper:
     def hold(self, name: str, lease: Lease) -> None:
         self._held[name] = lease
 
-    def lease_of(self, name: str) -> Lease | None:
-        return self._held.get(name)
+    def begin(self, name: str) -> Lease | None:
+        """``name``'s turn starts: the lease admitted for it becomes the turn's, which frees it when it ends."""
+        return self._held.pop(name, None)
 
     def take_live_changes(self) -> list[tuple[str, LiveLimitChange]]:
         """The live limits the members' answers moved since the last call, with the member that answered."""
@@ -84,11 +87,10 @@ class TurnKeeper:
         if self.pending_error is None:
             self.pending_error = error
 
-    async def answered(self, name: str, tokens: int) -> None:
-        """``name``'s turn answered: debit its tokens from its key, then free its slot."""
+    async def answered(self, name: str, lease: Lease | None, tokens: int) -> None:
+        """``name``'s turn (under ``lease``) answered: debit its tokens from its key, then free its slot."""
         self._overloads.pop(name, None)
         plan = self.plans[name]
-        lease = self._held.pop(name, None)
         try:
             if self.ledger is not None and plan.contract is not None and plan.team is None:
                 change = await settle(lease, self.ledger, plan.key, plan.contract, tokens)
@@ -100,8 +102,9 @@ class TurnKeeper:
             self.ledger_failed(error)
             raise
 
-    async def overloaded(self, name: str, overload: OverloadSignal) -> Verdict:
-        """``name``'s turn ended in overload: cool its key down (or mark it exhausted), then free its slot."""
+    async def overloaded(self, name: str, lease: Lease | None, overload: OverloadSignal) -> Verdict:
+        """``name``'s turn (under ``lease``) ended in overload: cool its key down (or mark it exhausted), then free
+        its slot."""
         plan = self.plans[name]
         count = self._overloads[name] = self._overloads.get(name, 0) + 1
         schedule = plan.schedule
@@ -117,7 +120,7 @@ class TurnKeeper:
                 exhausted_ttl_s=self.exhausted_ttl_s,
                 rng=self.rng,
                 member=name,
-                lease=self._held.get(name),
+                lease=lease,
                 changes=changes,
             )
         except LedgerUnavailable as error:
@@ -125,17 +128,24 @@ class TurnKeeper:
             raise
         finally:
             self.live_changes.extend((name, change) for change in changes)
-            await self.release(name)
+            await self.end(lease)
         # Overloaded on every retry its contract allows: given up on for this run (a storm of short Retry-After
         # hints would loop forever), without marking its key exhausted.
         return Verdict(overload.kind, out_for, count > schedule.max_caller_retries)
 
     async def release(self, name: str) -> None:
+        """Free the lease admitted for ``name``'s turn, which will not start."""
         lease = self._held.pop(name, None)
         if lease is not None:
             await lease.release()
 
+    async def end(self, lease: Lease | None) -> None:
+        """A turn under ``lease`` ended with nothing to record (failed or cancelled): free its slot."""
+        if lease is not None:
+            await lease.release()
+
     async def release_all(self) -> None:
+        """Free every lease admitted for a turn that did not start (turns in progress free their own)."""
         leases, self._held = list(self._held.values()), {}
         await asyncio.gather(*(lease.release() for lease in leases))
 
