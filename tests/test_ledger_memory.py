@@ -607,6 +607,34 @@ class TestWaitForChange:
         assert waiter.result() is True
         assert (await ledger.snapshot())["a"].waiting == 0
 
+    async def test_a_slot_kept_for_a_woken_caller_passes_on_once_it_leases_another_key(
+        self, ledger: InMemoryLedger
+    ) -> None:
+        """A caller woken on "a" keeps its slot until its next lease; taking "b" instead frees "a" for the others
+        (it stayed reserved for the caller's task for as long as the task lived)."""
+        cap = AgentCapacity(max_concurrent=1)
+        held_a, held_b = (await take(ledger, "a", cap, 1))[0], (await take(ledger, "b", cap, 1))[0]
+        moved_on, done = asyncio.Event(), asyncio.Event()
+
+        async def worker() -> None:  # a long-lived task
+            assert await ledger.wait_for_change({"a": cap, "b": cap}, 30) is True
+            taken = await ledger.try_acquire("b", cap)
+            assert taken is not None
+            moved_on.set()
+            await done.wait()
+            await taken.release()
+
+        task = asyncio.create_task(worker())
+        await settle()
+        await held_a.release()  # handed to the worker
+        await held_b.release()
+        await asyncio.wait_for(moved_on.wait(), 5)
+
+        other = await ledger.try_acquire("a", cap)
+        assert other is not None
+        done.set()
+        await task
+
 
 _PATIENT = AgentCapacity(
     max_concurrent=1,

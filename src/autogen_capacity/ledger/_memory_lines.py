@@ -204,6 +204,11 @@ class MemoryQueue:
             found.append(expected_wait(position, slots, per_slot))
         return min(found) if found else None
 
+    def handed_over(self) -> list[KeyState]:
+        """The keys whose released slot is reserved for this caller's task."""
+        task = self._waiter.task
+        return [state for state in self._states if task is not None and task in state.reserved]
+
     def leave_lines(self) -> None:
         """Leave every line, keeping what was handed over (reserved for this task until it takes it or ends)."""
         waiter = self._waiter

@@ -37,7 +37,7 @@ class InMemoryLedger:
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("__weakref__", "_aging_s", "_closed", "_ids", "_keys", "_service")
+    __slots__ = ("__weakref__", "_aging_s", "_closed", "_ids", "_kept", "_keys", "_service")
 
     def __init__(self, *, aging_s: float = DEFAULT_AGING_S) -> None:
         self._keys: dict[str, KeyState] = {}
@@ -45,6 +45,8 @@ class InMemoryLedger:
         self._closed = False
         self._aging_s = aging_s
         self._service = ServiceTimes()
+        self._kept: dict[asyncio.Task[Any], list[KeyState]] = {}
+        """Slots handed to a task that :meth:`wait_for_change` woke, kept for it until its next lease or its end."""
 
     def _state(self, key: str) -> KeyState:
         if self._closed:
@@ -98,6 +100,8 @@ class InMemoryLedger:
         """Admit one unit of work on ``key`` now (with ``idle_only``, only when its headroom is 1), or return the
         status that refused it. Never blocks."""
         state = self._state(key)
+        if self._kept:
+            self._pass_on_kept(state)
         now = self._now()
         status = self._status(state, capacity, now)
         if status.blocked_by is not None or (idle_only and status.headroom < 1.0):
@@ -179,8 +183,20 @@ class InMemoryLedger:
 
     def _drop_reservation(self, state: KeyState, task: asyncio.Task[Any]) -> None:
         """A task that was handed a slot finished (or gave up) without taking it: pass it on."""
+        if task.done():
+            self._kept.pop(task, None)
         if state.unreserve(task):
             self._hand_over(state)
+
+    def _pass_on_kept(self, asked: KeyState) -> None:
+        """The current task, woken by :meth:`wait_for_change`, asks for a lease: the slots kept for it on other keys
+        pass on (the one on ``asked``, if any, is what it takes)."""
+        task = asyncio.current_task()
+        if task is None:
+            return
+        for state in self._kept.pop(task, ()):
+            if state is not asked:
+                self._drop_reservation(state, task)
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
         """Whether ``key`` would admit now, its headroom, and why not."""
@@ -199,7 +215,8 @@ class InMemoryLedger:
 
     async def wait_for_change(self, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
         """Wait for a release on one of the keys (oldest waiter first), a refill or a cooldown's end;
-        ``True`` at once when one of them admits now."""
+        ``True`` at once when one of them admits now. A slot released to this caller stays reserved for its task
+        until the task's next lease (on any key: the others pass on) or its end."""
         now = self._now()
         if any(self._status(self._state(key), capacity, now).blocked_by is None for key, capacity in waits.items()):
             return True
@@ -210,7 +227,10 @@ class InMemoryLedger:
         except BaseException:
             await queue.leave()  # woken, then cancelled before using the slot: it passes to the next waiter
             raise
-        queue.leave_lines()  # a slot handed over stays reserved for this task until it takes it or finishes
+        queue.leave_lines()  # a slot handed over stays reserved for this task until its next lease or its end
+        kept, task = queue.handed_over(), asyncio.current_task()
+        if kept and task is not None:
+            self._kept[task] = kept
         return woken
 
     async def join_queue(self, waits: Mapping[str, AgentCapacity], *, priority: Priority = "default") -> WaitQueue:
