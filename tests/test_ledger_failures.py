@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from autogen_core import SingleThreadedAgentRuntime
 
-from agents import WorkerAgent
+from agents import ConcurrencyProbe, WorkerAgent
 from autogen_capacity import AgentCapacity, CapacityAwareGroupChat, InMemoryLedger, LedgerUnavailable
 from autogen_capacity.ledger import KeyStatus, Lease
+from faults import FaultyMember
 
 TIMEOUT = 30.0
 
@@ -38,6 +40,10 @@ class FailingLedger(InMemoryLedger):
     async def record_tokens(self, key: str, tokens: int) -> None:
         self._count("record_tokens")
         await super().record_tokens(key, tokens)
+
+    async def cooldown(self, key: str, seconds: float) -> None:
+        self._count("cooldown")
+        await super().cooldown(key, seconds)
 
 
 @pytest.mark.parametrize(
@@ -76,3 +82,26 @@ async def test_a_nested_teams_ledger_failure_reaches_the_parents_caller_typed() 
 
     with pytest.raises(LedgerUnavailable):
         await asyncio.wait_for(parent.run(task="go"), TIMEOUT)
+
+
+async def test_a_ledger_failure_recording_an_overload_ends_the_run_typed(
+    runtime: SingleThreadedAgentRuntime | None,
+) -> None:
+    """A member answers 429 and the ledger fails recording its cooldown: the run ends with ``LedgerUnavailable``
+    on AutoGen's embedded runtime and on a shared one alike (on a shared runtime it waited forever for a turn
+    whose failure nobody reported), with nothing left in flight."""
+    ledger = FailingLedger("cooldown", 1)
+    member = FaultyMember("a", probe=ConcurrencyProbe())
+    member.faults.append("429")
+    team = CapacityAwareGroupChat(
+        [member, WorkerAgent("b")],
+        capacities={"a": AgentCapacity(max_concurrent=1), "b": AgentCapacity(max_concurrent=1)},
+        ledger=ledger,
+        max_turns=4,
+        runtime=runtime,
+    )
+
+    with pytest.raises(LedgerUnavailable, match="unreachable"):
+        await asyncio.wait_for(team.run(task="go"), 10)
+
+    assert all(usage.in_flight == 0 for usage in (await ledger.snapshot()).values())

@@ -26,7 +26,7 @@ from ._turn_undo import TurnCheckpoint, checkpoint
 from ._turns import TurnKeeper
 from .exceptions import LedgerUnavailable
 from .ledger import Lease
-from .overload import OverloadClassifier
+from .overload import OverloadClassifier, OverloadSignal
 
 __all__ = [
     "GRANTED_LEASE",
@@ -113,37 +113,59 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
             response = await self._run_turn(ctx, lease)
         except Exception as e:
             overload = self._classify(e)
-            if overload is None:
-                if isinstance(e, LedgerUnavailable):  # a nested team's ledger: the run ends with it, typed
-                    self._turns.ledger_failed(e)
-                await self._turns.end(lease)
-                await self.publish_message(
-                    GroupChatError(error=SerializableException.from_exception(e)),
-                    topic_id=DefaultTopicId(type=self._parent_topic_type),
-                    cancellation_token=ctx.cancellation_token,
-                )
-                raise
-            if before is not None:
-                await before.restore()
-            verdict = await self._turns.overloaded(name, lease, overload)  # recorded, then the slot is freed
-            report = GroupChatMemberOverloaded(
-                name=name,
-                kind=verdict.kind,
-                out_for_s=verdict.out_for,
-                given_up=verdict.given_up,
-                error=SerializableException.from_exception(e),
-            )
-            await self.publish_message(
-                report,
-                topic_id=DefaultTopicId(type=self._manager_topic_type),
-                cancellation_token=ctx.cancellation_token,  # the rerouted turn's wait is cancelled with the run
-            )
-            return
+            if overload is not None:
+                try:
+                    await self._reroute(name, lease, before, overload, e, ctx)
+                    return
+                except Exception as failed:  # undoing the turn or recording the overload failed: the run ends
+                    await self._end_run(failed, lease, ctx)
+                    raise
+            await self._end_run(e, lease, ctx)
+            raise
         finally:
             await self._turns.end(lease)  # whatever is left (a cancelled turn): nothing to record
         self._message_buffer.clear()
         await self.publish_message(
             response, topic_id=DefaultTopicId(type=self._parent_topic_type), cancellation_token=ctx.cancellation_token
+        )
+
+    async def _reroute(
+        self,
+        name: str,
+        lease: Lease | None,
+        before: TurnCheckpoint | None,
+        overload: OverloadSignal,
+        error: Exception,
+        ctx: MessageContext,
+    ) -> None:
+        """The turn was overloaded: undo it, record the overload (then free the slot) and tell the manager, which
+        reroutes the turn."""
+        if before is not None:
+            await before.restore()
+        verdict = await self._turns.overloaded(name, lease, overload)
+        report = GroupChatMemberOverloaded(
+            name=name,
+            kind=verdict.kind,
+            out_for_s=verdict.out_for,
+            given_up=verdict.given_up,
+            error=SerializableException.from_exception(error),
+        )
+        await self.publish_message(
+            report,
+            topic_id=DefaultTopicId(type=self._manager_topic_type),
+            cancellation_token=ctx.cancellation_token,  # the rerouted turn's wait is cancelled with the run
+        )
+
+    async def _end_run(self, error: Exception, lease: Lease | None, ctx: MessageContext) -> None:
+        """The turn failed: free its slot and end the run with ``error``, as AutoGen does (typed when it is the
+        ledger's)."""
+        if isinstance(error, LedgerUnavailable):
+            self._turns.ledger_failed(error)
+        await self._turns.end(lease)
+        await self.publish_message(
+            GroupChatError(error=SerializableException.from_exception(error)),
+            topic_id=DefaultTopicId(type=self._parent_topic_type),
+            cancellation_token=ctx.cancellation_token,
         )
 
     @rpc
