@@ -477,6 +477,22 @@ class TestPipelining:
         assert client.pipelines == 1  # the second acquire's batch only
         assert "k" not in await ledger.snapshot()
 
+    async def test_release_cancelled_before_its_batch_leaves_lands_at_once(self, make_ledger: MakeLedger) -> None:
+        """A release whose caller is cancelled before its batch has left still lands with that batch, not at the
+        heartbeat's next round (here 100 s away): another process is woken by it and admitted."""
+        ledger, other = make_ledger(lease_ttl_s=300), make_ledger()
+        cap = AgentCapacity(max_concurrent=1)
+        lease = await ledger.try_acquire("k", cap)
+        assert lease is not None
+        releasing = asyncio.ensure_future(lease.release())
+        await asyncio.sleep(0)  # queued for the next batch, which has not left
+        releasing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await releasing
+        assert await other.wait_for_change({"k": cap}, timeout=20) is True
+        assert await other.try_acquire("k", cap) is not None
+        assert ledger._releasing == {}
+
     @pytest.mark.parametrize("cancelled", ["with its script on the way", "with its reply in hand"])
     async def test_cancelled_acquire_gives_back_its_slot(
         self, observed: tuple[_ObservedClient, RedisLedger], make_ledger: MakeLedger, cancelled: str

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from autogen_capacity import AgentCapacity, QueueFull
-from autogen_capacity.admission import Admission, Candidate
+from autogen_capacity import AgentCapacity, KeyStatus, Lease, QueueFull
+from autogen_capacity.admission import Admission, Candidate, WaitReport
 from autogen_capacity.ledger.redis import RedisLedger
 from orders import by_headroom
 from redis_server import MakeLedger
@@ -38,6 +38,19 @@ class _Counted:
             return await send(calls)
 
         pipeline._pipeline = counted  # type: ignore[method-assign]
+
+
+class _Waits:
+    """An admission's observer: ``joined`` is set once it waits in the lines."""
+
+    def __init__(self) -> None:
+        self.joined = asyncio.Event()
+
+    async def deferred(self, statuses: object, admitted: str | None) -> None:
+        pass
+
+    async def waiting(self, report: WaitReport) -> None:
+        self.joined.set()
 
 
 async def _settle() -> None:
@@ -143,6 +156,50 @@ class TestJoinQueue:
         await held.release()
         assert await asyncio.wait_for(second_waits, 10) is True
         await second.leave()
+
+    @pytest.mark.parametrize("admitted_elsewhere", [True, False], ids=["admitted-elsewhere", "gave-up"])
+    async def test_a_slot_kept_for_a_waiter_that_leaves_is_passed_on(
+        self, make_ledger: MakeLedger, admitted_elsewhere: bool
+    ) -> None:
+        """A waiter on two keys, woken by one, leaves the other key's line (admitted on the first, or giving up):
+        the free slot kept for it there, whose release woke the waiter behind it only to be refused because of
+        it, wakes that waiter at once."""
+        holder, here = make_ledger(), make_ledger()
+        on_a, on_b = await holder.try_acquire("a", ONE), await holder.try_acquire("b", ONE)
+        assert on_a is not None
+        assert on_b is not None
+        await on_b.release()
+        first_joined, second_refused = asyncio.Event(), asyncio.Event()
+
+        async def first() -> Lease | KeyStatus | None:  # in one task, as the engine does: join, wait, acquire, leave
+            queue = await here.join_queue({"a": ONE, "b": ONE})  # ranked ahead on "a"; "b" admits: woken at once
+            first_joined.set()
+            await second_refused.wait()
+            assert await queue.wait(10) is True
+            assert queue.woken_by == "b"
+            taken = await here.acquire_or_status("b", ONE) if admitted_elsewhere else None
+            await queue.leave()  # "a" never woke it: its slot, kept for it, must be passed on all the same
+            return taken
+
+        taking = asyncio.create_task(first())
+        await first_joined.wait()
+        second = await here.join_queue({"a": ONE})
+        await on_a.release()  # wakes the best waiter on "a" not woken yet: the second one
+        assert await second.wait(10) is True
+        assert second.woken_by == "a"
+        refused = await here.acquire_or_status("a", ONE)
+        assert isinstance(refused, KeyStatus)
+        assert refused.blocked_by == "slots"  # kept for the first waiter, ranked ahead
+        second_refused.set()
+        taken = await asyncio.wait_for(taking, 10)
+        assert await second.wait(10) is True
+        got = await here.acquire_or_status("a", ONE)
+        assert isinstance(got, Lease)
+        await second.leave()
+        await got.release()
+        if admitted_elsewhere:
+            assert isinstance(taken, Lease)
+            await taken.release()
 
     async def test_queue_full_at_join_counted_across_processes(self, make_ledger: MakeLedger) -> None:
         """max_queue counts a joined waiter across its waits in every process: joining a full line raises
@@ -279,3 +336,30 @@ class TestAdmissionOnRedis:
         assert (await asyncio.wait_for(next_read, 10)).blocked_by == "slots"
         assert (await asyncio.wait_for(snapshot, 10))["k"].waiting == 0
         await admitted.lease.release()
+
+    async def test_a_slot_kept_for_an_admission_served_elsewhere_is_passed_on(self, make_ledger: MakeLedger) -> None:
+        """Two admissions wait in one process: one for keys "a" and "b", then one for "a" alone with a long backoff.
+        Another process frees "b" and then "a": the first is admitted on "b", and the second gets "a" at once
+        rather than after its backoff window (the slot kept for the first is passed on when it leaves)."""
+        holder, here = make_ledger(), make_ledger()
+        slow = AgentCapacity(max_concurrent=1, backoff_initial_ms=60_000, backoff_ceiling_ms=60_000)
+        on_a, on_b = await holder.try_acquire("a", ONE), await holder.try_acquire("b", ONE)
+        assert on_a is not None
+        assert on_b is not None
+        both, alone = _Waits(), _Waits()
+        first = asyncio.create_task(
+            Admission(here, observer=both).admit([Candidate("a", "a", ONE), Candidate("b", "b", ONE)])
+        )
+        await asyncio.wait_for(both.joined.wait(), 10)
+        second = asyncio.create_task(Admission(here, observer=alone).admit([Candidate("a", "a", slow)]))
+        await asyncio.wait_for(alone.joined.wait(), 10)
+        await asyncio.gather(on_b.release(), on_a.release())
+        served = await asyncio.wait_for(first, 10)
+        assert served is not None
+        assert served.lease is not None
+        assert served.candidate.key == "b"
+        then = await asyncio.wait_for(second, 10)
+        assert then is not None
+        assert then.lease is not None
+        await then.lease.release()
+        await served.lease.release()

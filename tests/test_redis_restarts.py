@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from autogen_capacity import AgentCapacity, LedgerUnavailable
+from autogen_capacity import AgentCapacity, LedgerUnavailable, QueueFull
+from autogen_capacity.ledger._redis_queue import RedisQueue
 from autogen_capacity.ledger.redis import RedisLedger
 from redis_server import MakeLedger, RedisServer
 
@@ -197,6 +198,52 @@ class TestFence:
         assert (await other.snapshot())["k"].in_flight == 1
         await lease.release()
         assert await other.try_acquire("k", cap) is not None
+
+
+class TestWaitersAcrossRestarts:
+    async def test_a_waiter_is_put_back_in_line_after_an_empty_restart(
+        self, make_ledger: MakeLedger, redis_server: RedisServer
+    ) -> None:
+        """A caller still waiting when Redis restarts empty is put back in the key's line, with its rank, within a
+        renewal period: ``max_queue`` still counts it for every process until it leaves."""
+        cap = AgentCapacity(max_concurrent=1, max_queue=1)
+        holder, waiting, other = make_ledger(), make_ledger(), make_ledger()
+        lease = await holder.try_acquire("k", cap)
+        assert lease is not None
+        queue = await waiting.join_queue({"k": cap})
+        with pytest.raises(QueueFull):
+            await other.join_queue({"k": cap})
+        rank = waiting._name("k", "rank")
+        await restart(redis_server)
+
+        async def back_in_line() -> bool:
+            usage = (await other.snapshot()).get("k")
+            return usage is not None and (usage.in_flight, usage.waiting) == (1, 1)
+
+        await eventually(back_in_line)
+        assert await other._client.zscore(rank, queue.waiter_id) is not None
+        with pytest.raises(QueueFull):
+            await other.join_queue({"k": cap})
+        await queue.leave()
+        await waiting._pipeline.landed()
+        again = await other.join_queue({"k": cap})  # its place is free again
+        await again.leave()
+        await lease.release()
+
+    async def test_a_renewal_on_its_way_does_not_put_back_a_waiter_that_left(self, make_ledger: MakeLedger) -> None:
+        """A renewal that listed a waiter before it left, and reaches Redis after its departure, does not put it
+        back in line (no ghost counted against ``max_queue`` or ranked ahead of the others)."""
+        cap = AgentCapacity(max_concurrent=1, max_queue=1)
+        holder, waiting = make_ledger(), make_ledger()
+        lease = await holder.try_acquire("k", cap)
+        assert lease is not None
+        queue = await waiting.join_queue({"k": cap})
+        assert isinstance(queue, RedisQueue)
+        listed: list[str | float] = [queue.waiter_id, 0.0, queue.lift]
+        await queue.leave()
+        await waiting._renew_key("k", [], listed)
+        assert (await holder.snapshot())["k"].waiting == 0
+        await lease.release()
 
 
 WORKER = """

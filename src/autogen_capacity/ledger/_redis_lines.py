@@ -33,7 +33,7 @@ LISTEN_WAIT_S = 1.0
 """How long joining a line waits for the wake-up listener's first subscription attempt, at most."""
 READY_MARGIN_S = 0.001
 """Waking a moment after Redis' reported refill or cooldown's end, so the loop clock does not wake it early."""
-QUEUE_PARTS = ("slots", "meta", "tokens", "waiters", "epoch", "rank")
+QUEUE_PARTS = ("slots", "meta", "tokens", "waiters", "epoch", "rank", "released")
 """The Redis keys of one ledger key that entering its line reads and writes."""
 
 
@@ -46,7 +46,7 @@ class _Ledger(Protocol):
     _scripts: Scripts
     _ttl: float
     _unreachable: tuple[type[Exception], ...]
-    _waiting: dict[str, tuple[str, ...]]
+    _waiting: dict[str, RedisQueue]
     _wakeups: WakeUps
 
     def _name(self, key: str, part: str) -> str: ...
@@ -80,9 +80,17 @@ class _Ledger(Protocol):
 
     async def _leave(self, queue: RedisQueue) -> None: ...
 
-    async def _leave_entered_queue(self, key: str, waiter_id: str, reply: Sequence[Any]) -> None: ...
+    async def _leave_entered_queue(
+        self, waits: Mapping[str, AgentCapacity], waiter_id: str, reply: Sequence[Any] | None
+    ) -> None: ...
 
-    def _leave_queues(self, waiter_id: str, keys: Sequence[str], pass_on: str | None = None) -> Awaitable[None]: ...
+    def _leave_queues(
+        self,
+        waiter_id: str,
+        waits: Mapping[str, AgentCapacity],
+        pass_on: str | None = None,
+        taking: str | None = None,
+    ) -> Awaitable[None]: ...
 
 
 class WaitingLines:
@@ -90,10 +98,13 @@ class WaitingLines:
 
     __slots__ = ()
 
-    async def _leave_entered_queue(self: _Ledger, key: str, waiter_id: str, reply: Sequence[Any]) -> None:
-        """A join was cancelled while its ``enter_queue`` script was on the way: leave the queue it entered."""
-        if int(reply[0]) == 1:
-            await self._leave_queues(waiter_id, [key])
+    async def _leave_entered_queue(
+        self: _Ledger, waits: Mapping[str, AgentCapacity], waiter_id: str, reply: Sequence[Any] | None
+    ) -> None:
+        """A join was cancelled while its ``enter_queue`` script was on the way, or its batch failed (``None``: it
+        may have entered, its reply lost): leave the queue it entered."""
+        if reply is None or int(reply[0]) == 1:
+            await self._leave_queues(waiter_id, waits)
 
     async def wait_for_change(self: _Ledger, waits: Mapping[str, AgentCapacity], timeout: float) -> bool:
         """Wait for a release on one of the keys (this process' oldest waiter first), a refill or a
@@ -111,7 +122,7 @@ class WaitingLines:
         except BaseException:
             await queue.leave()  # woken, then cancelled before using the wake-up: it passes to the next waiter
             raise
-        queue.place.woken_by = None  # the caller tries after this returns: what woke it is its to use
+        queue.taking, queue.place.woken_by = queue.place.woken_by, None  # the caller tries it after this returns
         await queue.leave()
         return woken
 
@@ -151,7 +162,7 @@ class WaitingLines:
         except BaseException as exc:
             self._wakeups.forget(place, waits)
             if isinstance(exc, Exception):  # a cancelled join leaves what it entered when the replies arrive
-                await self._leave_queues(waiter_id, list(waits))
+                await self._leave_queues(waiter_id, waits)
             raise
         queued: list[str] = []
         own_wake: float | None = None
@@ -177,8 +188,9 @@ class WaitingLines:
         if waits and not queued:
             logger.warning("autogen_capacity.queue_full", keys=list(waits))
             raise QueueFull(f"max_queue callers already wait for {', '.join(map(repr, waits))}")
-        queue = RedisQueue(waiter_id, place, tuple(queued), own_wake, self._leave, min(served_at, default=None))
-        self._waiting[waiter_id] = queue.keys
+        queued_on = {key: waits[key] for key in queued}
+        queue = RedisQueue(waiter_id, place, queued_on, lift, own_wake, self._leave, min(served_at, default=None))
+        self._waiting[waiter_id] = queue
         if queue.task is not None:
             self._queues[queue.task] = queue
         self._ensure_heartbeat()
@@ -187,14 +199,14 @@ class WaitingLines:
     async def _enter(self: _Ledger, key: str, capacity: AgentCapacity, waiter_id: str, priority: Priority) -> Any:
         args: list[str | float] = [waiter_id, self._ttl, *limit_args(capacity), opt_arg(capacity.max_queue)]
         args += [*self._epoch_args(key), TOP_RANK - rank(priority), self._aging_s, self._channel, priority, key]
-        on_orphan = functools.partial(self._leave_entered_queue, key, waiter_id)
+        on_orphan = functools.partial(self._leave_entered_queue, {key: capacity}, waiter_id)
         return await self._run(self._scripts.enter_queue, key, QUEUE_PARTS, args, on_orphan=on_orphan)
 
     async def _leave(self: _Ledger, queue: RedisQueue) -> None:
         """Leave the lines of ``queue`` here at once and in Redis in the background (one pipelined batch, sent as
         soon as one can go: the caller, often just admitted, does not wait a round trip for it); a wake-up it was
-        given and did not use wakes the next waiter on that key, here and, since a slot may have been kept for
-        this caller, in every process (the key is published again)."""
+        given and did not use wakes the next waiter on that key here, and Redis passes on every free slot kept
+        for this caller (see :meth:`_leave_queues`)."""
         self._wakeups.forget(queue.place, queue.keys)
         if queue.task is not None and self._queues.get(queue.task) is queue:
             del self._queues[queue.task]
@@ -202,23 +214,39 @@ class WaitingLines:
         if woken_by is not None:
             self._wakeups.wake_oldest(woken_by)
         if not self._closed and self._waiting.pop(queue.waiter_id, None) is not None:  # else aclose() leaves
-            self._pipeline.detach(self._leave_queues(queue.waiter_id, queue.keys, pass_on=woken_by))
+            self._pipeline.detach(
+                self._leave_queues(queue.waiter_id, queue.waits, pass_on=woken_by, taking=queue.taking)
+            )
 
     def _leave_queues(
-        self: _Ledger, waiter_id: str, keys: Sequence[str], pass_on: str | None = None
+        self: _Ledger,
+        waiter_id: str,
+        waits: Mapping[str, AgentCapacity],
+        pass_on: str | None = None,
+        taking: str | None = None,
     ) -> Awaitable[None]:
-        """Take ``waiter_id`` off the Redis lines of ``keys``: the scripts go in the next batch, ahead of any later
-        script of this process (so its next acquire does not find it in line); await the result for them to land."""
+        """Take ``waiter_id`` off the Redis lines of ``waits``' keys: the scripts go in the next batch, ahead of any
+        later script of this process (so its next acquire does not find it in line); await the result for them to
+        land. Whoever a key's line still holds is woken in every process (the key is published again) when the
+        waiter leaves a wake-up of it unused (``pass_on``) or a free slot of it was kept for the waiter: however it
+        leaves (admitted on another key, giving up, cancelled), a slot kept for it is not left idle; except on
+        ``taking``, the key whose slot the caller goes on to take itself."""
         script = self._scripts.leave_queue
         sent = [
             self._pipeline.submit(
                 script,
-                [self._name(k, "waiters"), self._name(k, "rank")],
-                [waiter_id, self._channel if k == pass_on else "", k],
+                [self._name(k, p) for p in ("waiters", "rank", "slots", "meta", "released")],
+                [waiter_id, self._channel, k, _leaving(k, pass_on, taking), *limit_args(capacity), self._ttl],
             )
-            for k in keys
+            for k, capacity in waits.items()
         ]
         return _landed(sent, self._unreachable)
+
+
+def _leaving(key: str, pass_on: str | None, taking: str | None) -> str:
+    """How a waiter leaves ``key``'s line, as the leave script reads it: ``pass`` (with a wake-up of the key unused),
+    ``take`` (to take the key's slot itself), else '' (a free slot kept for it passes on)."""
+    return "pass" if key == pass_on else "take" if key == taking else ""
 
 
 async def _landed(sent: Sequence[asyncio.Future[Any]], unreachable: tuple[type[Exception], ...]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -58,6 +59,8 @@ class _Ledger(Protocol):
     _learning_locks: dict[str, asyncio.Lock]
     _live_states: dict[str, tuple[str, str]]
     _scripts: Scripts
+    _retry_for: float
+    _ttl: float
 
     @property
     def _channel(self) -> str: ...
@@ -107,9 +110,13 @@ class LiveLimits:
             written = json.dumps({"live": live.to_state(), "rate": rate})
             args = [version, written, live.limit, ceiling, repr(rate), "1" if live.limit != before else "0"]
             args += [len(listed), own, self._channel, key, max(live.limit - before, 0)]
-            reply = await self._run(self._scripts.learn, key, ("meta", "answers"), args)
+            args += [uuid.uuid4().hex, self._retry_for + self._ttl]  # a retried script learns its answer once
+            reply = await self._run(self._scripts.learn, key, ("meta", "answers", "learned"), args)
             if int(reply[0]) == 1:
-                self._live_states[key] = (text(reply[1]), written)
+                if text(reply[1]):
+                    self._live_states[key] = (text(reply[1]), written)
+                else:  # committed by an earlier run of this call, whose reply was lost: the state may have moved on
+                    self._live_states.pop(key, None)
                 return moved(key, before, live)
             self._live_states[key] = (text(reply[1]), text(reply[2]))  # another process learned first
             listed, own = [text(found) for found in reply[3:]], ""  # ours is in the list now

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["OnOrphan", "ScriptPipeline", "retrying"]
 
 OnOrphan = Callable[[Any], Awaitable[None]]
-"""Called with a reply whose caller was cancelled while its script was on the way (to undo what it did)."""
+"""Undoes what a script did that its caller will never learn of: called with the reply when the caller was cancelled
+while the script was on the way, and with ``None`` when the script's batch failed (it may have run, its reply lost)."""
 
 T = TypeVar("T")
 RETRY_FIRST_S = 0.02
@@ -84,7 +85,8 @@ class ScriptPipeline:
     once. An error of one script is that call's. A lost connection sends the batch again for up to
     ``retry_for`` seconds (``on_reconnect`` is called once it lands); past that, every call of the batch fails.
     Identical calls of the scripts in ``shared`` (their SHA1s: reads, so that one run answers all) go to Redis
-    once a batch.
+    once a batch. A batch that failed may have run in Redis with its replies lost: each of its calls' ``on_orphan``
+    is called with ``None``, and ``on_reconnect`` once a later batch lands.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class ScriptPipeline:
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Task[None]] = set()
+        self._lost = False  # a batch failed: the next one that lands says Redis is back
 
     async def run(
         self,
@@ -119,7 +122,8 @@ class ScriptPipeline:
         """Run ``script`` in the next batch and return its reply.
 
         A caller cancelled before its batch leaves is dropped from it. One cancelled once its script is on the
-        way does not stop the script: the reply goes to ``on_orphan`` instead (awaited by :meth:`drain`).
+        way does not stop the script: the reply goes to ``on_orphan`` instead (awaited by :meth:`drain`). When the
+        batch fails (Redis unreachable), ``on_orphan`` is called with ``None`` as well: the script may have run.
         """
         future = self.submit(script, keys, args, on_orphan=on_orphan)
         try:
@@ -192,6 +196,8 @@ class ScriptPipeline:
             )
         except BaseException as exc:  # Redis unreachable, or the loop is shutting down
             for call in batch:
+                if isinstance(exc, Exception) and call.on_orphan is not None:  # it may have run, its reply lost
+                    self.detach(call.on_orphan(None))
                 if call.future.done():
                     continue
                 if isinstance(exc, Exception):
@@ -200,7 +206,11 @@ class ScriptPipeline:
                     call.future.cancel()
             if not isinstance(exc, Exception):
                 raise
+            self._lost = True
             return
+        if self._lost:
+            self._lost = False
+            self._on_reconnect()
         for call, reply in zip(batch, replies, strict=True):
             if not call.future.cancelled():
                 if isinstance(reply, Exception):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..exceptions import QueueFull
 from ._redis_wakeups import Place
+
+if TYPE_CHECKING:
+    from ..contracts import AgentCapacity
 
 __all__ = ["RedisQueue"]
 
@@ -16,21 +20,40 @@ class RedisQueue:
     against ``max_queue``, renewed by the heartbeat) and in this process' wake-up lines from ``join_queue`` to
     :meth:`leave`, so a wait that times out keeps its place, and waiting again costs no Redis command."""
 
-    __slots__ = ("_left", "_on_leave", "_own_wake", "_served_at", "keys", "place", "task", "waiter_id")
+    __slots__ = (
+        "_left",
+        "_on_leave",
+        "_own_wake",
+        "_served_at",
+        "keys",
+        "lift",
+        "place",
+        "taking",
+        "task",
+        "waiter_id",
+        "waits",
+    )
 
     def __init__(
         self,
         waiter_id: str,
         place: Place,
-        keys: tuple[str, ...],
+        waits: dict[str, AgentCapacity],
+        lift: int,
         own_wake: float | None,
         on_leave: Callable[[RedisQueue], Awaitable[None]],
         served_at: float | None = None,
     ) -> None:
         self.waiter_id = waiter_id
         self.place = place
-        self.keys = keys
-        """The keys it is queued on (a key whose line was full is not among them)."""
+        self.waits = waits
+        """The keys it is queued on (a key whose line was full is not among them) and their contracts."""
+        self.keys = tuple(waits)
+        self.lift = lift
+        """Its class's lift to the top class (its rank in Redis is when it came plus ``lift * aging_s``)."""
+        self.taking: str | None = None
+        """The key whose free slot the caller goes on to take itself once it left (what woke its last wait, for
+        ``wait_for_change``): leaving does not pass that slot on."""
         self.task = asyncio.current_task()
         self._own_wake = own_wake
         """When a key this caller could not queue on (``max_queue``) admits again by itself, if known."""

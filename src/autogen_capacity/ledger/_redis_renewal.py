@@ -12,6 +12,7 @@ from ._redis_wakeups import describe, resolve, text
 
 if TYPE_CHECKING:
     from ._redis_pipeline import ScriptPipeline
+    from ._redis_queue import RedisQueue
     from ._redis_scripts import Scripts
     from ._redis_wakeups import WakeUps
 
@@ -31,7 +32,7 @@ class _Held(Protocol):
     _scripts: Scripts
     _ttl: float
     _url: str
-    _waiting: dict[str, tuple[str, ...]]
+    _waiting: dict[str, RedisQueue]
     _wakeups: WakeUps
 
     @property
@@ -48,7 +49,7 @@ class _Held(Protocol):
     async def _renew_all(self) -> None: ...
 
     async def _renew_key(
-        self, key: str, lease_ids: list[str], waiter_ids: list[str], known: str | None = None
+        self, key: str, lease_ids: list[str], waiters: list[str | float], known: str | None = None
     ) -> None: ...
 
 
@@ -112,26 +113,28 @@ class LeaseRenewal:
 
     async def _renew_all(self: _Held) -> None:
         leases: dict[str, list[str]] = {}
-        waiters: dict[str, list[str]] = {}
+        waiters: dict[str, list[str | float]] = {}
         for lease_id, key in self._held.items():
             leases.setdefault(key, []).append(lease_id)
-        for waiter_id, keys in self._waiting.items():
-            for key in keys:
-                waiters.setdefault(key, []).append(waiter_id)
+        now = asyncio.get_running_loop().time()
+        for waiter_id, queue in self._waiting.items():
+            for key in queue.keys:  # its rank as an offset from now, in case Redis lost it
+                waiters.setdefault(key, []).extend((waiter_id, queue.place.rank - now, queue.lift))
         await asyncio.gather(
             *(self._renew_key(k, leases.get(k, []), waiters.get(k, [])) for k in leases.keys() | waiters.keys())
         )
 
     async def _renew_key(
-        self: _Held, key: str, lease_ids: list[str], waiter_ids: list[str], known: str | None = None
+        self: _Held, key: str, lease_ids: list[str], waiters: list[str | float], known: str | None = None
     ) -> None:
-        """Renew (and put back, when Redis lost them) ``key``'s leases and waiters of this process."""
+        """Renew (and put back, when Redis lost them) ``key``'s leases and waiters of this process (``waiters``:
+        each one's id, rank less now and class lift)."""
         known = self._epochs.get(key, "") if known is None else known
         try:
             reply = await self._pipeline.run(
                 self._scripts.renew,
                 [self._name(key, p) for p in ("slots", "released", "waiters", "epoch", "rank")],
-                [self._ttl, len(lease_ids), known, self._period, *lease_ids, *waiter_ids],
+                [self._ttl, len(lease_ids), known, self._period, *lease_ids, *waiters],
             )
         except Exception as exc:  # a background task: the next round tries again
             logger.warning("autogen_capacity.renew_failed", key=key, url=self._url, error=describe(exc))

@@ -9,8 +9,8 @@ Data per ledger key ``k`` (``{ns}:{{k}}:<part>``):
 
 * ``slots``: sorted set of lease ids scored by expiry (server seconds); expired members are removed
   before counting, so a crashed holder's slots come back on their own.
-* ``released``: sorted set of recently released lease ids (scored by expiry), so that a renewal already
-  on its way cannot bring a released lease back.
+* ``released``: sorted set of recently released lease ids and departed (or shed) waiter ids, scored by expiry, so
+  that a renewal already on its way cannot bring a released lease or a departed waiter back.
 * ``waiters``: sorted set of waiter ids scored by expiry, counted against ``max_queue``.
 * ``tokens``: sorted set of ``<id>:<tokens>`` scored by the time they were recorded (the 60 s window).
 * ``meta``: hash with ``ex`` (exhausted until), ``cd`` (cooling down until), ``rl``/``rt`` (rpm bucket
@@ -21,6 +21,8 @@ Data per ledger key ``k`` (``{ns}:{{k}}:<part>``):
   ``LEARN``, the compare-and-set script ``ledger/_redis_live.py`` runs).
 * ``answers``: for an adaptive key, the answers filed by a process that lost a race to write the learning state,
   not learned yet (``LEARN``).
+* ``learned``: for an adaptive key, sorted set of recent ``LEARN`` request ids (with what each did) scored by
+  expiry, so that a call sent again after its reply was lost does not learn its answer twice.
 * ``epoch``: hash with ``id``, ``created`` and ``fence``, never expired. It is created when missing: on the
   key's first use, or after Redis lost the key's data. A caller that knew an older epoch proves the data was
   lost and arms the fence: until ``created + fence_s``, a key with ``max_concurrent`` admits nobody, so that
@@ -127,10 +129,11 @@ RENEW = (
     PRELUDE
     + """
 -- KEYS: slots, released, waiters, epoch, rank. ARGV: ttl, number of lease ids, known epoch, fence_s, lease ids...,
--- waiter ids...
+-- then for each waiter: its id, its rank less now (seconds), its class lift.
 -- Pushes every held lease's and waiter's expiry to now + ttl. A held lease missing from the slots (Redis
 -- lost its data, or this process stalled past the ttl) is put back unless it was released meanwhile: the
--- work is still in flight. Returns {epoch, ids put back...}.
+-- work is still in flight. So is a waiter missing from the line, with its rank and class, unless it left or was
+-- shed meanwhile: it still waits. Returns {epoch, ids put back...}.
 local now = clock()
 local id = epoch(KEYS[4], ARGV[3], now, ARGV[4])
 local expiry = now + tonumber(ARGV[1])
@@ -148,8 +151,15 @@ for i = first, first - 1 + leases do
   end
 end
 if leases > 0 then keep_zset(KEYS[1], now) end
-for i = first + leases, #ARGV do
-  redis.call('ZADD', KEYS[3], 'XX', expiry, ARGV[i])
+for i = first + leases, #ARGV, 3 do
+  local waiter = ARGV[i]
+  if redis.call('ZSCORE', KEYS[3], waiter) then
+    redis.call('ZADD', KEYS[3], expiry, waiter)
+  elseif not redis.call('ZSCORE', KEYS[2], waiter) then
+    redis.call('ZADD', KEYS[3], expiry, waiter)
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[i + 1]), waiter)
+    redis.call('HSET', KEYS[5] .. ':class', waiter, ARGV[i + 2])
+  end
 end
 if #ARGV >= first + leases then
   keep_zset(KEYS[3], now)
@@ -163,8 +173,8 @@ return restored
 ENTER_QUEUE = (
     PRELUDE
     + """
--- KEYS: slots, meta, tokens, waiters, epoch, rank. ARGV: waiter id, ttl, limits (4), max_queue, known epoch,
--- fence_s, class lift (0 critical, 1 default, 2 sheddable), aging_s, channel, class, ledger key.
+-- KEYS: slots, meta, tokens, waiters, epoch, rank, released. ARGV: waiter id, ttl, limits (4), max_queue, known
+-- epoch, fence_s, class lift (0 critical, 1 default, 2 sheddable), aging_s, channel, class, ledger key.
 -- The rank is now + lift * aging_s: a waiter has the top rank from lift * aging_s after it came (priority.py's
 -- aging bound), and is served before every waiter ranked after it, in any process. At max_queue, the youngest
 -- waiter of the lowest class below the newcomer's is shed (told on the channel: 'shed <waiter id> <class> <key>').
@@ -201,6 +211,8 @@ if max_queue and redis.call('ZCARD', KEYS[4]) >= max_queue then
   redis.call('ZREM', KEYS[4], worst)
   redis.call('ZREM', KEYS[6], worst)
   redis.call('HDEL', classes, worst)
+  redis.call('ZADD', KEYS[7], now + tonumber(ARGV[2]), worst)
+  keep_zset(KEYS[7], now)
   redis.call('PUBLISH', ARGV[12], 'shed ' .. worst .. ' ' .. ARGV[13] .. ' ' .. ARGV[14])
   shed = worst
 end
@@ -215,18 +227,40 @@ return answer(1, shed)
 """
 )
 
-LEAVE_QUEUE = """
--- KEYS: waiters, rank. ARGV: waiter id, channel ('' when nothing is to be passed on), ledger key. Returns 1 when
--- the waiter was queued. A wake-up the waiter did not use (a slot kept for it) is passed on to every process
--- by publishing the key again, when others still wait.
+LEAVE_QUEUE = (
+    PRELUDE
+    + """
+-- KEYS: waiters, rank, slots, meta, released. ARGV: waiter id, channel, ledger key, how it leaves ('pass': with a
+-- wake-up of the key unused; 'take': to take the key's slot itself; ''), limits (4), ttl. Returns 1 when the
+-- waiter was queued. It is remembered as gone for a ttl, so that a renewal on its way does not put it back.
+-- The key is published again, so that every process wakes its next waiter, when others still wait and the waiter
+-- leaves a wake-up unused, or a free slot was kept for it that it does not take (it was ranked ahead of a waiter
+-- that such a slot now admits: that one may have been woken by the release and refused because of it, and nothing
+-- else would wake it).
+local now = clock()
+local mine = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local before = mine and redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. mine) or 0
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[2] .. ':class', ARGV[1])
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-if removed == 1 and ARGV[2] ~= '' and redis.call('ZCARD', KEYS[2]) > 0 then
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), ARGV[1])
+keep_zset(KEYS[5], now)
+local others = redis.call('ZCARD', KEYS[2])
+local pass = removed == 1 and ARGV[4] == 'pass'
+if mine and ARGV[4] == '' then
+  local mc = limits(KEYS[4], now, ARGV, 5)
+  if mc then
+    local free = mc - in_flight(KEYS[3], now)
+    pass = before < free and others >= free
+  end
+end
+if pass and others > 0 then
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
 return removed
 """
+)
 
 RECORD_TOKENS = (
     PRELUDE
@@ -279,18 +313,28 @@ return {held, redis.call('ZCARD', KEYS[4]), tonumber(redis.call('HGET', KEYS[2],
 LEARN = (
     PRELUDE
     + """
--- KEYS: meta, answers. ARGV: the state's version the caller learned on ('' when none), the new state, live limit,
--- ceiling, overload rate, '1' when the limit moved, answers the caller learned from the list, its own answer
+-- KEYS: meta, answers, learned. ARGV: the state's version the caller learned on ('' when none), the new state, live
+-- limit, ceiling, overload rate, '1' when the limit moved, answers the caller learned from the list, its own answer
 -- ('' when it is in the list already), channel, ledger key, slots the move added (each wakes a waiter in every
--- process). Commits when the version is the caller's and it learned every answer in the list: returns
--- {1, new version}. Else files the caller's answer in the list and returns {0, version, state, answers...}.
+-- process), request id, seconds to remember it. Commits when the version is the caller's and it learned every
+-- answer in the list: returns {1, new version}. Else files the caller's answer in the list and returns
+-- {0, version, state, answers...}. Idempotent for one request id (``learned`` remembers what each request did): a
+-- retried call whose first run committed returns {1, ''} (the version is not the caller's to keep any more), one
+-- whose first run filed the answer does not file it twice.
 local now = clock()
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZSCORE', KEYS[3], ARGV[12] .. ':c') then return {1, ''} end
+local function remember(what)
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[13]), ARGV[12] .. what)
+  keep_zset(KEYS[3], now)
+end
 local cur = redis.call('HMGET', KEYS[1], 'lver', 'ls')
 local version = cur[1] or ''
 if version ~= ARGV[1] or redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[7]) then
-  if ARGV[8] ~= '' then
+  if ARGV[8] ~= '' and not redis.call('ZSCORE', KEYS[3], ARGV[12] .. ':f') then
     redis.call('RPUSH', KEYS[2], ARGV[8])
     redis.call('PEXPIRE', KEYS[2], KEEP_META * 1000)
+    remember(':f')
   end
   local found = {0, version, cur[2] or ''}
   for _, answer in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(found, answer) end
@@ -303,6 +347,7 @@ if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'lc', fmt(now)) end
 redis.call('HSETNX', KEYS[1], 'lc', fmt(now))
 redis.call('HSETNX', KEYS[1], 'acq', 0)
 keep_meta(KEYS[1], now, 0)
+remember(':c')
 for _ = 1, tonumber(ARGV[11]) do redis.call('PUBLISH', ARGV[9], ARGV[10]) end
 return {1, version}
 """

@@ -8,6 +8,7 @@ place in ``_redis_scripts``, ``_redis_pipeline``, ``_redis_wakeups`` and ``_redi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import uuid
 from collections.abc import Mapping, Sequence
@@ -61,14 +62,16 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
 
     A lost connection is retried (every script is idempotent: ids are made here) for ``unavailable_after_s``;
     only then does a call raise :class:`~autogen_capacity.LedgerUnavailable`: nothing is admitted blindly. A
-    release that still cannot reach Redis is logged (``autogen_capacity.release_failed``), not raised, and
-    retried in the background until it lands. A ``try_acquire`` cancelled while its script is on the way gives
-    back whatever the script granted.
+    release, once started, lands even when its caller is cancelled; one that still cannot reach Redis is logged
+    (``autogen_capacity.release_failed``), not raised, and retried in the background until it lands (at once when
+    Redis answers again). A ``try_acquire`` cancelled while its script is on the way, or that raised
+    ``LedgerUnavailable`` (its script may have run, its reply lost), gives back whatever the script granted.
 
     Each key has an epoch in Redis. When Redis lost the key's data (a restart without persistence), the first
     process that knew the old epoch fences the key: it admits nobody for one renewal period, while every live
-    holder puts its leases back (at once when it sees the restart, at the latest at its next renewal). A
-    process holding leases under an old epoch puts them back before it is admitted again itself.
+    holder puts its leases back, and every process its waiters, with their ranks (at once when it sees the
+    restart, at the latest at its next renewal). A process holding leases under an old epoch puts them back
+    before it is admitted again itself.
 
     An adaptive key (``AgentCapacity(adaptive=True)``) has one live limit for every process, kept in Redis and
     enforced by every admission script; each process learns its answers with the same algorithm as
@@ -165,7 +168,7 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         self._held: dict[str, str] = {}  # lease id -> key, renewed by the heartbeat
         self._admitting: dict[str, str] = {}  # lease id -> key of every acquire on its way
         self._releasing: dict[str, str] = {}  # lease id -> key of every release that has not reached Redis yet
-        self._waiting: dict[str, tuple[str, ...]] = {}  # waiter id -> keys it is queued on in Redis
+        self._waiting: dict[str, RedisQueue] = {}  # waiter id -> its place, queued on its keys in Redis
         self._queues: dict[asyncio.Task[Any], RedisQueue] = {}  # the place each waiting task holds
         self._epochs: dict[str, str] = {}  # key -> the epoch this process last saw it in
         self._service: dict[str, float] = {}  # key -> its service time, as Redis last answered it
@@ -302,21 +305,31 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
     async def _give_back(self, key: str, lease_id: str, held_s: float | None = None) -> None:
         """Release a lease in Redis (retried over a lost connection), folding the ``held_s`` seconds it was held
         into the key's service time; when Redis stays unreachable, the release is kept and the heartbeat tries it
-        again until it lands."""
+        again until it lands. Once started, a release goes with the next batch even when its caller is cancelled
+        meanwhile (only the caller's wait for it ends)."""
         self._releasing[lease_id] = key
-        try:
-            reply = await self._pipeline.run(
-                self._scripts.release,
-                [self._name(key, "slots"), self._name(key, "released"), self._name(key, "meta")],
-                [lease_id, self._ttl, self._channel, key, opt_arg(held_s), SERVICE_ALPHA],
-            )
-        except self._unreachable as exc:
-            logger.warning("autogen_capacity.release_failed", key=key, url=self._url, error=describe(exc))
+        sent = self._pipeline.submit(
+            self._scripts.release,
+            [self._name(key, "slots"), self._name(key, "released"), self._name(key, "meta")],
+            [lease_id, self._ttl, self._channel, key, opt_arg(held_s), SERVICE_ALPHA],
+        )
+        sent.add_done_callback(functools.partial(self._released, key, lease_id))
+        with contextlib.suppress(*self._unreachable):  # logged by _released; the heartbeat tries again
+            await asyncio.shield(sent)
+
+    def _released(self, key: str, lease_id: str, sent: asyncio.Future[Any]) -> None:
+        """A release's script landed (or failed, or its batch was dropped as the loop shuts down), whether or not
+        its caller still waits for it."""
+        if sent.cancelled():  # the sender was cancelled: kept for the heartbeat and aclose()
+            return
+        error = sent.exception()
+        if error is None:
+            self._releasing.pop(lease_id, None)
+            self._saw_service_time(key, sent.result()[1])
+        elif isinstance(error, self._unreachable):
+            logger.warning("autogen_capacity.release_failed", key=key, url=self._url, error=describe(error))
             if not self._closed:
                 self._ensure_heartbeat()
-            return
-        self._releasing.pop(lease_id, None)
-        self._saw_service_time(key, reply[1])
 
     def _saw_service_time(self, key: str, reply: object) -> None:
         """Keep the key's service time a script answered with (shared by every process, see ``service_time``)."""
@@ -330,9 +343,10 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         queue = self._queues.get(asyncio.current_task()) if self._queues else None  # type: ignore[arg-type]
         return queue.waiter_id if queue is not None and key in queue.keys else ""
 
-    async def _give_back_granted(self, key: str, lease_id: str, reply: Sequence[Any]) -> None:
-        """A ``try_acquire`` was cancelled while its script was on the way: give back what it was granted."""
-        if int(reply[0]) == 1:
+    async def _give_back_granted(self, key: str, lease_id: str, reply: Sequence[Any] | None) -> None:
+        """A ``try_acquire`` was cancelled while its script was on the way, or its batch failed (``None``: it may
+        have been granted, its reply lost): give back what it was granted (released once Redis answers again)."""
+        if reply is None or int(reply[0]) == 1:
             await self._give_back(key, lease_id)
 
     async def status(self, key: str, capacity: AgentCapacity) -> KeyStatus:
@@ -410,8 +424,8 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         self._learning.clear()
         for lease_id, key in held.items():
             await self._give_back(key, lease_id)
-        for waiter_id, keys in waiting.items():
-            await self._leave_queues(waiter_id, keys)
+        for waiter_id, queue in waiting.items():
+            await self._leave_queues(waiter_id, queue.waits)
         await self._pipeline.drain()  # what cancelled callers were granted, given back
         if self._owns_client:
             await self._client.aclose()
