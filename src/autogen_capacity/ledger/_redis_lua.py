@@ -33,6 +33,12 @@ local function keep_zset(key, now)
   end
 end
 
+-- Add member to a sorted set scored by expiry, until now + seconds (the set then expires with its last member).
+local function keep_until(key, member, now, seconds)
+  redis.call('ZADD', key, now + tonumber(seconds), member)
+  keep_zset(key, now)
+end
+
 local function keep_meta(meta, now, at_least)
   local ex = opt(redis.call('HGET', meta, 'ex')) or 0
   local cd = opt(redis.call('HGET', meta, 'cd')) or 0

@@ -109,8 +109,7 @@ RELEASE = (
 local now = clock()
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-keep_zset(KEYS[2], now)
+keep_until(KEYS[2], ARGV[1], now, ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 local mean = opt(redis.call('HGET', KEYS[3], 'svc'))
 local held = opt(ARGV[5])
@@ -211,8 +210,7 @@ if max_queue and redis.call('ZCARD', KEYS[4]) >= max_queue then
   redis.call('ZREM', KEYS[4], worst)
   redis.call('ZREM', KEYS[6], worst)
   redis.call('HDEL', classes, worst)
-  redis.call('ZADD', KEYS[7], now + tonumber(ARGV[2]), worst)
-  keep_zset(KEYS[7], now)
+  keep_until(KEYS[7], worst, now, ARGV[2])
   redis.call('PUBLISH', ARGV[12], 'shed ' .. worst .. ' ' .. ARGV[13] .. ' ' .. ARGV[14])
   shed = worst
 end
@@ -244,8 +242,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[2] .. ':class', ARGV[1])
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), ARGV[1])
-keep_zset(KEYS[5], now)
+keep_until(KEYS[5], ARGV[1], now, ARGV[9])
 local others = redis.call('ZCARD', KEYS[2])
 local pass = removed == 1 and ARGV[4] == 'pass'
 if mine and ARGV[4] == '' then
@@ -324,10 +321,7 @@ LEARN = (
 local now = clock()
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if redis.call('ZSCORE', KEYS[3], ARGV[12] .. ':c') then return {1, ''} end
-local function remember(what)
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[13]), ARGV[12] .. what)
-  keep_zset(KEYS[3], now)
-end
+local function remember(what) keep_until(KEYS[3], ARGV[12] .. what, now, ARGV[13]) end
 local cur = redis.call('HMGET', KEYS[1], 'lver', 'ls')
 local version = cur[1] or ''
 if version ~= ARGV[1] or redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[7]) then
