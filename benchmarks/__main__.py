@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from . import adaptive, cascade, distributed, instructions, ledger, overhead, priorities, real_agents, scale
+from . import adaptive, cascade, distributed, instructions, ledger, overhead, priorities, real_agents, retention, scale
 from ._report import plot, print_tables, write_json
 from ._stats import machine
 
@@ -24,8 +24,9 @@ SCENARIOS = {
     "priorities": priorities.run,
     "adaptive": adaptive.run,
     "instructions": instructions.run,
+    "retention": retention.run,
 }
-OPT_IN = frozenset({"instructions"})
+OPT_IN = frozenset({"instructions", "retention"})
 """Scenarios that run only when named with ``--only`` (they take long)."""
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

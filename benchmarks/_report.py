@@ -201,6 +201,20 @@ def print_tables(report: dict[str, Any], console: Console | None = None) -> None
         console.print(table)
         if counted["note"]:
             console.print(counted["note"])
+    if "retention" in report:
+        kept = report["retention"]
+        table = Table(
+            title=f"10. Retention: {kept['turns']}-turn real-agent runs, stock AutoGen and with link_future holding "
+            "weakly (fresh processes in pairs)"
+        )
+        for column in ("links", "contestant", "s/run", "ratio to RR (median)", "95% interval", "page faults/run"):
+            table.add_column(column, justify="right")
+        for r in kept["results"]:
+            table.add_row(
+                r["mode"], r["contestant"], _f(r["s_per_run"], 3), _f(r["ratio_to_round_robin"], 3), _interval(r),
+                _f(r["page_faults_per_run"], 0),
+            )  # fmt: skip
+        console.print(table)
 
 
 def write_json(report: dict[str, Any], out: Path) -> Path:

@@ -18,8 +18,9 @@ from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseChatMessage
 from autogen_agentchat.teams import RoundRobinGroupChat
 from autogen_core import CancellationToken
-from benchmarks import cascade, instructions, overhead, real_agents
+from benchmarks import cascade, instructions, overhead, real_agents, retention
 from benchmarks._agents import TrivialAgent
+from benchmarks._report import print_tables
 from benchmarks._stats import median_ci, ratio_summary
 from benchmarks._workers import in_fresh_process
 
@@ -90,6 +91,47 @@ async def test_instructions_counts_a_real_process_under_callgrind() -> None:
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert (await instructions.run(quick=True))["note"] == "--quick: not run"
+
+
+async def test_weak_links_still_cancel_and_keep_nothing_for_the_token() -> None:
+    """The retention scenario's patch: under it a token cancels what it linked while that lives, keeps nothing
+    alive itself, and cancels at once on a cancelled token; after the block, ``link_future`` keeps again."""
+    loop = asyncio.get_running_loop()
+    stock = CancellationToken.link_future
+    with retention.weak_links():
+        token = CancellationToken()
+        held = token.link_future(loop.create_future())
+        dropped = token.link_future(loop.create_future())
+        gone = weakref.ref(dropped)
+        del dropped
+        assert gone() is None
+        token.cancel()
+        assert held.cancelled()
+        assert token.link_future(loop.create_future()).cancelled()
+    assert CancellationToken.link_future is stock
+    keeper = CancellationToken()
+    kept = keeper.link_future(loop.create_future())
+    still = weakref.ref(kept)
+    del kept
+    keeper.cancel()
+    alive = still()
+    assert alive is not None
+    assert alive.cancelled()
+
+
+async def test_the_retention_scenario_runs_both_kinds_of_process(capsys: pytest.CaptureFixture[str]) -> None:
+    """A quick run of the opt-in retention scenario: every contestant in stock and weak-link processes, ratios to
+    RoundRobinGroupChat of 1.0 for RoundRobinGroupChat itself, and its table."""
+    report = await retention.run(quick=True)
+    rows = {(row["mode"], row["contestant"]): row for row in report["results"]}
+    assert rows.keys() == {(mode, kind) for mode in retention.MODES for kind in real_agents.CONTESTANTS}
+    for row in rows.values():
+        assert row["s_per_run"] > 0
+        assert row["page_faults_per_run"] >= 0
+        assert row["ratio_to_round_robin"] > 0
+    assert all(rows[(mode, "round_robin")]["ratio_to_round_robin"] == 1.0 for mode in retention.MODES)
+    print_tables({"retention": report})
+    assert "10. Retention" in capsys.readouterr().out
 
 
 class _MemoryToucher(TrivialAgent):
