@@ -69,10 +69,10 @@ def weak_links() -> Iterator[None]:
 
 
 async def measure(turns: int, repeats: int, seed: int, mode: str) -> dict[str, dict[str, list[float]]]:
-    """Scenario 5's share of one process, in ``mode``."""
-    if mode == "stock":
-        return await real_agents.measure(turns, repeats, seed)
-    with weak_links():
+    """Scenario 5's share of one process, in ``mode`` (one of ``MODES``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    with weak_links() if mode == "weak_links" else contextlib.nullcontext():
         return await real_agents.measure(turns, repeats, seed)
 
 

@@ -132,6 +132,8 @@ async def test_the_retention_scenario_runs_both_kinds_of_process(capsys: pytest.
     assert all(rows[(mode, "round_robin")]["ratio_to_round_robin"] == 1.0 for mode in retention.MODES)
     print_tables({"retention": report})
     assert "10. Retention" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="mode must be one of"):
+        await retention.measure(3, 1, 0, "strong")
 
 
 class _MemoryToucher(TrivialAgent):
