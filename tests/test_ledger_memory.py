@@ -635,6 +635,43 @@ class TestWaitForChange:
         done.set()
         await task
 
+    async def test_a_refused_try_on_the_kept_key_keeps_its_slot_until_the_next_lease(
+        self, ledger: InMemoryLedger, fake_clock: FakeLoopClock
+    ) -> None:
+        """A woken caller whose first try on the kept key is refused (a cooldown recorded meanwhile) still has the
+        slot kept (a refusal is no lease); its next lease, elsewhere, passes it on. The slot was reserved for good
+        when the refused try dropped the caller's record of it."""
+        cap = AgentCapacity(max_concurrent=1)
+        held = (await take(ledger, "a", cap, 1))[0]
+        woken, tried, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        refused: list[object] = []
+
+        async def worker() -> None:  # a long-lived task
+            assert await ledger.wait_for_change({"a": cap}, 30) is True
+            woken.set()
+            await tried.wait()
+            refused.append(await ledger.try_acquire("a", cap))
+            elsewhere = await ledger.try_acquire("b", cap)
+            assert elsewhere is not None
+            refused.append(await ledger.try_acquire("a", cap))  # no longer kept for it: others may take it
+            done.set()
+            await asyncio.Event().wait()
+
+        task = asyncio.create_task(worker())
+        await settle()
+        await held.release()  # kept for the worker
+        await asyncio.wait_for(woken.wait(), 5)
+        await ledger.cooldown("a", 1.0)
+        tried.set()
+        await asyncio.wait_for(done.wait(), 5)
+        assert refused == [None, None]  # refused by the cooldown both times
+
+        fake_clock.advance(5.0)
+        other = await ledger.try_acquire("a", cap)
+        assert other is not None
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
 
 _PATIENT = AgentCapacity(
     max_concurrent=1,

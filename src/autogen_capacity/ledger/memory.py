@@ -100,17 +100,17 @@ class InMemoryLedger:
         """Admit one unit of work on ``key`` now (with ``idle_only``, only when its headroom is 1), or return the
         status that refused it. Never blocks."""
         state = self._state(key)
-        if self._kept:
-            self._pass_on_kept(state)
         now = self._now()
         status = self._status(state, capacity, now)
         if status.blocked_by is not None or (idle_only and status.headroom < 1.0):
-            return status
+            return status  # a refusal is no lease: what is kept for this task stays kept
         if capacity.rpm is not None:
             state.rate_level = state.bucket_level(capacity.rpm, now) + 1
             state.rate_at = now
         if state.reserved:
             state.unreserve(asyncio.current_task())
+        if self._kept:
+            self._pass_on_kept(state)
         state.in_flight += 1
         state.acquired += 1
         lease = Lease(key, str(next(self._ids)), now, self._release)
@@ -189,8 +189,8 @@ class InMemoryLedger:
             self._hand_over(state)
 
     def _pass_on_kept(self, asked: KeyState) -> None:
-        """The current task, woken by :meth:`wait_for_change`, asks for a lease: the slots kept for it on other keys
-        pass on (the one on ``asked``, if any, is what it takes)."""
+        """The current task, woken by :meth:`wait_for_change`, took a lease on ``asked``: the slots kept for it on
+        other keys pass on (the one on ``asked``, if any, is what it took)."""
         task = asyncio.current_task()
         if task is None:
             return
