@@ -11,7 +11,7 @@ from typing import Any, cast
 from autogen_agentchat.base import TerminationCondition
 from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage, MessageFactory, StopMessage
 from autogen_agentchat.state import SelectorManagerState
-from autogen_core import CancellationToken, DefaultTopicId, MessageContext, event
+from autogen_core import CancellationToken, DefaultTopicId, MessageContext, event, rpc
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import ChatCompletionClient
 from pydantic import Field
@@ -22,6 +22,7 @@ from ._compat import (
     GroupChatAgentResponse,
     GroupChatMessage,
     GroupChatRequestPublish,
+    GroupChatStart,
     GroupChatTeamResponse,
     GroupChatTermination,
     RoundRobinGroupChatManager,
@@ -158,6 +159,8 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         self._turns_this_run = 0
         self._selecting_token: weakref.ref[CancellationToken] | None = None
         """The run's token that ``_selecting`` is attached to (weakly: it goes with its run)."""
+        self._run_token: weakref.ref[CancellationToken] | None = None
+        """The token of the run started last (weakly): a member's message under another token is an earlier run's."""
         self._selecting = _WhileSelecting()
 
     # ----------------------------------------------------------------- lifecycle and state
@@ -196,8 +199,23 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
 
     async def validate_group_state(self, messages: list[BaseChatMessage] | None) -> None:
         self._forget_run()
+        self._active_speakers.clear()  # a run starts with nobody speaking (an earlier run's request may be undelivered)
 
-    # ----------------------------------------------------------------- responses
+    # ----------------------------------------------------------------- runs and responses
+
+    # AutoGen types a handler by its class, so mypy sees an override; this one replaces the base handler.
+    @rpc
+    async def handle_start(self, message: GroupChatStart, ctx: MessageContext) -> None:  # type: ignore[override]
+        """Start a run as AutoGen does, remembering its token."""
+        self._run_token = weakref.ref(ctx.cancellation_token)
+        await SelectorGroupChatManager.handle_start(self, message, ctx)
+
+    def _of_an_earlier_run(self, ctx: MessageContext) -> bool:
+        """A member's message sent under an earlier run's token: a shared runtime delivers what a run left behind
+        (the answer of a turn its cancellation did not stop) to whatever run comes next. AutoGen's own teams take it
+        as the next run's."""
+        current = self._run_token() if self._run_token is not None else None
+        return current is not None and ctx.cancellation_token is not current
 
     # AutoGen types a handler by its class, so mypy sees an override; this one replaces the base handler.
     @event
@@ -205,13 +223,18 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         self, message: GroupChatAgentResponse | GroupChatTeamResponse, ctx: MessageContext
     ) -> None:
         """Count the turn (its container recorded its tokens and released its lease), then continue as AutoGen
-        does."""
+        does. The answer of an earlier run's turn is not this run's."""
+        if self._of_an_earlier_run(ctx):
+            return
         self._turns_this_run += 1
         await SelectorGroupChatManager.handle_agent_response(self, message, ctx)
 
     @event
     async def handle_member_overloaded(self, message: GroupChatMemberOverloaded, ctx: MessageContext) -> None:
-        """A member's turn failed with overload: cool it down (or route around it) and reroute the turn."""
+        """A member's turn failed with overload: cool it down (or route around it) and reroute the turn (unless the
+        turn was an earlier run's: its container recorded the overload in the ledger already)."""
+        if self._of_an_earlier_run(ctx):
+            return
         try:
             self._active_speakers.remove(message.name)  # its container recorded the overload and released its lease
             plan = self._plans[message.name]

@@ -308,6 +308,9 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
             if own_lease is not None and result is not None and self._declared_capacity is not None:
                 await settle(own_lease, self.ledger, self.key, self._declared_capacity, tokens_used(result.messages))
         finally:
+            # A shared runtime still delivers what the run published (a member's request) after the run ended
+            # however it ended: the token tells those handlers the run is over before its leases are freed.
+            cancellation_token.cancel()
             await self._turns.release_all()
             if own_lease is not None:
                 await own_lease.release()
@@ -399,13 +402,13 @@ class CapacityAwareGroupChat(BaseGroupChat, Component[CapacityAwareGroupChatConf
         return team
 
 
-def _for_one_run(token: CancellationToken | None) -> CancellationToken | None:
-    """A token for one run, cancelled with the caller's ``token``. AutoGen links a future to the run's token on
-    every turn and a token keeps what is linked to it while it lives; the caller's token, which may outlive many
-    runs, keeps one small callback per run instead."""
-    if token is None:
-        return None
+def _for_one_run(token: CancellationToken | None) -> CancellationToken:
+    """A token for one run, cancelled with the caller's ``token`` (if any) and when the run ends. AutoGen links a
+    future to the run's token on every turn and a token keeps what is linked to it while it lives; the caller's
+    token, which may outlive many runs, keeps one small callback per run instead."""
     run_token = CancellationToken()
+    if token is None:
+        return run_token
     cancel_run = weakref.WeakMethod(run_token.cancel)
 
     def cancel() -> None:
