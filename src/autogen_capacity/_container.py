@@ -103,10 +103,10 @@ class CapacityAwareAgentContainer(ChatAgentContainer):
         self, message: GroupChatRequestPublish, ctx: MessageContext
     ) -> None:
         """Run the member's turn (same name as the base handler, which it replaces)."""
-        # An agent adds the buffer to its own context before it calls its model: an overloaded turn is undone
-        # so that the retry, which is handed the kept buffer again, does not show the model every message twice.
         if ctx.cancellation_token.is_cancelled():  # the request of a run already over (a shared runtime delivers
             return  # it anyway): no turn, and its lease was the run's to free, not this turn's to take
+        # An agent adds the buffer to its own context before it calls its model: an overloaded turn is undone
+        # so that the retry, which is handed the kept buffer again, does not show the model every message twice.
         name = self._agent.name
         before: TurnCheckpoint | None = None
         lease = self._turns.begin(name)  # this turn's own: freed when it ends, whatever the run does meanwhile
