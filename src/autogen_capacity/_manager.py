@@ -157,11 +157,11 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
         self._routed_around: set[str] = set()
         self._retries = 0
         self._turns_this_run = 0
-        self._selecting_token: weakref.ref[CancellationToken] | None = None
-        """The run's token that ``_selecting`` is attached to (weakly: it goes with its run)."""
         self._run_token: weakref.ref[CancellationToken] | None = None
-        """The token of the run started last (weakly): a member's message under another token is an earlier run's."""
+        """The token of the run started last (weakly: it goes with its run); a member's message under another token
+        is an earlier run's."""
         self._selecting = _WhileSelecting()
+        """The run's one canceller of speaker selection, attached to its token when it starts."""
 
     # ----------------------------------------------------------------- lifecycle and state
 
@@ -172,7 +172,6 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
 
     def _forget_run(self) -> None:
         self._turns.forget_run()
-        self._selecting_token = None
         self._routed_around.clear()
         self._retries = 0
         self._turns_this_run = 0
@@ -206,8 +205,10 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
     # AutoGen types a handler by its class, so mypy sees an override; this one replaces the base handler.
     @rpc
     async def handle_start(self, message: GroupChatStart, ctx: MessageContext) -> None:  # type: ignore[override]
-        """Start a run as AutoGen does, remembering its token."""
-        self._run_token = weakref.ref(ctx.cancellation_token)
+        """Start a run as AutoGen does, remembering its token and attaching the run's selection canceller to it."""
+        token = ctx.cancellation_token
+        self._run_token, self._selecting = weakref.ref(token), _WhileSelecting()
+        token.add_callback(self._selecting.cancel)
         await SelectorGroupChatManager.handle_start(self, message, ctx)
 
     def _of_an_earlier_run(self, ctx: MessageContext) -> bool:
@@ -280,7 +281,7 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
             raise asyncio.CancelledError
         if self._turns.live_changes:  # what the last answers taught, before the next speaker is admitted by it
             await self._reports.live_limits_changed(self._turns.take_live_changes())
-        selecting = self._while_selecting(cancellation_token)
+        selecting = self._selecting
         selecting.task = asyncio.current_task()
         try:
             try:
@@ -308,13 +309,6 @@ class CapacityAwareGroupChatManager(SelectorGroupChatManager, RoundRobinGroupCha
             cancellation_token=cancellation_token,
         )
         self._active_speakers.append(speaker)
-
-    def _while_selecting(self, token: CancellationToken) -> _WhileSelecting:
-        """The run's one canceller of speaker selection, attached to ``token`` the first time it is seen."""
-        if self._selecting_token is None or self._selecting_token() is not token:
-            self._selecting_token, self._selecting = weakref.ref(token), _WhileSelecting()
-            token.add_callback(self._selecting.cancel)
-        return self._selecting
 
     async def _admit_next_speaker(self) -> str | None:
         """Lease the first candidate in preference order that has headroom; wait by contract when none has.
