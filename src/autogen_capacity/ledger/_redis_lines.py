@@ -207,7 +207,7 @@ class WaitingLines:
         soon as one can go: the caller, often just admitted, does not wait a round trip for it); a wake-up it was
         given and did not use wakes the next waiter on that key here, and Redis passes on every free slot kept
         for this caller (see :meth:`_leave_queues`)."""
-        self._wakeups.forget(queue.place, queue.keys)
+        self._wakeups.forget(queue.place, queue.waits)
         if queue.task is not None and self._queues.get(queue.task) is queue:
             del self._queues[queue.task]
         woken_by = queue.place.woken_by

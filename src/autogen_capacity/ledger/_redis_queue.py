@@ -25,7 +25,6 @@ class RedisQueue:
         "_on_leave",
         "_own_wake",
         "_served_at",
-        "keys",
         "lift",
         "place",
         "taking",
@@ -48,7 +47,6 @@ class RedisQueue:
         self.place = place
         self.waits = waits
         """The keys it is queued on (a key whose line was full is not among them) and their contracts."""
-        self.keys = tuple(waits)
         self.lift = lift
         """Its class's lift to the top class (its rank in Redis is when it came plus ``lift * aging_s``)."""
         self.taking: str | None = None

@@ -118,7 +118,7 @@ class LeaseRenewal:
             leases.setdefault(key, []).append(lease_id)
         now = asyncio.get_running_loop().time()
         for waiter_id, queue in self._waiting.items():
-            for key in queue.keys:  # its rank as an offset from now, in case Redis lost it
+            for key in queue.waits:  # its rank as an offset from now, in case Redis lost it
                 waiters.setdefault(key, []).extend((waiter_id, queue.place.rank - now, queue.lift))
         await asyncio.gather(
             *(self._renew_key(k, leases.get(k, []), waiters.get(k, [])) for k in leases.keys() | waiters.keys())

@@ -341,7 +341,7 @@ class RedisLedger(LeaseRenewal, WaitingLines, LiveLimits):
         """The calling task's waiter id in ``key``'s line ('': not in it): a free slot is kept for the waiters
         ranked ahead of it."""
         queue = self._queues.get(asyncio.current_task()) if self._queues else None  # type: ignore[arg-type]
-        return queue.waiter_id if queue is not None and key in queue.keys else ""
+        return queue.waiter_id if queue is not None and key in queue.waits else ""
 
     async def _give_back_granted(self, key: str, lease_id: str, reply: Sequence[Any] | None) -> None:
         """A ``try_acquire`` was cancelled while its script was on the way, or its batch failed (``None``: it may
