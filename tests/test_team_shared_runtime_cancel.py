@@ -51,6 +51,16 @@ class _Gated(BaseChatAgent):
         pass
 
 
+async def _cancel_mid_turn(team: CapacityAwareGroupChat, member: _Gated) -> None:
+    """Run ``team`` and cancel the run once ``member``'s turn has started (the turn goes on: it ignores the token)."""
+    token = CancellationToken()
+    run = asyncio.ensure_future(team.run(task="go", cancellation_token=token))
+    await asyncio.wait_for(member.started.wait(), 10)
+    token.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 10)
+
+
 async def test_a_turn_left_running_by_a_cancelled_run_keeps_its_slot_and_frees_only_its_own() -> None:
     runtime = SingleThreadedAgentRuntime()
     runtime.start()
@@ -60,12 +70,7 @@ async def test_a_turn_left_running_by_a_cancelled_run_keeps_its_slot_and_frees_o
         [member], capacities={"a": _CAP}, ledger=ledger, max_turns=1, runtime=runtime, name="shared"
     )
     try:
-        token = CancellationToken()
-        first = asyncio.ensure_future(team.run(task="go", cancellation_token=token))
-        await asyncio.wait_for(member.started.wait(), 10)
-        token.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(first, 10)
+        await _cancel_mid_turn(team, member)
 
         assert (await ledger.snapshot())["a"].in_flight == 1  # the turn still runs at its backend
         assert await ledger.try_acquire("a", _CAP) is None
@@ -196,12 +201,7 @@ async def test_an_overload_reported_after_its_run_ended_leaves_the_next_run_alon
     member = _ThrottledOnce("a", ledger)
     team = CapacityAwareGroupChat([member], capacities={"a": _CAP}, ledger=ledger, max_turns=1, runtime=runtime)
     try:
-        token = CancellationToken()
-        first = asyncio.ensure_future(team.run(task="go", cancellation_token=token))
-        await asyncio.wait_for(member.started.wait(), 10)
-        token.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(first, 10)
+        await _cancel_mid_turn(team, member)
 
         second = asyncio.ensure_future(team.run(task="again"))
         member.gate.set()  # the old turn answers 429 and frees its slot; the second run's turn takes it
